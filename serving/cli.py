@@ -1,0 +1,125 @@
+"""The `kdcanary` command. Sub-commands import their packages lazily, so `kdcanary models list`
+does not pay for torch or Ray."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from compression.errors import CompressionError
+
+    try:
+        code: int = args.run(args)
+        return code
+    except CompressionError as exc:
+        print(f"kdcanary: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdcanary", description="Distil, compress and canary-release models.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    compress = sub.add_parser("compress", help="run a recipe: teacher -> students -> registry")
+    compress.add_argument("recipe", type=Path)
+    _registry_flag(compress)
+    compress.set_defaults(run=_compress)
+
+    models = sub.add_parser("models", help="inspect the registry").add_subparsers(required=True, metavar="ACTION")
+    listing = models.add_parser("list", help="every registered model")
+    _registry_flag(listing)
+    listing.set_defaults(run=_models_list)
+    show = models.add_parser("show", help="one model's manifest and its lineage back to the teacher")
+    show.add_argument("model", help="id, unique id prefix, or name")
+    _registry_flag(show)
+    show.set_defaults(run=_models_show)
+
+    report = sub.add_parser("report", help="Pareto table (markdown) and plot (PNG) of the registry")
+    report.add_argument("--out", type=Path, default=Path("out/report"))
+    _registry_flag(report)
+    report.set_defaults(run=_report)
+
+    demo = sub.add_parser("demo", help="the main job: build teacher and students, then report")
+    demo.add_argument("--recipe", type=Path, default=Path("recipes/tiny.yaml"))
+    demo.add_argument("--out", type=Path, default=Path("out/demo"))
+    _registry_flag(demo)
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _registry_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--registry", type=Path, default=None, help="registry folder (default: $KDCANARY_REGISTRY or ./registry)"
+    )
+
+
+def _registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from compression.registry import Registry, default_root
+
+    return Registry(args.registry or default_root())
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from compression.pipeline import compress
+    from compression.recipe import load_recipe
+
+    registry = _registry(args)
+    summary = compress(load_recipe(args.recipe), registry)
+    _print_bundles(summary.bundles)
+    for name, message in summary.breaches.items():
+        print(f"student {name} stopped: {message}", file=sys.stderr)
+    print(f"registry: {registry.root}  (teacher forward batches this run: {summary.teacher_forward_batches})")
+    return 1 if summary.breaches else 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    _print_bundles(_registry(args).bundles())
+    return 0
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    chain = _registry(args).lineage(args.model)
+    print(chain[0].manifest.model_dump_json(indent=2, exclude={"recipe"}))
+    print("lineage: " + "  <-  ".join(f"{b.manifest.name} ({b.id}, {b.manifest.stage})" for b in chain))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from compression.report import write_report
+
+    table, image = write_report(_registry(args).bundles(), args.out)
+    print(f"wrote {table} and {image}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from compression.pipeline import compress
+    from compression.recipe import load_recipe
+    from compression.report import write_report
+
+    registry = _registry(args)
+    summary = compress(load_recipe(args.recipe), registry)
+    table, image = write_report(summary.bundles, args.out)
+    _print_bundles(summary.bundles)
+    print(f"\nkdcanary demo: {len(summary.bundles)} models in {registry.root}; report: {table}, {image}")
+    return 1 if summary.breaches else 0
+
+
+def _print_bundles(bundles: list) -> None:  # type: ignore[type-arg]
+    header = f"{'id':<13} {'name':<24} {'stage':<9} {'prec':<5} {'test acc':>8} {'agree':>6} {'b1 p50 ms':>9} {'MB':>6}"
+    print(header)
+    for b in bundles:
+        m = b.manifest.metrics
+        print(
+            f"{b.id:<13} {b.manifest.name:<24} {b.manifest.stage:<9} {b.manifest.precision:<5} "
+            f"{m.test_accuracy:>8.3f} {m.agreement_with_teacher:>6.3f} {m.latency_ms.b1_p50:>9.2f} {m.size_bytes / 1e6:>6.1f}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -32,7 +32,7 @@ check: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python bench/compression.py
+	$(BIN)/python -m bench.compression
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

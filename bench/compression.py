@@ -29,7 +29,9 @@ B1_RUNS = 300
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "full.yaml")
-    parser.add_argument("--registry", type=Path, default=Path(os.environ.get("KDCANARY_BENCH_REGISTRY", ROOT / "bench" / ".registry")))
+    parser.add_argument(
+        "--registry", type=Path, default=Path(os.environ.get("KDCANARY_BENCH_REGISTRY", ROOT / "bench" / ".registry"))
+    )
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
     summary = compress(recipe, Registry(args.registry))

@@ -48,7 +48,9 @@ class Context:
     def rng(self, *salt: str) -> np.random.Generator:
         """A generator seeded from the recipe's seed and a stage name: stages are reproducible
         on their own, whichever ran before them."""
-        return np.random.default_rng([self.recipe.seed, *(int(hashlib.sha256(s.encode()).hexdigest()[:8], 16) for s in salt)])
+        return np.random.default_rng(
+            [self.recipe.seed, *(int(hashlib.sha256(s.encode()).hexdigest()[:8], 16) for s in salt)]
+        )
 
     def split(self, name: str) -> Split:
         if name == "distill":  # labelled train text plus unlabelled transfer text

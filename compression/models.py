@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel
 
 from compression.errors import StudentSpecError, TeacherLoadError
 from compression.recipe import BagOfEmbeddingsArchitecture, LayersArchitecture, TransformerArchitecture
@@ -57,7 +57,9 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 class EncoderClassifier(nn.Module):
     """A Hugging Face encoder, mean pooling (as all-MiniLM-L6-v2 was trained), a linear head."""
 
-    def __init__(self, encoder: PreTrainedModel, num_labels: int) -> None:
+    encoder: Any  # a transformers PreTrainedModel; its submodules are untyped
+
+    def __init__(self, encoder: Any, num_labels: int) -> None:
         super().__init__()
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # mean pooling replaces it: fewer params, smaller ONNX
@@ -77,8 +79,9 @@ class EncoderClassifier(nn.Module):
         return logits, pooled
 
     @property
-    def layers(self) -> nn.ModuleList:
-        return self.encoder.encoder.layer  # type: ignore[no-any-return]
+    def layers(self) -> list[Any]:
+        """The encoder's layers (BERT-style: attention.self, intermediate.dense, output.dense)."""
+        return list(self.encoder.encoder.layer)
 
     def spec(self) -> EncoderSpec:
         shapes = [LayerShape(heads=h, ffn=f) for h, f in layer_shapes(self)]
@@ -114,13 +117,15 @@ def layer_shapes(model: EncoderClassifier) -> list[tuple[int, int]]:
     shapes = []
     for layer in model.layers:
         attention = layer.attention.self
-        shapes.append((attention.query.out_features // attention.attention_head_size, layer.intermediate.dense.out_features))
+        shapes.append(
+            (attention.query.out_features // attention.attention_head_size, layer.intermediate.dense.out_features)
+        )
     return shapes
 
 
 def load_hf_teacher(path: Path, num_labels: int) -> EncoderClassifier:
     try:
-        encoder = AutoModel.from_pretrained(str(path))
+        encoder = AutoModel.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise TeacherLoadError(f"teacher.path {path} does not load as a Hugging Face model: {exc}") from exc
     return EncoderClassifier(encoder, num_labels)
@@ -155,9 +160,12 @@ def fresh_transformer(teacher: EncoderClassifier, arch: TransformerArchitecture)
 
 
 def bag_of_embeddings(teacher: EncoderClassifier, arch: BagOfEmbeddingsArchitecture) -> BagOfEmbeddingsClassifier:
-    words = teacher.encoder.get_input_embeddings().weight
+    words: torch.Tensor = teacher.encoder.get_input_embeddings().weight
     spec = BagSpec(
-        vocab_size=words.shape[0], dim=words.shape[1], hidden_size=arch.hidden_size, num_labels=teacher.head.out_features
+        vocab_size=words.shape[0],
+        dim=words.shape[1],
+        hidden_size=arch.hidden_size,
+        num_labels=teacher.head.out_features,
     )
     model = BagOfEmbeddingsClassifier(spec)
     with torch.no_grad():
@@ -183,7 +191,9 @@ def save_model(model: Classifier, directory: Path) -> None:
 
 def load_model(directory: Path) -> Classifier:
     raw = json.loads((directory / ARCHITECTURE_FILE).read_text())
-    spec: EncoderSpec | BagSpec = EncoderSpec.model_validate(raw) if raw["kind"] == "encoder" else BagSpec.model_validate(raw)
+    spec: EncoderSpec | BagSpec = (
+        EncoderSpec.model_validate(raw) if raw["kind"] == "encoder" else BagSpec.model_validate(raw)
+    )
     model = build_model(spec)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     return model.eval()
@@ -200,7 +210,7 @@ def build_model(spec: EncoderSpec | BagSpec) -> Classifier:
     return model
 
 
-def resize_layer(layer: nn.Module, heads: list[int], channels: list[int]) -> None:
+def resize_layer(layer: Any, heads: list[int], channels: list[int]) -> None:
     """Keep only these attention heads and FFN channels of a BERT-style layer, in place.
 
     The tensors really shrink, so the exported ONNX file and its latency shrink with them.

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+
 from compression.models import Classifier
 from compression.recipe import ExportConfig
 from compression.registry import Latency
@@ -38,9 +39,14 @@ def export_onnx(model: Classifier, path: Path, config: ExportConfig, sample: Enc
             )  # fmt: skip
         else:
             names = {0: "batch", 1: "sequence"}
+            legacy_axes: dict[str, dict[int, str]] = {
+                "input_ids": names,
+                "attention_mask": names,
+                "logits": {0: "batch"},
+            }
             torch.onnx.export(
                 model, (ids, mask), str(path), dynamo=False, input_names=INPUT_NAMES, output_names=["logits"],
-                opset_version=config.opset, dynamic_axes={"input_ids": names, "attention_mask": names, "logits": {0: "batch"}},
+                opset_version=config.opset, dynamic_axes=legacy_axes,
             )  # fmt: skip
     inline_external_data(path)
 
@@ -49,10 +55,7 @@ def inline_external_data(path: Path) -> None:
     """Fold any external-data files next to `path` into the model file itself."""
     proto = onnx.load(str(path), load_external_data=True)
     external = {
-        entry.value
-        for tensor in proto.graph.initializer
-        for entry in tensor.external_data
-        if entry.key == "location"
+        entry.value for tensor in proto.graph.initializer for entry in tensor.external_data if entry.key == "location"
     }
     if not external:
         return

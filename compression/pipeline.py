@@ -40,7 +40,8 @@ class RunSummary:
 def compress(recipe: Recipe, registry: Registry) -> RunSummary:
     torch.manual_seed(recipe.seed)  # seeds are set once, here; stages draw from ctx.rng(...)
     corpus = load_corpus(recipe.data, recipe.seed)
-    ctx = Context(recipe, corpus, registry, load_tokenizer(_tokenizer_path(recipe)))
+    field = "teacher.tokenizer" if recipe.teacher.kind == "onnx" else "teacher.path"
+    ctx = Context(recipe, corpus, registry, load_tokenizer(_tokenizer_path(recipe), field))
     summary = RunSummary(teacher_stage(ctx))
     for student in recipe.students:
         chain: list[Bundle] = []

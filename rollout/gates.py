@@ -68,9 +68,12 @@ def agreement_gate(gate: AgreementGate, evidence: Evidence) -> GateResult:
     agreed, n = evidence.agreement.agreed, evidence.agreement.compared
     if n == 0:
         return GateResult(
-            name="agreement", verdict=Verdict.INCONCLUSIVE, n=0, threshold=gate.threshold,
+            name="agreement",
+            verdict=Verdict.INCONCLUSIVE,
+            n=0,
+            threshold=gate.threshold,
             message=f"agreement: no paired answers yet (n=0), threshold {gate.threshold:.4f}",
-        )  # fmt: skip
+        )
     cs = bernoulli_cs(agreed, n, gate.alpha)
     verdict = _judge(cs.lower, cs.upper, gate.threshold, higher_is_better=True)
     relation = {Verdict.PASS: "lower bound >=", Verdict.FAIL: "upper bound <"}.get(verdict, "bounds straddle")
@@ -79,9 +82,15 @@ def agreement_gate(gate: AgreementGate, evidence: Evidence) -> GateResult:
         f"({agreed}/{n}), bounds [{cs.lower:.4f}, {cs.upper:.4f}] at alpha={gate.alpha:g}"
     )
     return GateResult(
-        name="agreement", verdict=verdict, n=n, estimate=agreed / n, lower=cs.lower,
-        upper=cs.upper, threshold=gate.threshold, message=message,
-    )  # fmt: skip
+        name="agreement",
+        verdict=verdict,
+        n=n,
+        estimate=agreed / n,
+        lower=cs.lower,
+        upper=cs.upper,
+        threshold=gate.threshold,
+        message=message,
+    )
 
 
 def error_gate(gate: ErrorGate, evidence: Evidence) -> GateResult:
@@ -90,9 +99,12 @@ def error_gate(gate: ErrorGate, evidence: Evidence) -> GateResult:
     counts = f"student {student.errors}/{student.requests}, teacher {teacher.errors}/{teacher.requests}"
     if student.requests == 0 or teacher.requests == 0:
         return GateResult(
-            name="errors", verdict=Verdict.INCONCLUSIVE, n=student.requests, threshold=gate.margin,
+            name="errors",
+            verdict=Verdict.INCONCLUSIVE,
+            n=student.requests,
+            threshold=gate.margin,
             message=f"errors: need requests from both models this stage ({counts})",
-        )  # fmt: skip
+        )
     cs = difference_cs(student.errors, student.requests, teacher.errors, teacher.requests, gate.alpha)
     estimate = student.errors / student.requests - teacher.errors / teacher.requests
     verdict = _judge(cs.lower, cs.upper, gate.margin, higher_is_better=False)
@@ -102,9 +114,15 @@ def error_gate(gate: ErrorGate, evidence: Evidence) -> GateResult:
         f"({counts}), bounds [{cs.lower:+.4f}, {cs.upper:+.4f}] at alpha={gate.alpha:g}"
     )
     return GateResult(
-        name="errors", verdict=verdict, n=student.requests, estimate=estimate, lower=cs.lower,
-        upper=cs.upper, threshold=gate.margin, message=message,
-    )  # fmt: skip
+        name="errors",
+        verdict=verdict,
+        n=student.requests,
+        estimate=estimate,
+        lower=cs.lower,
+        upper=cs.upper,
+        threshold=gate.margin,
+        message=message,
+    )
 
 
 def _p99_text(histogram: LatencyHistogram) -> str:
@@ -117,38 +135,61 @@ def _ratio_criterion(ratio: float, student: LatencyHistogram, teacher: LatencyHi
     context = f"student p99 ~{_p99_text(student)} (n={n}), teacher p99 ~{_p99_text(teacher)} (n={teacher.total})"
     if teacher.total == 0:
         return GateResult(
-            name="latency", verdict=Verdict.INCONCLUSIVE, n=n, threshold=ratio,
+            name="latency",
+            verdict=Verdict.INCONCLUSIVE,
+            n=n,
+            threshold=ratio,
             message=f"latency p99 ratio: no teacher latencies this stage ({context})",
-        )  # fmt: skip
+        )
     cs = quantile_ratio_cs(student.buckets(), teacher.buckets(), P99, alpha)
     s_hat, t_hat = quantile_estimate(student.buckets(), P99), quantile_estimate(teacher.buckets(), P99)
     estimate = None if s_hat is None or not t_hat else s_hat / t_hat
     verdict = _judge(cs.lower, cs.upper, ratio, higher_is_better=False)
     message = (
-        f"latency p99 ratio student/teacher {verdict.value}: bounds [{cs.lower:.3f}, {cs.upper:.3f}] "
-        f"vs max ratio {ratio:g} at alpha={alpha:g} ({context})"
+        f"latency p99 ratio student/teacher {verdict.value}: bounds [{cs.lower:.3f}, "
+        f"{cs.upper:.3f}] vs max ratio {ratio:g} at alpha={alpha:g} ({context})"
     )
     return GateResult(
-        name="latency", verdict=verdict, n=n, estimate=estimate, lower=cs.lower,
-        upper=_finite(cs.upper), threshold=ratio, message=message,
-    )  # fmt: skip
+        name="latency",
+        verdict=verdict,
+        n=n,
+        estimate=estimate,
+        lower=cs.lower,
+        upper=_finite(cs.upper),
+        threshold=ratio,
+        message=message,
+    )
 
 
 def _slo_criterion(slo_s: float, student: LatencyHistogram, alpha: float) -> GateResult:
     cs = quantile_cs(student.buckets(), P99, alpha)
     verdict = _judge(cs.lower, cs.upper, slo_s, higher_is_better=False)
     message = (
-        f"latency p99 vs SLO {slo_s:g} s {verdict.value}: bounds [{cs.lower:.4f}, {cs.upper:.4f}] s "
-        f"at alpha={alpha:g} (student p99 ~{_p99_text(student)}, n={student.total})"
+        f"latency p99 vs SLO {slo_s:g} s {verdict.value}: "
+        f"bounds [{cs.lower:.4f}, {cs.upper:.4f}] s at alpha={alpha:g} "
+        f"(student p99 ~{_p99_text(student)}, n={student.total})"
     )
     return GateResult(
-        name="latency", verdict=verdict, n=student.total, estimate=quantile_estimate(student.buckets(), P99),
-        lower=cs.lower, upper=_finite(cs.upper), threshold=slo_s, message=message,
-    )  # fmt: skip
+        name="latency",
+        verdict=verdict,
+        n=student.total,
+        estimate=quantile_estimate(student.buckets(), P99),
+        lower=cs.lower,
+        upper=_finite(cs.upper),
+        threshold=slo_s,
+        message=message,
+    )
+
+
+def _latency_threshold(gate: LatencyGate) -> float:
+    """The number an inconclusive latency result reports: the ratio if set, else the SLO."""
+    if gate.p99_ratio is not None:
+        return gate.p99_ratio
+    return gate.p99_slo_s if gate.p99_slo_s is not None else 0.0
 
 
 def latency_gate(gate: LatencyGate, evidence: Evidence) -> GateResult:
-    """Student p99 vs teacher p99 x ratio and/or an absolute SLO (Howard & Ramdas quantile sequences).
+    """Student p99 vs teacher p99 x ratio, and/or vs an absolute SLO (Howard & Ramdas sequences).
 
     With both criteria configured each runs at alpha/2; any PASS passes the gate (the
     decisive criterion's numbers are reported), all FAIL fails it, anything else holds.
@@ -156,10 +197,12 @@ def latency_gate(gate: LatencyGate, evidence: Evidence) -> GateResult:
     student, teacher = evidence.student.latency, evidence.teacher.latency
     if student.total < gate.min_samples:
         return GateResult(
-            name="latency", verdict=Verdict.INCONCLUSIVE, n=student.total,
-            threshold=gate.p99_ratio if gate.p99_ratio is not None else gate.p99_slo_s or 0.0,
+            name="latency",
+            verdict=Verdict.INCONCLUSIVE,
+            n=student.total,
+            threshold=_latency_threshold(gate),
             message=f"latency: n={student.total} student samples < min_samples {gate.min_samples}",
-        )  # fmt: skip
+        )
     count = (gate.p99_ratio is not None) + (gate.p99_slo_s is not None)
     criteria = []
     if gate.p99_ratio is not None:
@@ -189,12 +232,15 @@ def cost_gate(gate: CostGate, evidence: Evidence) -> GateResult:
     n = student.requests
     if n < gate.min_samples or teacher.requests < gate.min_samples:
         return GateResult(
-            name="cost", verdict=Verdict.INCONCLUSIVE, n=n, threshold=gate.max_ratio,
+            name="cost",
+            verdict=Verdict.INCONCLUSIVE,
+            n=n,
+            threshold=gate.max_ratio,
             message=(
                 f"cost: need min_samples {gate.min_samples} from both models "
                 f"(student n={n}, teacher n={teacher.requests})"
             ),
-        )  # fmt: skip
+        )
     s_mean, t_mean = _mean_cost(student), _mean_cost(teacher)
     ratio = s_mean / t_mean if t_mean > 0 else (math.inf if s_mean > 0 else 0.0)
     verdict = Verdict.PASS if ratio <= gate.max_ratio else Verdict.FAIL
@@ -204,12 +250,17 @@ def cost_gate(gate: CostGate, evidence: Evidence) -> GateResult:
         f"n={teacher.requests})"
     )
     return GateResult(
-        name="cost", verdict=verdict, n=n, estimate=_finite(ratio), threshold=gate.max_ratio, message=message
+        name="cost",
+        verdict=verdict,
+        n=n,
+        estimate=_finite(ratio),
+        threshold=gate.max_ratio,
+        message=message,
     )
 
 
 def fast_rollback_check(gate: FastRollback, evidence: Evidence, now: float) -> GateResult:
-    """The trip wire: FAIL when the student fails hard, by its recent window (a breaker, not a test).
+    """The trip wire: FAIL when the student fails hard in its recent window (a breaker, not a test).
 
     Cheap and pure so the controller can run it on every ingested batch, not only on ticks:
     that is what brings the weight to 0 within a second of the failures reaching it.
@@ -217,17 +268,25 @@ def fast_rollback_check(gate: FastRollback, evidence: Evidence, now: float) -> G
     requests, errors = evidence.recent.totals(now, gate.window_s)
     streak = evidence.recent.consecutive_errors
     rate = errors / requests if requests else None
-    result = {"name": "fast_rollback", "n": requests, "estimate": rate, "threshold": gate.max_error_rate}
     window = f"{errors}/{requests} student requests failed in the last {gate.window_s:g} s"
     if streak >= gate.max_consecutive_errors:
-        message = f"fast rollback: {streak} student errors in a row >= limit {gate.max_consecutive_errors} ({window})"
-        return GateResult(**result, verdict=Verdict.FAIL, message=message)  # type: ignore[arg-type]
-    if rate is not None and requests >= gate.min_window_requests and rate >= gate.max_error_rate:
+        verdict = Verdict.FAIL
+        limit = gate.max_consecutive_errors
+        message = f"fast rollback: {streak} student errors in a row >= limit {limit} ({window})"
+    elif rate is not None and requests >= gate.min_window_requests and rate >= gate.max_error_rate:
+        verdict = Verdict.FAIL
         message = f"fast rollback: student error rate {rate:.3f} ({window}) >= {gate.max_error_rate:g}"
-        return GateResult(**result, verdict=Verdict.FAIL, message=message)  # type: ignore[arg-type]
-    verdict = Verdict.INCONCLUSIVE if requests == 0 else Verdict.PASS
-    message = f"fast rollback armed: {window}, {streak} errors in a row"
-    return GateResult(**result, verdict=verdict, message=message)  # type: ignore[arg-type]
+    else:
+        verdict = Verdict.INCONCLUSIVE if requests == 0 else Verdict.PASS
+        message = f"fast rollback armed: {window}, {streak} errors in a row"
+    return GateResult(
+        name="fast_rollback",
+        verdict=verdict,
+        n=requests,
+        estimate=rate,
+        threshold=gate.max_error_rate,
+        message=message,
+    )
 
 
 def evaluate_gates(spec: RolloutSpec, evidence: Evidence) -> tuple[GateResult, ...]:

@@ -2,9 +2,13 @@
 
 It arrives as the Ray Serve deployment's `user_config` (a mapping) or a YAML file, so every
 model forbids unknown keys: a typo ("treshold") is an error naming the field, not a silently
-ignored default. A gate set to null is disabled. Each gate's `alpha` is its own false-verdict
-budget for the whole rollout (its bounds are anytime-valid); with k gates enabled a false
-rollback happens with probability at most the sum of their alphas.
+ignored default. A gate set to null is disabled.
+
+Each gate's `alpha` bounds its false verdicts over every look: for agreement, whose evidence
+pools across stages, that covers the whole rollout; errors and latency restart with each
+stage (evidence.py says why), so their alpha holds per stage and a rollout through s stages
+has at most s x alpha chance of a false rollback from each. Gates add up the same way: the
+chance of any false rollback is at most the sum of those budgets.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def default_stages() -> list[Stage]:
 
 
 class AgreementGate(BaseModel):
-    """Pass when the agreement rate's lower bound reaches `threshold`; fail when its upper bound is below."""
+    """Pass when agreement's lower bound reaches `threshold`; fail when its upper bound is below."""
 
     model_config = _STRICT
 
@@ -58,7 +62,7 @@ class AgreementGate(BaseModel):
 
 
 class ErrorGate(BaseModel):
-    """Student error rate minus teacher error rate must stay <= `margin` (bounds on the difference)."""
+    """Student error rate minus the teacher's must stay <= `margin` (bounds on the difference)."""
 
     model_config = _STRICT
 
@@ -83,12 +87,12 @@ class LatencyGate(BaseModel):
     @model_validator(mode="after")
     def _one_criterion(self) -> Self:
         if self.p99_ratio is None and self.p99_slo_s is None:
-            raise ValueError("latency: set p99_ratio, p99_slo_s or both (or disable the gate)")
+            raise ValueError("set p99_ratio, p99_slo_s or both (or set latency: null to disable)")
         return self
 
 
 class CostGate(BaseModel):
-    """Student cost per request at most `max_ratio` x the teacher's, once both have `min_samples`."""
+    """Student cost per request at most `max_ratio` x the teacher's once both have `min_samples`."""
 
     model_config = _STRICT
 
@@ -141,8 +145,7 @@ class RolloutSpec(BaseModel):
             before, after = stages[index - 1].weight_percent, stages[index].weight_percent
             if after <= before:
                 raise ValueError(
-                    f"stages[{index}].weight_percent must be greater than stages[{index - 1}]'s "
-                    f"{before}, got {after}"
+                    f"stages[{index}].weight_percent must be greater than stages[{index - 1}]'s {before}, got {after}"
                 )
         return stages
 
@@ -171,5 +174,6 @@ def _describe(error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
         path = ".".join(str(part) for part in problem["loc"]) or "spec"
-        lines.append(f"{path}: {problem['msg']}")
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}")
     return "invalid rollout spec: " + "; ".join(lines)

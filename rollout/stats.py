@@ -14,7 +14,8 @@ Methods, and exactly what is anytime-valid:
    sequences", Ann. Statist. 49(2):1055-1080, with a Beta(1, 1) prior). With S successes in
    n trials, the mixture likelihood ratio against p is
 
-       M_n(p) = B(S + 1, n - S + 1) / (p^S (1 - p)^(n - S)) = 1 / ((n + 1) C(n, S) p^S (1 - p)^(n - S))
+       M_n(p) = B(S + 1, n - S + 1) / (p^S (1 - p)^(n - S))
+              = 1 / ((n + 1) C(n, S) p^S (1 - p)^(n - S)),
 
    a nonnegative martingale with M_0 = 1 when the trials are i.i.d. Bernoulli(p). Ville's
    inequality gives P(exists n: M_n(p) >= 1/alpha) <= alpha, so {p : M_n(p) < 1/alpha} is a
@@ -105,7 +106,7 @@ def bernoulli_log_e_value(successes: int, trials: int, p: float) -> float:
 
 
 def _bisect(inside: Callable[[float], bool], good: float, bad: float) -> float:
-    """Boundary between `good` (inside) and `bad` (outside); returns the outer end (conservative)."""
+    """The boundary between `good` (inside) and `bad` (outside); returns the outer, safe end."""
     for _ in range(_BISECTION_STEPS):
         if abs(good - bad) <= _TOLERANCE:
             break
@@ -171,9 +172,7 @@ def _farthest_inside(inside: Callable[[int], bool], good: int, end: int) -> int:
     return good
 
 
-def difference_cs(
-    successes_a: int, trials_a: int, successes_b: int, trials_b: int, alpha: float
-) -> Interval:
+def difference_cs(successes_a: int, trials_a: int, successes_b: int, trials_b: int, alpha: float) -> Interval:
     """Confidence sequence for p_a - p_b (module docstring, method 2: union bound, alpha/2 each)."""
     _check_alpha(alpha)
     a = bernoulli_cs(successes_a, trials_a, alpha / 2.0)
@@ -217,7 +216,7 @@ def quantile_cs(buckets: Sequence[Bucket], p: float, alpha: float) -> Interval:
 
 
 def quantile_estimate(buckets: Sequence[Bucket], p: float) -> float | None:
-    """Point estimate of the p-quantile: the geometric middle of the bucket holding rank ceil(p n)."""
+    """Point estimate of the p-quantile: geometric middle of the bucket holding rank ceil(p n)."""
     total = _total(buckets)
     if total == 0:
         return None
@@ -238,9 +237,7 @@ def _ratio(numerator: float, denominator: float) -> float:
     return math.inf if numerator > 0.0 else 0.0
 
 
-def quantile_ratio_cs(
-    buckets_a: Sequence[Bucket], buckets_b: Sequence[Bucket], p: float, alpha: float
-) -> Interval:
+def quantile_ratio_cs(buckets_a: Sequence[Bucket], buckets_b: Sequence[Bucket], p: float, alpha: float) -> Interval:
     """Confidence sequence for q_a / q_b (module docstring, method 4: union bound, alpha/2 each)."""
     _check_alpha(alpha)
     a = quantile_cs(buckets_a, p, alpha / 2.0)

@@ -117,7 +117,8 @@ def _print_bundles(bundles: list) -> None:  # type: ignore[type-arg]
         m = b.manifest.metrics
         print(
             f"{b.id:<13} {b.manifest.name:<24} {b.manifest.stage:<9} {b.manifest.precision:<5} "
-            f"{m.test_accuracy:>8.3f} {m.agreement_with_teacher:>6.3f} {m.latency_ms.b1_p50:>9.2f} {m.size_bytes / 1e6:>6.1f}"
+            f"{m.test_accuracy:>8.3f} {m.agreement_with_teacher:>6.3f} {m.latency_ms.b1_p50:>9.2f} "
+            f"{m.size_bytes / 1e6:>6.1f}"
         )
 
 

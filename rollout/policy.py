@@ -1,0 +1,320 @@
+"""The rollout policy: `decide(spec, status, evidence, now) -> Decision`, then `apply`.
+
+Pure, like Ray Serve's autoscaling policy (context in, decision out): no clock, no I/O, no
+randomness, so a tick is a function of its inputs and a scenario test is a list of them.
+The controller around it ingests observations, calls `tick`, persists the status, publishes
+`routing(spec, status)`, and sleeps until `next_check_at` (or until `urgent` says not to).
+
+Precedence on every tick, first match wins:
+
+1. terminal phases (rolled back, completed) stay put;
+2. the fast-rollback trip wire (the student fails hard) rolls back;
+3. an operator rollback (`abort` intent) rolls back;
+4. a pending rollout starts at stage 0;
+5. any FAILing gate rolls back, even while paused: pausing stops advancing, not protection;
+6. an operator promote skips the stage's conditions (one stage, or to 100 % and completed);
+7. a pause or manual weight holds progression (at the manual weight if one is set);
+8. a paused rollout whose pause was withdrawn resumes at its stage's weight;
+9. otherwise the stage advances (or, at the last stage, completes) once every gate passes,
+   the stage saw `min_requests` student observations and `min_dwell_s` elapsed; else hold.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from rollout.errors import SpecError
+from rollout.evidence import Evidence, rollover
+from rollout.gates import GateResult, Verdict, evaluate_gates, fast_rollback_check
+from rollout.spec import RolloutSpec
+from rollout.status import TERMINAL_PHASES, Intents, Phase, PromoteTarget, RolloutStatus
+
+_RECORD = ConfigDict(frozen=True, extra="forbid")
+
+
+class Action(StrEnum):
+    """What a tick does."""
+
+    START = "start"  # pending -> progressing at stage 0 (shadow)
+    HOLD = "hold"  # nothing changes: conditions unmet, evidence inconclusive, or terminal
+    ADVANCE = "advance"  # to the next stage: all conditions met, or an operator promote
+    COMPLETE = "complete"  # the last stage is done (or promote to 100): weight 100, terminal
+    ROLLBACK = "rollback"  # a gate failed, the trip wire fired, or an operator aborted: weight 0
+    PAUSE = "pause"  # an operator pause or manual weight took effect
+    RESUME = "resume"  # the pause was withdrawn: back to the stage's weight
+
+
+class Decision(BaseModel):
+    """A tick's verdict: the target phase/stage/weight, the gates behind it, when to look next."""
+
+    model_config = _RECORD
+
+    action: Action
+    phase: Phase
+    stage_index: int
+    weight_percent: float
+    gates: tuple[GateResult, ...] = ()
+    reasons: tuple[str, ...] = ()
+    next_check_at: float | None = None
+    promote_consumed: bool = False
+
+
+class Routing(BaseModel):
+    """What routers need: the student's share of live traffic and the comparison rate."""
+
+    model_config = _RECORD
+
+    weight_percent: float
+    shadow_fraction: float
+
+
+def _stage_text(spec: RolloutSpec, index: int) -> str:
+    return f"stage {index} ({spec.stages[index].weight_percent:g} %)"
+
+
+def _rollback(status: RolloutStatus, gates: tuple[GateResult, ...], reasons: tuple[str, ...]) -> Decision:
+    return Decision(
+        action=Action.ROLLBACK,
+        phase=Phase.ROLLED_BACK,
+        stage_index=status.stage_index,
+        weight_percent=0.0,
+        gates=gates,
+        reasons=reasons,
+    )
+
+
+def _stay(
+    status: RolloutStatus,
+    reasons: tuple[str, ...],
+    next_check_at: float | None,
+    gates: tuple[GateResult, ...] = (),
+) -> Decision:
+    return Decision(
+        action=Action.HOLD,
+        phase=status.phase,
+        stage_index=status.stage_index,
+        weight_percent=status.weight_percent,
+        gates=gates,
+        reasons=reasons,
+        next_check_at=next_check_at,
+    )
+
+
+def decide(spec: RolloutSpec, status: RolloutStatus, evidence: Evidence, now: float) -> Decision:
+    """One tick of the policy (precedence in the module docstring).
+
+    Raises SpecError only when the status points past the spec's stages (a spec swapped
+    under a live rollout); evidence, however odd, never makes it raise.
+    """
+    if status.terminal:
+        return _stay(status, (f"rollout is {status.phase.value}; nothing to do",), None)
+    if status.stage_index >= len(spec.stages):
+        count = len(spec.stages)
+        raise SpecError(f"status.stage_index {status.stage_index} is beyond the spec's {count} stages")
+    evidence = rollover(evidence, status.epoch)  # never judge a stage by another stage's load
+    fast = _fast_check(spec, evidence, now)
+    if fast and fast[0].verdict is Verdict.FAIL:
+        return _rollback(status, fast, (fast[0].message,))
+    if status.intents.abort:
+        reason = f"operator rollback: {status.intents.abort_reason or 'no reason given'}"
+        return _rollback(status, fast, (reason,))
+    if status.phase is Phase.PENDING:
+        return _move(spec, now, action=Action.START, index=0, reason="rollout started")
+    gates = evaluate_gates(spec, evidence)
+    failed = tuple(gate.message for gate in gates if gate.verdict is Verdict.FAIL)
+    if failed:
+        return _rollback(status, gates + fast, failed)
+    if status.intents.promote is not None:
+        return _promote(spec, status, gates + fast, now)
+    if status.intents.pause or status.intents.manual_weight_percent is not None:
+        return _pause(spec, status, gates + fast, now)
+    if status.phase is Phase.PAUSED:
+        index, recorded = status.stage_index, gates + fast
+        return _move(spec, now, action=Action.RESUME, index=index, reason="resumed", gates=recorded)
+    return _progress(spec, status, evidence, gates, now, fast=fast)
+
+
+def _fast_check(spec: RolloutSpec, evidence: Evidence, now: float) -> tuple[GateResult, ...]:
+    if spec.fast_rollback is None:
+        return ()
+    return (fast_rollback_check(spec.fast_rollback, evidence, now),)
+
+
+def _move(
+    spec: RolloutSpec,
+    now: float,
+    *,
+    action: Action,
+    index: int,
+    reason: str,
+    gates: tuple[GateResult, ...] = (),
+) -> Decision:
+    """A decision that lands on stage `index`, progressing, at that stage's own weight."""
+    return Decision(
+        action=action,
+        phase=Phase.PROGRESSING,
+        stage_index=index,
+        weight_percent=spec.stages[index].weight_percent,
+        gates=gates,
+        reasons=(f"{reason} at {_stage_text(spec, index)}",),
+        next_check_at=now + spec.tick_interval_s,
+    )
+
+
+def _complete(gates: tuple[GateResult, ...], stage_index: int, reasons: tuple[str, ...], promoted: bool) -> Decision:
+    return Decision(
+        action=Action.COMPLETE,
+        phase=Phase.COMPLETED,
+        stage_index=stage_index,
+        weight_percent=100.0,
+        gates=gates,
+        reasons=reasons,
+        promote_consumed=promoted,
+    )
+
+
+def _promote(spec: RolloutSpec, status: RolloutStatus, gates: tuple[GateResult, ...], now: float) -> Decision:
+    last = len(spec.stages) - 1
+    if status.intents.promote is PromoteTarget.FULL or status.stage_index == last:
+        reason = f"operator promote from {_stage_text(spec, status.stage_index)} to 100 %: completed"
+        return _complete(gates, last, (reason,), promoted=True)
+    target = status.stage_index + 1
+    target_text = _stage_text(spec, target)
+    held = status.intents.pause or status.intents.manual_weight_percent is not None
+    manual = status.intents.manual_weight_percent
+    return Decision(
+        action=Action.ADVANCE,
+        phase=Phase.PAUSED if held else Phase.PROGRESSING,
+        stage_index=target,
+        weight_percent=manual if manual is not None else spec.stages[target].weight_percent,
+        gates=gates,
+        reasons=(f"operator promote: {_stage_text(spec, status.stage_index)} -> {target_text}",),
+        next_check_at=now + spec.tick_interval_s,
+        promote_consumed=True,
+    )
+
+
+def _pause(spec: RolloutSpec, status: RolloutStatus, gates: tuple[GateResult, ...], now: float) -> Decision:
+    manual = status.intents.manual_weight_percent
+    stage = _stage_text(spec, status.stage_index)
+    weight = manual if manual is not None else spec.stages[status.stage_index].weight_percent
+    if manual is not None:
+        reason = f"manual weight {manual:g} % at {stage}: progression paused"
+    else:
+        reason = f"paused by operator at {stage}"
+    unchanged = status.phase is Phase.PAUSED and weight == status.weight_percent
+    return Decision(
+        action=Action.HOLD if unchanged else Action.PAUSE,
+        phase=Phase.PAUSED,
+        stage_index=status.stage_index,
+        weight_percent=weight,
+        gates=gates,
+        reasons=(reason,),
+        next_check_at=now + spec.tick_interval_s,
+    )
+
+
+def _unmet(spec: RolloutSpec, status: RolloutStatus, evidence: Evidence, now: float) -> tuple[str, ...]:
+    """The stage's own conditions that still hold it back, with their numbers."""
+    stage = spec.stages[status.stage_index]
+    n = evidence.student.requests
+    dwell = now - (status.stage_started_at if status.stage_started_at is not None else now)
+    unmet = []
+    if n < stage.min_requests:
+        unmet.append(f"min_requests: student n={n} < {stage.min_requests}")
+    if dwell < stage.min_dwell_s:
+        unmet.append(f"min_dwell: {dwell:.1f} s < {stage.min_dwell_s:g} s")
+    return tuple(unmet)
+
+
+def _progress(
+    spec: RolloutSpec,
+    status: RolloutStatus,
+    evidence: Evidence,
+    gates: tuple[GateResult, ...],
+    now: float,
+    *,
+    fast: tuple[GateResult, ...],
+) -> Decision:
+    index, stage = status.stage_index, _stage_text(spec, status.stage_index)
+    waiting = _unmet(spec, status, evidence, now)
+    waiting += tuple(gate.message for gate in gates if gate.verdict is Verdict.INCONCLUSIVE)
+    if waiting:
+        next_check_at = now + spec.tick_interval_s
+        if status.stage_started_at is not None:
+            dwell_end = status.stage_started_at + spec.stages[index].min_dwell_s
+            next_check_at = min(next_check_at, dwell_end) if dwell_end > now else next_check_at
+        return _stay(status, (f"holding at {stage}", *waiting), next_check_at, gates + fast)
+    passed = tuple(gate.message for gate in gates)
+    summary = f"{stage} satisfied (student n={evidence.student.requests})"
+    if index == len(spec.stages) - 1:
+        return _complete(gates + fast, index, (f"{summary}: rollout completed", *passed), promoted=False)
+    return Decision(
+        action=Action.ADVANCE,
+        phase=Phase.PROGRESSING,
+        stage_index=index + 1,
+        weight_percent=spec.stages[index + 1].weight_percent,
+        gates=gates + fast,
+        reasons=(f"{summary}: advancing to {_stage_text(spec, index + 1)}", *passed),
+        next_check_at=now + spec.tick_interval_s,
+    )
+
+
+def apply(status: RolloutStatus, decision: Decision, now: float) -> RolloutStatus:
+    """The status after `decision` at `now`: bumps the epoch when the weight or stage moved,
+    restarts the dwell clock with it, consumes acted-on intents, records the rollback reason."""
+    moved = decision.weight_percent != status.weight_percent or decision.stage_index != status.stage_index
+    changed = moved or decision.phase is not status.phase
+    intents = status.intents
+    if decision.promote_consumed:
+        intents = intents.model_copy(update={"promote": None})
+    if decision.phase in TERMINAL_PHASES:
+        intents = Intents()
+    started = status.stage_started_at
+    return status.model_copy(
+        update={
+            "phase": decision.phase,
+            "stage_index": decision.stage_index,
+            "weight_percent": decision.weight_percent,
+            "epoch": status.epoch + 1 if moved else status.epoch,
+            "stage_started_at": now if moved or started is None else started,
+            "last_transition_at": now if changed else status.last_transition_at,
+            "ticks": status.ticks + 1,
+            "rollback_reason": "; ".join(decision.reasons)
+            if decision.action is Action.ROLLBACK
+            else status.rollback_reason,
+            "message": f"{decision.action.value}: " + "; ".join(decision.reasons),
+            "intents": intents,
+        }
+    )
+
+
+def tick(spec: RolloutSpec, status: RolloutStatus, evidence: Evidence, now: float) -> tuple[Decision, RolloutStatus]:
+    """`decide` then `apply`; afterwards call `evidence.rollover(evidence, new_status.epoch)`."""
+    decision = decide(spec, status, evidence, now)
+    return decision, apply(status, decision, now)
+
+
+def urgent(spec: RolloutSpec, status: RolloutStatus, evidence: Evidence, now: float) -> bool:
+    """Should the controller tick now instead of at `next_check_at`? Call it on every batch.
+
+    True when the trip wire fires or an operator intent waits; this is what bounds the time
+    from a burst of student failures reaching the controller to weight 0 by one tick.
+    """
+    if status.terminal:
+        return False
+    pending = status.intents
+    if pending.abort or pending.promote is not None or status.phase is Phase.PENDING:
+        return True
+    if spec.fast_rollback is None:
+        return False
+    return fast_rollback_check(spec.fast_rollback, evidence, now).verdict is Verdict.FAIL
+
+
+def routing(spec: RolloutSpec, status: RolloutStatus) -> Routing:
+    """What to publish to routers; shadow comparisons run only while the rollout is live."""
+    live = status.phase in (Phase.PROGRESSING, Phase.PAUSED)
+    shadow = spec.stages[status.stage_index].shadow_fraction if live else 0.0
+    return Routing(weight_percent=status.weight_percent, shadow_fraction=shadow)

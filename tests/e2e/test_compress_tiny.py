@@ -1,0 +1,133 @@
+"""The tiny recipe end to end through the real CLI: teacher and students built, manifests
+complete, a second run recomputes nothing, bad input changes nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compression.pipeline import RunSummary, compress
+from compression.recipe import load_recipe
+from compression.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "recipes" / "tiny.yaml"
+
+
+def kdcanary(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "serving.cli", *map(str, args)]
+    return subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=os.environ | {"PYTHONWARNINGS": "ignore"}
+    )
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Registry, RunSummary]:
+    registry = Registry(tmp_path_factory.mktemp("registry"))
+    return registry, compress(load_recipe(TINY), registry)
+
+
+def snapshot(registry: Registry) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in registry.models.rglob("*")}
+
+
+def test_teacher_and_students_with_complete_manifests(first_run: tuple[Registry, RunSummary]) -> None:
+    registry, summary = first_run
+    assert not summary.breaches
+    roles = [b.manifest.role for b in summary.bundles]
+    assert roles.count("teacher") == 1 and roles.count("student") >= 2
+    for bundle in summary.bundles:
+        m = bundle.manifest
+        bundle.verify_files()
+        assert (bundle.path / "tokenizer" / "tokenizer.json").is_file()
+        assert 0.5 < m.metrics.test_accuracy <= 1 and 0 < m.metrics.agreement_with_teacher <= 1
+        assert m.metrics.latency_ms.b1_p50 > 0 and m.metrics.latency_ms.b32_p50 > m.metrics.latency_ms.b1_p50
+        assert m.metrics.size_bytes == bundle.model_path.stat().st_size and m.metrics.params > 0
+        assert m.data_hash == summary.teacher.manifest.data_hash and m.recipe["name"] == "tiny"
+        assert registry.lineage(m.id)[-1].id == summary.teacher.id
+        if m.role == "student":
+            assert m.parent_check is not None and m.parent_check.parent_id == m.parents[0]
+    assert {b.manifest.precision for b in summary.bundles} == {"fp32", "int8"}
+    assert any(b.manifest.stage == "prune" for b in summary.bundles)
+
+
+def test_teacher_outputs_are_computed_once_for_all_students(first_run: tuple[Registry, RunSummary]) -> None:
+    _, summary = first_run
+    # One pass over each split the teacher is asked about (distill, validation, test), shared by
+    # every student: 2 students would double it without the cache.
+    recipe = load_recipe(TINY)
+    from compression.data import load_corpus
+
+    corpus = load_corpus(recipe.data, recipe.seed)
+    batches = sum(
+        -(-n // 64) for n in (len(corpus.train) + len(corpus.transfer), len(corpus.validation), len(corpus.test))
+    )
+    assert summary.teacher_forward_batches == batches
+    assert len(recipe.students) >= 2
+
+
+def test_second_run_recomputes_nothing(first_run: tuple[Registry, RunSummary]) -> None:
+    registry, summary = first_run
+    before = snapshot(registry)
+    again = compress(load_recipe(TINY), registry)
+    assert again.forward_batches == {}  # no model, teacher or student, ran a single batch
+    assert [b.id for b in again.bundles] == [b.id for b in summary.bundles]
+    assert snapshot(registry) == before
+
+
+def test_cli_lists_shows_and_reports(first_run: tuple[Registry, RunSummary], tmp_path: Path) -> None:
+    registry, summary = first_run
+    listing = kdcanary("models", "list", "--registry", registry.root)
+    assert listing.returncode == 0 and all(b.id in listing.stdout for b in summary.bundles)
+    student = summary.students["minilm-l2"][-1]
+    shown = kdcanary("models", "show", student.manifest.name, "--registry", registry.root)
+    assert shown.returncode == 0 and f"lineage: {student.manifest.name}" in shown.stdout
+    assert "teacher (" in shown.stdout.splitlines()[-1]
+    report = kdcanary("report", "--registry", registry.root, "--out", tmp_path)
+    assert report.returncode == 0 and (tmp_path / "pareto.png").stat().st_size > 10_000
+    assert "minilm-l2-pruned-int8" in (tmp_path / "pareto.md").read_text()
+
+
+def test_demo_reuses_the_registry(first_run: tuple[Registry, RunSummary], tmp_path: Path) -> None:
+    registry, _ = first_run
+    demo = kdcanary("demo", "--registry", registry.root, "--out", tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    assert "kdcanary demo:" in demo.stdout and (tmp_path / "pareto.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t + "\nsurprise: 1\n", "surprise"),
+        (lambda t: t.replace("layers: [0, 5]", "layers: [0, 9]"), "layers [0, 9]"),
+        (lambda t: t.replace("source: rotten_tomatoes", "source: file\n  path: missing.csv"), "missing.csv"),
+        (lambda t: t.replace("teacher:\n", "teacher:\n  path: /nonexistent/teacher\n"), "teacher.path"),
+    ],
+    ids=["unknown-field", "bad-layers", "unreadable-data", "teacher-does-not-load"],
+)
+def test_bad_input_is_one_line_and_changes_nothing(
+    first_run: tuple[Registry, RunSummary], tmp_path: Path, edit: object, message: str
+) -> None:
+    registry, _ = first_run
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(edit(TINY.read_text()))  # type: ignore[operator]
+    before = snapshot(registry)
+    result = kdcanary("compress", recipe, "--registry", registry.root)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("kdcanary: error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert snapshot(registry) == before
+
+
+def test_corrupt_manifest_is_named(first_run: tuple[Registry, RunSummary], tmp_path: Path) -> None:
+    _, summary = first_run
+    copy = Registry(tmp_path)
+    shutil.copytree(summary.teacher.path, copy.models / summary.teacher.id)
+    (copy.models / summary.teacher.id / "manifest.json").write_text('{"schema_version": 1, "id": ')
+    result = kdcanary("models", "list", "--registry", copy.root)
+    assert result.returncode == 2 and "manifest.json: corrupt manifest" in result.stderr

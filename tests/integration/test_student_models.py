@@ -1,0 +1,124 @@
+"""Students built from a small random BERT, exported and run in real ONNX Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from compression.distill import TrainingSet
+from compression.errors import StudentSpecError
+from compression.models import (
+    EncoderClassifier,
+    bag_of_embeddings,
+    count_parameters,
+    cut_layers,
+    fresh_transformer,
+    layer_shapes,
+    load_model,
+    save_model,
+)
+from compression.onnx_runtime import export_onnx, predict, session
+from compression.prune import prune
+from compression.quantize import quantize
+from compression.recipe import (
+    BagOfEmbeddingsArchitecture,
+    DistillConfig,
+    ExportConfig,
+    LayersArchitecture,
+    PruneConfig,
+    TransformerArchitecture,
+)
+from compression.text import Encoded, pad
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def teacher() -> EncoderClassifier:
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=200, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64
+    )
+    return EncoderClassifier(BertModel(config), num_labels=2).eval()
+
+
+def sample(n: int = 24) -> Encoded:
+    return Encoded(
+        [np.concatenate([[101], RNG.integers(1000, 1200, RNG.integers(3, 12)) % 200, [102]]) for _ in range(n)]
+    )
+
+
+def torch_logits(model: torch.nn.Module, encoded: Encoded) -> np.ndarray:
+    ids, mask = pad(encoded.ids)
+    with torch.inference_mode():
+        return model.eval()(ids, mask).numpy()
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        LayersArchitecture(layers=[0, 2]),
+        TransformerArchitecture(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32),
+        BagOfEmbeddingsArchitecture(hidden_size=16),
+    ],
+    ids=["layers", "transformer", "bag"],
+)
+def test_students_export_and_match_torch(
+    teacher: EncoderClassifier, arch: object, exporter: str, tmp_path: Path
+) -> None:
+    build = {LayersArchitecture: cut_layers, TransformerArchitecture: fresh_transformer}.get(
+        type(arch), bag_of_embeddings
+    )
+    student = build(teacher, arch)  # type: ignore[operator]
+    data = sample()
+    export_onnx(student, tmp_path / "m.onnx", ExportConfig(exporter=exporter), data)  # type: ignore[arg-type]
+    assert not list(tmp_path.glob("*.data"))  # one self-contained file
+    np.testing.assert_allclose(predict(session(tmp_path / "m.onnx", 1), data), torch_logits(student, data), atol=1e-4)
+
+
+def test_cut_layers_validates_indices(teacher: EncoderClassifier) -> None:
+    assert len(cut_layers(teacher, LayersArchitecture(layers=[2])).layers) == 1
+    with pytest.raises(StudentSpecError, match=r"0\.\.2"):
+        cut_layers(teacher, LayersArchitecture(layers=[0, 3]))
+
+
+def test_pruning_shrinks_tensors_and_round_trips(teacher: EncoderClassifier, tmp_path: Path) -> None:
+    student = cut_layers(teacher, LayersArchitecture(layers=[0, 1, 2]))
+    data = sample(64)
+    labels = RNG.integers(0, 2, len(data))
+    training = TrainingSet(data, labels, torch_logits(teacher, data))
+    before = count_parameters(student)
+    config = PruneConfig(head_keep=0.5, ffn_keep=0.25, steps=2, finetune_epochs=1)
+    result = prune(student, training, (data, labels), config, DistillConfig(batch_size=16), RNG)
+    assert result.shapes_after == [(2, 16)] * 3 and layer_shapes(student) == [(2, 16)] * 3
+    removed = before - count_parameters(student)
+    assert removed > 0
+    save_model(student, tmp_path / "torch")
+    reloaded = load_model(tmp_path / "torch")
+    np.testing.assert_allclose(torch_logits(reloaded, data), torch_logits(student, data), atol=1e-5)
+    export_onnx(student, tmp_path / "pruned.onnx", ExportConfig(), data)
+    export_onnx(cut_layers(teacher, LayersArchitecture(layers=[0, 1, 2])), tmp_path / "full.onnx", ExportConfig(), data)
+    # the removed weights are gone from the exported file, not zeroed inside it
+    # (the exporter folds identical constants, e.g. fresh LayerNorm weights, so allow 10 %)
+    assert onnx_weights(tmp_path / "full.onnx") - onnx_weights(tmp_path / "pruned.onnx") >= 0.9 * removed
+    assert (tmp_path / "pruned.onnx").stat().st_size < (tmp_path / "full.onnx").stat().st_size
+
+
+def onnx_weights(path: Path) -> int:
+    return sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_is_smaller_and_close(teacher: EncoderClassifier, mode: str, tmp_path: Path) -> None:
+    data = sample(64)
+    export_onnx(teacher, tmp_path / "fp32.onnx", ExportConfig(), data)
+    quantize(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", mode, data)
+    assert (tmp_path / "int8.onnx").stat().st_size < 0.5 * (tmp_path / "fp32.onnx").stat().st_size
+    fp32, int8 = predict(session(tmp_path / "fp32.onnx", 1), data), predict(session(tmp_path / "int8.onnx", 1), data)
+    assert np.abs(fp32 - int8).max() < 0.2

@@ -1,0 +1,143 @@
+"""rollout.gates: no data is inconclusive; verdicts follow the bounds; messages carry numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from rollout.evidence import Agreement, Evidence, RecentWindow, VariantStats, histogram_of
+from rollout.gates import (
+    Verdict,
+    agreement_gate,
+    cost_gate,
+    error_gate,
+    evaluate_gates,
+    fast_rollback_check,
+    latency_gate,
+)
+from rollout.spec import AgreementGate, CostGate, ErrorGate, FastRollback, LatencyGate, RolloutSpec
+
+
+def _latencies(base: float, n: int) -> list[float]:
+    """n latencies spread evenly over [0.8, 1.2] x base: p99 is about 1.2 x base."""
+    return [base * (0.8 + 0.4 * i / (n - 1)) for i in range(n)]
+
+
+def _stats(n: int, errors: int = 0, latency: float = 0.01, cost: float = 1.0) -> VariantStats:
+    return VariantStats(requests=n, errors=errors, cost_total=cost * n, latency=histogram_of(_latencies(latency, n)))
+
+
+def test_every_gate_is_inconclusive_without_data() -> None:
+    spec = RolloutSpec.from_mapping({"cost": {"max_ratio": 0.5}, "latency": {"p99_slo_s": 0.1}})
+    results = evaluate_gates(spec, Evidence())
+    assert [r.name for r in results] == ["agreement", "errors", "latency", "cost"]
+    assert all(r.verdict is Verdict.INCONCLUSIVE and r.n == 0 for r in results)
+    assert fast_rollback_check(FastRollback(), Evidence(), now=0.0).verdict is Verdict.INCONCLUSIVE
+
+
+@pytest.mark.parametrize(
+    ("agreed", "compared", "verdict"),
+    [(1990, 2000, Verdict.PASS), (900, 1000, Verdict.FAIL), (97, 100, Verdict.INCONCLUSIVE)],
+)
+def test_agreement_verdict_follows_the_robbins_bounds(agreed: int, compared: int, verdict: Verdict) -> None:
+    evidence = Evidence(agreement=Agreement(agreed=agreed, compared=compared))
+    result = agreement_gate(AgreementGate(threshold=0.97, alpha=0.05), evidence)
+    assert result.verdict is verdict
+    assert result.n == compared and result.estimate == agreed / compared and result.threshold == 0.97
+    assert result.lower is not None and result.upper is not None
+    assert result.lower <= agreed / compared <= result.upper
+
+
+def test_agreement_failure_message_carries_the_numbers() -> None:
+    result = agreement_gate(AgreementGate(), Evidence(agreement=Agreement(agreed=900, compared=1000)))
+    assert result.upper is not None and result.upper < 0.97
+    assert result.message.startswith("agreement upper bound < threshold 0.9700: estimate 0.9000 (900/1000)")
+    assert f"{result.upper:.4f}" in result.message and "alpha=0.05" in result.message
+
+
+def test_error_gate_passes_a_clean_student_and_fails_a_broken_one() -> None:
+    gate = ErrorGate(margin=0.01)
+    clean = error_gate(gate, Evidence(student=_stats(3000), teacher=_stats(30000, errors=30)))
+    assert clean.verdict is Verdict.PASS and clean.upper is not None and clean.upper <= 0.01
+    broken = error_gate(gate, Evidence(student=_stats(1000, errors=100), teacher=_stats(20000, errors=20)))
+    assert broken.verdict is Verdict.FAIL
+    assert broken.lower is not None and broken.lower > 0.01
+    assert "student 100/1000, teacher 20/20000" in broken.message and "+0.0990" in broken.message
+
+
+def test_error_gate_needs_both_models() -> None:
+    result = error_gate(ErrorGate(), Evidence(student=_stats(5000)))
+    assert result.verdict is Verdict.INCONCLUSIVE
+    assert "student 0/5000, teacher 0/0" in result.message
+
+
+def test_error_gate_is_inconclusive_while_the_bounds_straddle_the_margin() -> None:
+    result = error_gate(ErrorGate(margin=0.01), Evidence(student=_stats(300, errors=3), teacher=_stats(300)))
+    assert result.verdict is Verdict.INCONCLUSIVE
+    assert result.lower is not None and result.upper is not None
+    assert result.lower <= 0.01 < result.upper
+
+
+def test_latency_ratio_pass_and_fail() -> None:
+    gate = LatencyGate(p99_ratio=1.5)
+    fast_student = Evidence(student=_stats(3000, latency=0.010), teacher=_stats(20000, latency=0.030))
+    result = latency_gate(gate, fast_student)
+    assert result.verdict is Verdict.PASS
+    assert result.estimate == pytest.approx(1 / 3, rel=0.05)
+    assert result.upper is not None and result.upper <= 1.5
+    slow_student = Evidence(student=_stats(3000, latency=0.100), teacher=_stats(20000, latency=0.030))
+    failed = latency_gate(gate, slow_student)
+    assert failed.verdict is Verdict.FAIL and failed.lower is not None and failed.lower > 1.5
+    assert "latency p99 ratio student/teacher fail" in failed.message and "n=3000" in failed.message
+
+
+def test_latency_is_inconclusive_below_min_samples_and_unbounded_at_few_samples() -> None:
+    gate = LatencyGate(p99_ratio=1.5, min_samples=200)
+    few = latency_gate(gate, Evidence(student=_stats(100), teacher=_stats(20000)))
+    assert few.verdict is Verdict.INCONCLUSIVE and "n=100 student samples < min_samples 200" in few.message
+    # 500 samples pass min_samples but cannot bound a p99 from above yet (upper stays None).
+    some = latency_gate(gate, Evidence(student=_stats(500), teacher=_stats(20000)))
+    assert some.verdict is Verdict.INCONCLUSIVE and some.upper is None
+
+
+def test_latency_slo_alone_needs_no_teacher() -> None:
+    result = latency_gate(LatencyGate(p99_ratio=None, p99_slo_s=0.05), Evidence(student=_stats(3000)))
+    assert result.verdict is Verdict.PASS and result.threshold == 0.05
+    assert result.upper is not None and result.upper <= 0.05
+
+
+def test_latency_passes_when_either_criterion_passes_and_fails_only_when_both_fail() -> None:
+    slow = Evidence(student=_stats(4000, latency=0.100), teacher=_stats(20000, latency=0.030))
+    under_slo = latency_gate(LatencyGate(p99_ratio=1.5, p99_slo_s=0.5), slow)
+    assert under_slo.verdict is Verdict.PASS and under_slo.threshold == 0.5
+    assert "ratio student/teacher fail" in under_slo.message  # both criteria are reported
+    over_both = latency_gate(LatencyGate(p99_ratio=1.5, p99_slo_s=0.05), slow)
+    assert over_both.verdict is Verdict.FAIL
+
+
+def test_cost_gate_is_a_plain_ratio_after_min_samples() -> None:
+    gate = CostGate(max_ratio=0.5, min_samples=100)
+    cheap = cost_gate(gate, Evidence(student=_stats(200, cost=0.2), teacher=_stats(200, cost=1.0)))
+    assert cheap.verdict is Verdict.PASS and cheap.estimate == pytest.approx(0.2)
+    dear = cost_gate(gate, Evidence(student=_stats(200, cost=0.8), teacher=_stats(200, cost=1.0)))
+    assert dear.verdict is Verdict.FAIL and "cost ratio student/teacher 0.800 > max 0.5" in dear.message
+    early = cost_gate(gate, Evidence(student=_stats(50, cost=5.0), teacher=_stats(200)))
+    assert early.verdict is Verdict.INCONCLUSIVE
+
+
+def test_fast_rollback_trips_on_a_streak() -> None:
+    evidence = Evidence(recent=RecentWindow(per_second={10: (20, 20)}, consecutive_errors=20))
+    result = fast_rollback_check(FastRollback(max_consecutive_errors=20), evidence, now=10.5)
+    assert result.verdict is Verdict.FAIL
+    assert "20 student errors in a row >= limit 20" in result.message
+
+
+def test_fast_rollback_trips_on_a_window_rate_and_ignores_old_seconds() -> None:
+    gate = FastRollback(window_s=10, max_error_rate=0.5, min_window_requests=20)
+    evidence = Evidence(recent=RecentWindow(per_second={1: (100, 100), 30: (40, 20)}))
+    result = fast_rollback_check(gate, evidence, now=30.2)
+    assert result.verdict is Verdict.FAIL and result.n == 40 and result.estimate == 0.5
+    assert "student error rate 0.500 (20/40 student requests failed in the last 10 s) >= 0.5" in result.message
+    too_few = Evidence(recent=RecentWindow(per_second={30: (10, 10)}))
+    assert fast_rollback_check(gate, too_few, now=30.2).verdict is Verdict.PASS
+    healthy = Evidence(recent=RecentWindow(per_second={30: (40, 1)}))
+    assert fast_rollback_check(gate, healthy, now=30.2).verdict is Verdict.PASS

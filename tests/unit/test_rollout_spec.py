@@ -1,0 +1,105 @@
+"""rollout.spec: defaults, and validation errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from rollout.errors import SpecError
+from rollout.spec import LatencyGate, RolloutSpec, Stage
+
+
+def _stages(*weights: float) -> list[dict[str, float]]:
+    return [{"weight_percent": weight} for weight in weights]
+
+
+def test_defaults_climb_0_5_10_25_50_100_with_all_gates_but_cost() -> None:
+    spec = RolloutSpec()
+    assert [stage.weight_percent for stage in spec.stages] == [0, 5, 10, 25, 50, 100]
+    assert spec.agreement is not None and spec.agreement.threshold == 0.97
+    assert spec.errors is not None and spec.latency is not None and spec.fast_rollback is not None
+    assert spec.cost is None
+    assert RolloutSpec.from_mapping(None) == spec == RolloutSpec.from_yaml_text("")
+
+
+@pytest.mark.parametrize(
+    ("stages", "needle"),
+    [
+        (_stages(5, 100), "stages[0].weight_percent must be 0 (the shadow stage), got 5"),
+        (_stages(0, 50), "stages[1].weight_percent must be 100, got 50"),
+        (_stages(0, 25, 10, 100), "stages[2].weight_percent must be greater than stages[1]'s 25"),
+        (_stages(0, 10, 10, 100), "stages[2].weight_percent"),
+        (_stages(0), "need at least 2 stages"),
+    ],
+)
+def test_stage_weights_must_climb_from_0_to_100(stages: list[dict[str, float]], needle: str) -> None:
+    with pytest.raises(SpecError) as raised:
+        RolloutSpec.from_mapping({"stages": stages})
+    assert needle in str(raised.value)
+    assert str(raised.value).startswith("invalid rollout spec: stages:")
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"agreement": {"treshold": 0.9}}, "agreement.treshold"),
+        ({"agreement": {"threshold": 1.2}}, "agreement.threshold"),
+        ({"errors": {"alpha": 0}}, "errors.alpha"),
+        (
+            {"stages": [{"weight_percent": 0}, {"weight_percent": 100, "min_requests": -1}]},
+            "stages.1.min_requests",
+        ),
+        (
+            {"stages": [{"weight_percent": 0, "shadow_fraction": 2}, {"weight_percent": 100}]},
+            "stages.0.shadow_fraction",
+        ),
+        ({"latency": {"p99_ratio": None}}, "latency"),
+        ({"fast_rollback": {"window_s": 600}}, "fast_rollback.window_s"),
+        ({"cost": {}}, "cost.max_ratio"),
+        ({"tick_interval_s": 0}, "tick_interval_s"),
+        ({"stagez": []}, "stagez"),
+    ],
+)
+def test_errors_name_the_field(data: dict[str, object], field: str) -> None:
+    with pytest.raises(SpecError) as raised:
+        RolloutSpec.from_mapping(data)
+    assert f"{field}: " in str(raised.value)
+
+
+def test_direct_construction_raises_pydantic_validation_error() -> None:
+    with pytest.raises(ValidationError, match="stages"):
+        RolloutSpec(stages=[Stage(weight_percent=0), Stage(weight_percent=99)])
+    with pytest.raises(ValidationError, match="p99_ratio, p99_slo_s or both"):
+        LatencyGate(p99_ratio=None, p99_slo_s=None)
+
+
+def test_yaml_text_with_disabled_gates_and_custom_stages() -> None:
+    spec = RolloutSpec.from_yaml_text(
+        """
+        stages:
+          - {weight_percent: 0, min_requests: 10, min_dwell_s: 0, shadow_fraction: 1.0}
+          - {weight_percent: 100, min_requests: 10, min_dwell_s: 0}
+        agreement: {threshold: 0.9, alpha: 0.01}
+        latency: {p99_ratio: null, p99_slo_s: 0.25}
+        errors: null
+        cost: {max_ratio: 0.5}
+        tick_interval_s: 0.5
+        """
+    )
+    assert [stage.weight_percent for stage in spec.stages] == [0, 100]
+    assert spec.errors is None
+    assert spec.latency is not None and spec.latency.p99_slo_s == 0.25
+    assert spec.cost is not None and spec.cost.max_ratio == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"), [("- 1\n- 2\n", "must be a mapping, got list"), ("a: [", "not valid YAML")]
+)
+def test_yaml_that_is_not_a_mapping_is_a_spec_error(text: str, needle: str) -> None:
+    with pytest.raises(SpecError, match=needle):
+        RolloutSpec.from_yaml_text(text)
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = RolloutSpec.from_mapping({"cost": {"max_ratio": 0.3}, "latency": {"p99_slo_s": 0.2}})
+    assert RolloutSpec.model_validate_json(spec.model_dump_json()) == spec

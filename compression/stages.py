@@ -14,7 +14,7 @@ import onnx
 
 from compression.context import Context
 from compression.distill import TrainingSet, sweep, train
-from compression.errors import StudentSpecError, TeacherLoadError
+from compression.errors import StudentSpecError, TeacherLoadError, ToleranceError
 from compression.models import (
     Classifier,
     EncoderClassifier,
@@ -28,6 +28,7 @@ from compression.models import (
 from compression.onnx_runtime import export_onnx, measure_latency, predict, session
 from compression.packaged import package_dir
 from compression.prune import prune
+from compression.qat import export_qdq, wrap_linears
 from compression.quantize import quantize
 from compression.recipe import LayersArchitecture, StudentConfig, Tolerance, TransformerArchitecture
 from compression.registry import MODEL_FILE, TOKENIZER_DIR, TORCH_DIR, Bundle, Metrics, Preprocessing
@@ -107,23 +108,45 @@ def prune_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: StudentC
 
 
 def quantize_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: StudentConfig) -> Bundle:
-    assert student.quantize is not None
-    key = stage_key(ctx, "quantize", parent.id, student.quantize.model_dump())
+    """Post-training INT8; if that breaches tolerance, quantization-aware distillation (QDQ)."""
+    config = student.quantize
+    assert config is not None
+    key = stage_key(ctx, "quantize", parent.id, config.model_dump())
     if existing := ctx.registry.find_stage(key):
         return existing
     max_length = parent.manifest.preprocessing.max_length
     staging = ctx.registry.staging_dir()
     try:
-        quantize(parent.model_path, staging / MODEL_FILE, student.quantize.mode, ctx.encoded("validation", max_length))
         shutil.copytree(parent.path / TOKENIZER_DIR, staging / TOKENIZER_DIR)
-        check = _check(ctx, staging, max_length, "quantize", parent, student.tolerances.quantize)
+        quantize(parent.model_path, staging / MODEL_FILE, config.mode, ctx.encoded("validation", max_length))
+        training: dict[str, Any] = {"mode": config.mode}
+        try:
+            check = _check(ctx, staging, max_length, "quantize", parent, student.tolerances.quantize)
+        except ToleranceError as breach:
+            if not (config.qat_fallback and parent.torch_path):
+                raise
+            training = {"mode": "qat", "post_training_breach": str(breach)}
+            training |= _quantization_aware(ctx, teacher, parent, student, staging / MODEL_FILE)
+            check = _check(ctx, staging, max_length, "quantize", parent, student.tolerances.quantize)
         metrics = _measure(ctx, staging, max_length, parent.manifest.metrics.params, teacher)
         identity = {"name": f"{parent.manifest.name}-int8", "role": "student", "stage": "quantize", "precision": "int8"}
-        training = {"mode": student.quantize.mode}
         return _register(ctx, staging, identity, parent, check, key, metrics, training, max_length)
     except BaseException:
         ctx.registry.discard(staging)
         raise
+
+
+def _quantization_aware(
+    ctx: Context, teacher: Bundle, parent: Bundle, student: StudentConfig, target: Path
+) -> dict[str, Any]:
+    """Distil the parent's own weights for a short pass under fake quantization, export QDQ."""
+    assert student.quantize is not None
+    model = wrap_linears(ctx.torch_model(parent))
+    tune = student.distill.model_copy(update={"epochs": student.quantize.qat_epochs})
+    data = _distillation_set(ctx, teacher, student)
+    result = train(model, data, _validation(ctx), tune, ctx.rng(student.name, "qat"), f"QAT {student.name}")
+    export_qdq(model, target, ctx.encoded("validation"), ctx.recipe.export.opset)
+    return {"qat_validation_accuracy_per_epoch": result.history}
 
 
 def make_student(teacher: Classifier | None, student: StudentConfig) -> Classifier:

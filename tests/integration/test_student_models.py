@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from compression.distill import TrainingSet
+from compression.distill import TrainingSet, train
 from compression.errors import StudentSpecError
 from compression.models import (
     EncoderClassifier,
@@ -24,6 +24,7 @@ from compression.models import (
 )
 from compression.onnx_runtime import export_onnx, predict, session
 from compression.prune import prune
+from compression.qat import export_qdq, wrap_linears
 from compression.quantize import quantize
 from compression.recipe import (
     BagOfEmbeddingsArchitecture,
@@ -122,3 +123,19 @@ def test_int8_is_smaller_and_close(teacher: EncoderClassifier, mode: str, tmp_pa
     assert (tmp_path / "int8.onnx").stat().st_size < 0.5 * (tmp_path / "fp32.onnx").stat().st_size
     fp32, int8 = predict(session(tmp_path / "fp32.onnx", 1), data), predict(session(tmp_path / "int8.onnx", 1), data)
     assert np.abs(fp32 - int8).max() < 0.2
+
+
+def test_quantization_aware_export_holds_int8_weights_and_matches_torch(
+    teacher: EncoderClassifier, tmp_path: Path
+) -> None:
+    student = wrap_linears(cut_layers(teacher, LayersArchitecture(layers=[0, 1])))
+    data = sample(64)
+    labels = RNG.integers(0, 2, len(data))
+    training = TrainingSet(data, labels, torch_logits(teacher, data))
+    train(student, training, (data, labels), DistillConfig(epochs=1, batch_size=16), RNG, "qat")
+    export_qdq(student, tmp_path / "qdq.onnx", data, opset=18)
+    graph = onnx.load(str(tmp_path / "qdq.onnx")).graph
+    int8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8) == 2 * 6 + 1  # every Linear's weight: 6 per layer, plus the head
+    assert {n.op_type for n in graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+    np.testing.assert_allclose(predict(session(tmp_path / "qdq.onnx", 1), data), torch_logits(student, data), atol=1e-4)

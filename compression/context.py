@@ -69,7 +69,7 @@ class Context:
         """A bundle's logits on a split, at the bundle's own max length, through the cache."""
         max_length = bundle.manifest.preprocessing.max_length
         key = self.cache.key(bundle.id, self.split(split).content_hash(), max_length, "logits")
-        return self.cache.get_or_compute(key, lambda: self._run(bundle, self.encoded(split, max_length)))
+        return self.cache.get_or_compute(key, lambda: self._run(bundle, split, max_length))
 
     def pooled_hidden(self, teacher: Bundle, split: str) -> np.ndarray:
         """Mean-pooled output of every teacher layer (float16, rows x layers+1 x width)."""
@@ -81,9 +81,10 @@ class Context:
             self._sessions[bundle.id] = session(bundle.model_path, threads=2)
         return self._sessions[bundle.id]
 
-    def _run(self, bundle: Bundle, encoded: Encoded) -> np.ndarray:
+    def _run(self, bundle: Bundle, split: str, max_length: int) -> np.ndarray:
+        encoded = self.encoded(split, max_length)
         self.forward_batches[bundle.id] += -(-len(encoded) // 64)
-        return predict(self.session(bundle), encoded, batch_size=64)
+        return predict(self.session(bundle), encoded, 64, progress=f"{bundle.manifest.name} on {split}")
 
     def _hidden(self, teacher: Bundle, encoded: Encoded) -> np.ndarray:
         model = self.torch_model(teacher)

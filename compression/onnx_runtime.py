@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from tqdm import tqdm
 
 from compression.models import Classifier
 from compression.recipe import ExportConfig
@@ -79,9 +80,14 @@ def run_logits(sess: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray) ->
     return np.asarray(sess.run(None, feed)[0], dtype=np.float32)
 
 
-def predict(sess: ort.InferenceSession, encoded: Encoded, batch_size: int = 64) -> np.ndarray:
+def predict(
+    sess: ort.InferenceSession, encoded: Encoded, batch_size: int = 64, progress: str | None = None
+) -> np.ndarray:
+    """Logits for every row, in row order; `progress` names a progress bar (shown on a terminal)."""
     out: np.ndarray | None = None
-    for index, ids, mask in batches(encoded, batch_size):
+    total = -(-len(encoded) // batch_size)
+    rows = batches(encoded, batch_size)
+    for index, ids, mask in tqdm(rows, total=total, desc=progress, disable=None if progress else True, leave=False):
         logits = run_logits(sess, ids.numpy(), mask.numpy())
         if out is None:
             out = np.zeros((len(encoded), logits.shape[1]), dtype=np.float32)

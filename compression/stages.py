@@ -30,7 +30,7 @@ from compression.packaged import package_dir
 from compression.prune import prune
 from compression.qat import export_qdq, wrap_linears
 from compression.quantize import quantize
-from compression.recipe import LayersArchitecture, StudentConfig, Tolerance, TransformerArchitecture
+from compression.recipe import DistillConfig, LayersArchitecture, StudentConfig, Tolerance, TransformerArchitecture
 from compression.registry import MODEL_FILE, TOKENIZER_DIR, TORCH_DIR, Bundle, Metrics, Preprocessing
 from compression.validate import ParentCheck, check_against_parent
 
@@ -57,12 +57,12 @@ def teacher_stage(ctx: Context) -> Bundle:
         else:
             model = load_hf_teacher(config.path or default_teacher_path(), len(ctx.corpus.label_names))
             data = TrainingSet(ctx.encoded("train"), ctx.corpus.train.labels)
-            tune = ctx.recipe.students[0].distill.model_copy(update=config.fine_tune.model_dump())
+            tune = DistillConfig(**config.fine_tune.model_dump(), alpha=0.0)  # labels only: no teacher yet
             result = train(model, data, _validation(ctx), tune, ctx.rng("teacher"), "fine-tune teacher")
             _save_artifacts(ctx, model, staging)
             params, training = count_parameters(model), {"validation_accuracy_per_epoch": result.history}
         ctx.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
-        metrics = _measure(ctx, staging, ctx.max_length, params, teacher=None)
+        metrics = _measure(ctx, staging, ctx.max_length, params, teacher=None, check=None)
         identity = {"name": config.name, "role": "teacher", "stage": "teacher", "precision": "fp32"}
         return _register(ctx, staging, identity, None, None, key, metrics, training, ctx.max_length)
     except BaseException:
@@ -71,8 +71,8 @@ def teacher_stage(ctx: Context) -> Bundle:
 
 
 def distill_stage(ctx: Context, teacher: Bundle, student: StudentConfig) -> Bundle:
-    settings = student.model_dump(mode="json", include={"architecture", "distill", "sweep", "tolerances"})
-    key = stage_key(ctx, "distill", teacher.id, settings)
+    settings = student.model_dump(mode="json", include={"architecture", "distill", "sweep", "max_length"})
+    key = stage_key(ctx, "distill", teacher.id, settings | {"tolerance": student.tolerances.distill.model_dump()})
     if existing := ctx.registry.find_stage(key):
         return existing
     data = _distillation_set(ctx, teacher, student)
@@ -92,7 +92,7 @@ def distill_stage(ctx: Context, teacher: Bundle, student: StudentConfig) -> Bund
 
 def prune_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: StudentConfig) -> Bundle:
     assert student.prune is not None
-    key = stage_key(ctx, "prune", parent.id, student.prune.model_dump())
+    key = stage_key(ctx, "prune", parent.id, [student.prune.model_dump(), student.tolerances.prune.model_dump()])
     if existing := ctx.registry.find_stage(key):
         return existing
     model = ctx.torch_model(parent)
@@ -111,7 +111,7 @@ def quantize_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: Stude
     """Post-training INT8; if that breaches tolerance, quantization-aware distillation (QDQ)."""
     config = student.quantize
     assert config is not None
-    key = stage_key(ctx, "quantize", parent.id, config.model_dump())
+    key = stage_key(ctx, "quantize", parent.id, [config.model_dump(), student.tolerances.quantize.model_dump()])
     if existing := ctx.registry.find_stage(key):
         return existing
     max_length = parent.manifest.preprocessing.max_length
@@ -128,7 +128,7 @@ def quantize_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: Stude
             training = {"mode": "qat", "post_training_breach": str(breach)}
             training |= _quantization_aware(ctx, teacher, parent, student, staging / MODEL_FILE)
             check = _check(ctx, staging, max_length, "quantize", parent, student.tolerances.quantize)
-        metrics = _measure(ctx, staging, max_length, parent.manifest.metrics.params, teacher)
+        metrics = _measure(ctx, staging, max_length, parent.manifest.metrics.params, teacher, check)
         identity = {"name": f"{parent.manifest.name}-int8", "role": "student", "stage": "quantize", "precision": "int8"}
         return _register(ctx, staging, identity, parent, check, key, metrics, training, max_length)
     except BaseException:
@@ -189,7 +189,7 @@ def _finish(
         _save_artifacts(ctx, model, staging)
         ctx.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
         check = _check(ctx, staging, max_length, stage, parent, getattr(student.tolerances, stage))
-        metrics = _measure(ctx, staging, max_length, count_parameters(model), teacher)
+        metrics = _measure(ctx, staging, max_length, count_parameters(model), teacher, check)
         identity = {"name": name, "role": "student", "stage": stage, "precision": "fp32"}
         return _register(ctx, staging, identity, parent, check, key, metrics, training, max_length)
     except BaseException:
@@ -211,17 +211,23 @@ def _check(
     )
 
 
-def _measure(ctx: Context, staging: Path, max_length: int, params: int, teacher: Bundle | None) -> Metrics:
+def _measure(
+    ctx: Context, staging: Path, max_length: int, params: int, teacher: Bundle | None, check: ParentCheck | None
+) -> Metrics:
+    """Test accuracy, agreement with the teacher, latency and size; validation accuracy comes
+    from the parent check when there was one (the same predictions)."""
     sess = session(staging / MODEL_FILE, threads=ctx.recipe.measure.threads)
     test = predict(sess, ctx.encoded("test", max_length))
-    validation = predict(sess, ctx.encoded("validation", max_length))
+    if check is None:
+        validation = predict(sess, ctx.encoded("validation", max_length))
+        validation_accuracy = float((validation.argmax(1) == ctx.corpus.validation.labels).mean())
     reference = test if teacher is None else ctx.logits(teacher, "test")
     latency = measure_latency(
         sess, ctx.encoded("test", max_length), ctx.recipe.measure.threads, ctx.recipe.measure.runs
     )
     return Metrics(
         test_accuracy=float((test.argmax(1) == ctx.corpus.test.labels).mean()),
-        validation_accuracy=float((validation.argmax(1) == ctx.corpus.validation.labels).mean()),
+        validation_accuracy=validation_accuracy if check is None else check.accuracy,
         agreement_with_teacher=float((test.argmax(1) == reference.argmax(1)).mean()),
         latency_ms=latency,
         size_bytes=(staging / MODEL_FILE).stat().st_size,

@@ -27,9 +27,8 @@ def kdcanary(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Registry, RunSummary]:
-    registry = Registry(tmp_path_factory.mktemp("registry"))
-    return registry, compress(load_recipe(TINY), registry)
+def first_run(tiny_run: tuple[Registry, RunSummary]) -> tuple[Registry, RunSummary]:
+    return tiny_run
 
 
 def snapshot(registry: Registry) -> dict[str, float]:

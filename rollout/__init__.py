@@ -1,4 +1,6 @@
-"""Rollout decisions: the pure core the controller wraps (no Ray, no I/O, no clock).
+"""Rollout decisions: the pure core, and the controller that does the I/O around it (no Ray).
+
+Pure core (no I/O, no clock):
 
     spec.py      RolloutSpec: stages as data, gate configs, fast-rollback trip wire
     status.py    RolloutStatus: the one persisted record, phases, admin intents
@@ -8,6 +10,17 @@
     policy.py    decide(spec, status, evidence, now) -> Decision; apply(status, decision, now)
     errors.py    RolloutError and its subclasses
 
+Controller layer (I/O behind injected Protocols, each with an in-package fake):
+
+    clock.py       Clock: SystemClock, FakeClock(start).advance(seconds)
+    events.py      Event: one entry of the append-only log (decision, operator, store, controller)
+    store.py       StateStore: SqliteStateStore(path) (WAL, atomic saves), MemoryStateStore
+    webhooks.py    WebhookSender: HttpWebhookSender (queue + thread, retries), RecordingWebhookSender
+    journal.py     Journal: event ids, pending events, store health, exactly-once flush
+    views.py       PublishedRouting (with version), StatusView, ETA, store health
+    controller.py  RolloutController: record / tick / routing / admin intents / snapshot / events
+
 Imports run one way: policy -> gates -> spec -> evidence -> stats -> errors, and
-policy -> status -> errors. Nothing here imports serving/.
+policy -> status -> errors; controller -> journal -> (store, webhooks, views) -> events ->
+evidence, and views -> policy. Nothing here imports serving/.
 """

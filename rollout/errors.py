@@ -3,13 +3,19 @@
     RolloutError                  base: the controller and admin API turn it into one line
     ├── SpecError                 a rollout spec fails validation; the message names the field
     ├── IntentError               an admin intent cannot apply in the current phase
-    └── StatsError                a statistics routine got arguments outside its domain
+    ├── StatsError                a statistics routine got arguments outside its domain
+    ├── StoreError                the state store could not be read or written (path and cause)
+    └── WebhookError              webhook settings are invalid (a URL that is not http(s), ...)
 
 Gate verdicts are not errors: a failing gate is a normal outcome that the policy turns into a
 rollback, with its numbers in the decision's reasons, not an exception.
 
 Messages carry the numbers: "alpha must lie in (0, 1), got 1.5".
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 
 class RolloutError(Exception):
@@ -29,3 +35,27 @@ class IntentError(RolloutError):
 
 class StatsError(RolloutError, ValueError):
     """A statistics routine got arguments outside its domain (alpha, counts, a quantile level)."""
+
+
+class StoreError(RolloutError):
+    """The state store could not be read or written: `path` says which store, `cause` why.
+
+    The controller treats a failed save as an outage, not a crash: it holds (never advances),
+    keeps the unsaved events in memory and retries on the next tick. A store that cannot be
+    loaded at construction is fatal (a controller that cannot know its stage must not guess).
+    """
+
+    def __init__(self, message: str, path: str = "", cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.cause = cause
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep path and cause when Ray pickles the error
+        return (type(self), (str(self), self.path, self.cause))
+
+
+class WebhookError(RolloutError, ValueError):
+    """Webhook settings are invalid: a URL that is not http(s), a negative timeout or retry count.
+
+    Delivery failures are not errors: the sender counts them and never raises into a decision.
+    """

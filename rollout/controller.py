@@ -1,0 +1,395 @@
+"""The rollout controller: the I/O around the pure policy (no Ray here; serving wraps it).
+
+It folds router observations into evidence, ticks `policy.decide`, applies the decision,
+persists status + evidence + events in one store transaction, fires webhooks and publishes
+the routing. Every decision comes from `rollout.policy`; this class only moves data. Clock,
+store and webhook sender are injected, so a test is a tick-by-tick scenario on a FakeClock.
+
+Driving it (the Ray Serve deployment is a thin shell over these calls):
+
+- routers push `record(observations)`; when `policy.urgent` says so (the fast-rollback trip
+  wire, a pending start, an operator rollback or promote) it ticks at once, inside the call:
+  that is how a burst of hard failures reaches weight 0 without waiting for the tick loop;
+- the wrapper loops `tick()`, sleeping until `next_tick_at()` (the controller never sleeps);
+- routers poll `routing()` and adopt any update whose `version` is newer than theirs;
+- admin endpoints call `start/pause/resume/promote/rollback/set_weight` with who and why
+  (authentication stays in the wrapper: this class never sees a token), `snapshot()` for
+  GET status and `events()` for GET events.
+
+Durability. Restart = construct a new controller over the same store: it reloads status,
+evidence and the last event id and continues at the same stage and weight. When a save fails
+(StoreError) the controller keeps running from memory but only holds or rolls back (rolling
+back needs no permission: weight 0 is the safe side); a start, advance, completion, pause or
+resume waits, its intent kept, until a save succeeds. Unsaved events stay in memory with
+their ids and go out in the next successful save, exactly once. A tick saves only when
+something is new (observations, a change, events): a HOLD with nothing new leaves the stored
+record (its `ticks` and `message`) as it was. At most the observations recorded since the
+last save are lost if the process dies (a tick's worth when healthy).
+
+Thread safety: one re-entrant lock around every method; each call is short (no sleeping, no
+network: webhooks are queued, and a store save is one small local transaction).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rollout.clock import Clock
+from rollout.errors import IntentError, SpecError
+from rollout.events import Event, EventKind, summarize
+from rollout.evidence import Evidence, Observation, Variant, add_observations, rollover
+from rollout.journal import Draft, Journal
+from rollout.policy import Action, Decision, apply, decide, urgent
+from rollout.policy import routing as policy_routing
+from rollout.spec import RolloutSpec
+from rollout.status import (
+    PromoteTarget,
+    RolloutStatus,
+    request_manual_weight,
+    request_pause,
+    request_promote,
+    request_resume,
+    request_rollback,
+)
+from rollout.store import StateStore, StoredState
+from rollout.views import (
+    Counters,
+    PublishedRouting,
+    StatusView,
+    TrafficRate,
+    estimate_eta,
+    rollback_cause,
+    routing_version,
+    with_gate_caveat,
+)
+from rollout.webhooks import WebhookSender
+
+log = logging.getLogger(__name__)
+
+
+class _Operator(BaseModel):
+    """Who asked and why, validated at the boundary (the actor is a name, never a credential)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+    actor: str = Field(min_length=1, max_length=200)
+    reason: str = Field(max_length=2000)
+
+
+def _position(status: RolloutStatus) -> dict[str, Any]:
+    return {"phase": status.phase.value, "stage_index": status.stage_index, "weight_percent": status.weight_percent}
+
+
+class RolloutController:
+    """One rollout's controller; see the module docstring for how a wrapper drives it.
+
+    Raises StoreError when the store cannot be loaded, and SpecError when the stored status
+    points past the spec's stages (a spec swapped under a live rollout).
+    """
+
+    def __init__(
+        self,
+        spec: RolloutSpec,
+        store: StateStore,
+        clock: Clock,
+        webhooks: WebhookSender,
+        *,
+        rate_window_s: float = 60.0,
+    ) -> None:
+        self._spec, self._clock, self._webhooks = spec, clock, webhooks
+        self._lock = threading.RLock()
+        now = clock.now()
+        self._status: RolloutStatus | None = None
+        self._evidence = Evidence()
+        self._dirty = False  # memory holds state the store has not saved yet
+        self._last_decision: Decision | None = None
+        self._last_tick_at: float | None = None
+        self._decisions: Counter[str] = Counter()
+        self._rollbacks: Counter[str] = Counter()
+        self._rate = TrafficRate(rate_window_s, since=now)
+        state = store.load()
+        self._journal = Journal(store, webhooks, state.last_event_id if state is not None else 0)
+        if state is not None:
+            self._resume(state, now)
+
+    def _resume(self, state: StoredState, now: float) -> None:
+        status = state.status
+        if status.stage_index >= len(self._spec.stages):
+            count = len(self._spec.stages)
+            raise SpecError(f"stored status.stage_index {status.stage_index} is beyond the spec's {count} stages")
+        self._status, self._evidence = status, rollover(state.evidence, status.epoch)
+        self._dirty = True
+        reason = (
+            f"controller resumed a {status.phase.value} rollout at stage {status.stage_index} "
+            f"({status.weight_percent:g} %), epoch {status.epoch}, student n={self._evidence.student.requests}, "
+            f"last event id {state.last_event_id}"
+        )
+        payload = {**_position(status), "evidence": summarize(self._evidence).model_dump()}
+        self._journal.commit(Draft(EventKind.CONTROLLER, "resumed", reason, payload), now)
+        self._save(now)
+
+    def _save(self, now: float) -> None:
+        """Persist the in-memory state (and pending events) if anything is unsaved."""
+        if self._status is not None and (self._dirty or self._journal.has_pending):
+            self._dirty = not self._journal.persist(now, self._status, self._evidence)
+
+    # --- ticking ----------------------------------------------------------------------------
+
+    def record(self, observations: Sequence[Observation]) -> Decision | None:
+        """Fold a router batch into the evidence; tick at once when `policy.urgent` says so.
+
+        Returns the decision of that immediate tick, or None when no tick was due.
+        """
+        with self._lock:
+            now = self._clock.now()
+            if not observations:
+                return None
+            self._evidence = add_observations(self._evidence, observations, now)
+            self._rate.add(now, sum(o.variant is Variant.STUDENT for o in observations))
+            self._dirty = True
+            if self._status is not None and urgent(self._spec, self._status, self._evidence, now):
+                return self._tick(now)
+            return None
+
+    def tick(self) -> Decision:
+        """Decide, apply, persist (status + evidence + the decision's event, atomically), notify."""
+        with self._lock:
+            return self._tick(self._clock.now())
+
+    def _tick(self, now: float) -> Decision:
+        self._last_tick_at = now
+        status = self._status
+        if status is None:
+            return self._count(self._idle(now))
+        decision = decide(self._spec, status, self._evidence, now)
+        new_status = apply(status, decision, now)
+        new_evidence = rollover(self._evidence, new_status.epoch)
+        if decision.action is Action.HOLD:
+            self._adopt(decision, new_status, new_evidence)
+            self._save(now)
+            return decision
+        draft = self._decision_draft(decision, status, new_status)
+        if decision.action is Action.ROLLBACK:  # weight 0 needs no permission, durable or not
+            self._adopt(decision, new_status, new_evidence)
+            self._journal.commit(draft, now)
+            self._dirty = True
+            self._save(now)
+            return decision
+        if self._journal.persist(now, new_status, new_evidence, [draft]):
+            self._dirty = False
+            return self._adopt(decision, new_status, new_evidence)
+        held = self._deferred(decision, status, now)
+        message = f"{held.action.value}: " + "; ".join(held.reasons)  # not `apply`: nothing moves, no dwell restart
+        kept = status.model_copy(update={"ticks": status.ticks + 1, "message": message})
+        return self._adopt(held, kept, self._evidence)
+
+    def _idle(self, now: float) -> Decision:
+        return Decision(
+            action=Action.HOLD,
+            phase=RolloutStatus().phase,
+            stage_index=0,
+            weight_percent=0.0,
+            reasons=("no rollout started: waiting for an operator start",),
+            next_check_at=self._after(now),
+        )
+
+    def _adopt(self, decision: Decision, status: RolloutStatus, evidence: Evidence) -> Decision:
+        """Make `decision` (already applied into `status`, `evidence`) the state in memory."""
+        self._status, self._evidence = status, evidence
+        if decision.action is not Action.HOLD:
+            log.info("rollout %s: %s", decision.action.value, "; ".join(decision.reasons))
+        return self._count(decision)
+
+    def _count(self, decision: Decision) -> Decision:
+        self._last_decision = decision
+        self._decisions[decision.action.value] += 1
+        if decision.action is Action.ROLLBACK:
+            self._rollbacks[rollback_cause(decision)] += 1
+        return decision
+
+    def _decision_draft(self, decision: Decision, before: RolloutStatus, after: RolloutStatus) -> Draft:
+        payload = {
+            "decision": decision.model_dump(mode="json"),
+            "evidence": summarize(self._evidence).model_dump(),
+            "from": _position(before),
+            "to": _position(after),
+        }
+        return Draft(EventKind.DECISION, decision.action.value, "; ".join(decision.reasons), payload)
+
+    def _deferred(self, decision: Decision, status: RolloutStatus, now: float) -> Decision:
+        """A HOLD in place of a decision that needs a durable record while the store is down."""
+        failures = self._journal.health.consecutive_failures
+        reason = (
+            f"state store unavailable ({failures} failed saves in a row): holding instead of "
+            f"{decision.action.value} until a save succeeds"
+        )
+        return Decision(
+            action=Action.HOLD,
+            phase=status.phase,
+            stage_index=status.stage_index,
+            weight_percent=status.weight_percent,
+            gates=decision.gates,
+            reasons=(reason, *decision.reasons),
+            next_check_at=self._after(now),
+        )
+
+    def _after(self, now: float) -> float:
+        return now + self._spec.tick_interval_s
+
+    def next_tick_at(self) -> float:
+        """When the wrapper should call `tick()` next: now if urgent, else the decision's own
+        `next_check_at`, and never later than one tick interval after the last tick.
+
+        While the store is failing an urgent intent (a promote, a start) cannot be acted on,
+        so it waits for the regular interval instead of spinning the wrapper's loop.
+        """
+        with self._lock:
+            now = self._clock.now()
+            live = self._status is not None and self._journal.health.healthy
+            if live and self._status is not None and urgent(self._spec, self._status, self._evidence, now):
+                return now
+            regular = self._after(self._last_tick_at if self._last_tick_at is not None else now)
+            wanted = self._last_decision.next_check_at if self._last_decision is not None else None
+            return regular if wanted is None else min(wanted, regular)
+
+    # --- admin intents (the tick acts on them) ---------------------------------------------
+
+    def start(self, *, actor: str, reason: str) -> RolloutStatus:
+        """Begin a rollout at stage 0 with fresh evidence: the first ever, or a new one after
+        the last rolled back or completed. IntentError while one is live."""
+        operator = _Operator(actor=actor, reason=reason)
+        with self._lock:
+            now, old = self._clock.now(), self._status
+            if old is not None and not old.terminal:
+                raise IntentError(
+                    f"cannot start: a rollout is already {old.phase.value} at stage {old.stage_index} "
+                    f"({old.weight_percent:g} %)"
+                )
+            epoch = 0 if old is None else old.epoch + 1  # keeps the routing version rising
+            self._status, self._evidence = RolloutStatus(epoch=epoch), Evidence(epoch=epoch)
+            previous = None if old is None else old.phase.value
+            return self._accept(operator, "start", self._status, {"previous_phase": previous}, now)
+
+    def pause(self, *, actor: str, reason: str) -> RolloutStatus:
+        """Hold the current weight (rollbacks still fire) until `resume`."""
+        return self._intent("pause", _Operator(actor=actor, reason=reason), request_pause, {})
+
+    def resume(self, *, actor: str, reason: str) -> RolloutStatus:
+        """Withdraw a pause and any manual weight; progression continues from the stage."""
+        return self._intent("resume", _Operator(actor=actor, reason=reason), request_resume, {})
+
+    def promote(self, to_full: bool = False, *, actor: str, reason: str) -> RolloutStatus:
+        """Skip the current stage's conditions: one stage, or (`to_full`) to 100 % and completed."""
+        target = PromoteTarget.FULL if to_full else PromoteTarget.NEXT
+        change = lambda status: request_promote(status, target)  # noqa: E731
+        return self._intent("promote", _Operator(actor=actor, reason=reason), change, {"to": target.value})
+
+    def rollback(self, reason: str, *, actor: str) -> RolloutStatus:
+        """Send the student back to 0 % now (the tick runs inside this call)."""
+        operator = _Operator(actor=actor, reason=reason)
+        _require_reason("rollback", operator)
+        return self._intent("rollback", operator, lambda status: request_rollback(status, operator.reason), {})
+
+    def set_weight(self, weight_percent: float | None, *, actor: str, reason: str) -> RolloutStatus:
+        """Pin the student's weight, pausing progression; None withdraws the override."""
+        operator = _Operator(actor=actor, reason=reason)
+        _require_reason("set a manual weight", operator)
+        change = lambda status: request_manual_weight(status, weight_percent)  # noqa: E731
+        return self._intent("set_weight", operator, change, {"weight_percent": weight_percent})
+
+    def _intent(
+        self,
+        action: str,
+        operator: _Operator,
+        change: Callable[[RolloutStatus], RolloutStatus],
+        payload: dict[str, Any],
+    ) -> RolloutStatus:
+        with self._lock:
+            now = self._clock.now()
+            if self._status is None:
+                raise IntentError(f"cannot {action}: no rollout started (start one first)")
+            self._status = change(self._status)
+            return self._accept(operator, action, self._status, payload, now)
+
+    def _accept(
+        self, operator: _Operator, action: str, status: RolloutStatus, payload: dict[str, Any], now: float
+    ) -> RolloutStatus:
+        """Record the operator event, persist, and tick at once if the intent is urgent."""
+        self._dirty = True
+        details = {**payload, "status": _position(status), "intents": status.intents.model_dump(mode="json")}
+        self._journal.commit(Draft(EventKind.OPERATOR, action, operator.reason, details, operator.actor), now)
+        self._save(now)
+        if urgent(self._spec, status, self._evidence, now):
+            self._tick(now)
+        return self._status or status
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def routing(self) -> PublishedRouting:
+        """The weight and shadow fraction routers should use, with a never-decreasing version."""
+        with self._lock:
+            if self._status is None:
+                return PublishedRouting(weight_percent=0.0, shadow_fraction=0.0, version=0)
+            current = policy_routing(self._spec, self._status)
+            return PublishedRouting(**current.model_dump(), version=routing_version(self._status))
+
+    def status(self) -> RolloutStatus | None:
+        """The status record as it stands in memory (None before the first start)."""
+        with self._lock:
+            return self._status
+
+    def events(self, after_id: int = 0, limit: int = 100) -> list[Event]:
+        """Logged events with id > `after_id`, oldest first, including ones not yet saved.
+
+        Raises StoreError when the store cannot be read.
+        """
+        with self._lock:
+            return self._journal.events(after_id, limit)
+
+    def snapshot(self) -> StatusView:
+        """Everything GET status shows; see `views.StatusView`."""
+        with self._lock:
+            now = self._clock.now()
+            status = self._status if self._status is not None else RolloutStatus()
+            last = self._last_decision
+            gates = last.gates if last is not None else ()
+            rate = self._rate.per_second(now)
+            eta = estimate_eta(self._spec, self._status, self._evidence, rate, now)
+            return StatusView(
+                now=now,
+                started=self._status is not None,
+                phase=status.phase,
+                stage_index=status.stage_index,
+                stage_count=len(self._spec.stages),
+                weight_percent=status.weight_percent,
+                routing=self.routing(),
+                epoch=status.epoch,
+                ticks=status.ticks,
+                stage_started_at=status.stage_started_at,
+                last_transition_at=status.last_transition_at,
+                intents=status.intents,
+                rollback_reason=status.rollback_reason,
+                message=status.message,
+                last_action=last.action if last is not None else None,
+                last_decision_at=self._last_tick_at,
+                last_reasons=last.reasons if last is not None else (),
+                gates=gates,
+                evidence=summarize(self._evidence),
+                student_rate_per_s=rate,
+                eta=with_gate_caveat(eta, gates),
+                counters=Counters(decisions=dict(self._decisions), rollbacks=dict(self._rollbacks)),
+                store=self._journal.health,
+                webhooks=self._webhooks.stats(),
+                last_event_id=self._journal.last_id,
+            )
+
+
+def _require_reason(action: str, operator: _Operator) -> None:
+    if not operator.reason:
+        raise IntentError(f"cannot {action} without a reason: say why (it goes into the event log)")

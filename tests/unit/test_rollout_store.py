@@ -1,0 +1,183 @@
+"""rollout.store: one contract for both stores, then what only a real SQLite file can show."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from rollout.errors import StoreError
+from rollout.events import Event, EventKind
+from rollout.evidence import Evidence, Observation, Variant, add_observations
+from rollout.status import Intents, Phase, RolloutStatus
+from rollout.store import MemoryStateStore, SqliteStateStore, StateStore
+
+T0 = 1_000_000.0
+
+
+def evidence_with_data() -> Evidence:
+    batch = [
+        Observation(variant=Variant.STUDENT, latency_s=0.012, agreed=True),
+        Observation(variant=Variant.STUDENT, latency_s=0.5, error=True, agreed=False, cost=0.25),
+        Observation(variant=Variant.TEACHER, latency_s=0.031),
+    ]
+    return add_observations(Evidence(epoch=2), batch, T0)
+
+
+STATUS = RolloutStatus(
+    phase=Phase.PAUSED,
+    stage_index=2,
+    weight_percent=10.0,
+    epoch=2,
+    stage_started_at=T0,
+    ticks=7,
+    intents=Intents(pause=True, manual_weight_percent=12.5),
+)
+
+
+def event(event_id: int, action: str = "advance") -> Event:
+    return Event(
+        id=event_id,
+        at=T0 + event_id,
+        kind=EventKind.DECISION,
+        action=action,
+        reason=f"reason {event_id}",
+        payload={"gates": [{"name": "agreement", "n": 412, "lower": 0.912}], "nested": {"ok": True}},
+    )
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> StateStore:
+    if request.param == "memory":
+        return MemoryStateStore()
+    return SqliteStateStore(tmp_path / "rollout.db")
+
+
+# --- the contract both stores keep ------------------------------------------------------------
+
+
+def test_a_new_store_loads_nothing(store: StateStore) -> None:
+    assert store.load() is None
+    assert store.events() == []
+
+
+def test_save_then_load_round_trips_status_evidence_and_the_last_event_id(store: StateStore) -> None:
+    evidence = evidence_with_data()
+    store.save(STATUS, evidence, [event(1), event(2)])
+    state = store.load()
+    assert state is not None
+    assert state.status == STATUS
+    assert state.evidence == evidence  # histograms and the per-second window survive JSON (int keys)
+    assert state.last_event_id == 2
+    assert store.events() == [event(1), event(2)]
+
+
+def test_saving_an_event_id_twice_keeps_it_once(store: StateStore) -> None:
+    store.save(STATUS, Evidence(), [event(1), event(2)])
+    store.save(STATUS, Evidence(), [event(1), event(2), event(3)])  # a replay after an ambiguous failure
+    assert [e.id for e in store.events()] == [1, 2, 3]
+
+
+def test_events_page_after_an_id_with_a_limit(store: StateStore) -> None:
+    store.save(STATUS, Evidence(), [event(i) for i in range(1, 8)])
+    assert [e.id for e in store.events(after_id=2, limit=3)] == [3, 4, 5]
+    assert [e.id for e in store.events(after_id=5)] == [6, 7]
+    assert store.events(after_id=7) == []
+
+
+def test_the_latest_save_replaces_status_and_evidence(store: StateStore) -> None:
+    store.save(STATUS, Evidence(), [event(1)])
+    later = STATUS.model_copy(update={"phase": Phase.ROLLED_BACK, "weight_percent": 0.0, "epoch": 3})
+    store.save(later, Evidence(epoch=3), [])
+    state = store.load()
+    assert state is not None and state.status == later and state.evidence == Evidence(epoch=3)
+    assert state.last_event_id == 1
+
+
+# --- the in-memory fake's outage switch ----------------------------------------------------------
+
+
+def test_memory_store_outage_raises_store_error_and_keeps_nothing() -> None:
+    store = MemoryStateStore()
+    store.outage = "No space left on device"
+    with pytest.raises(StoreError, match="No space left on device") as caught:
+        store.save(STATUS, Evidence(), [event(1)])
+    assert caught.value.path == "(memory)" and isinstance(caught.value.cause, OSError)
+    store.outage = None
+    assert store.load() is None and store.events() == []
+
+
+# --- SQLite only ---------------------------------------------------------------------------------
+
+
+def test_sqlite_uses_wal_and_records_its_schema_version(tmp_path: Path) -> None:
+    SqliteStateStore(tmp_path / "r.db")
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+
+
+def test_sqlite_state_survives_a_new_store_object_on_the_same_file(tmp_path: Path) -> None:
+    SqliteStateStore(tmp_path / "r.db").save(STATUS, evidence_with_data(), [event(1)])
+    state = SqliteStateStore(tmp_path / "r.db").load()
+    assert state is not None and state.status == STATUS and state.last_event_id == 1
+
+
+def test_sqlite_refuses_a_file_of_another_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    SqliteStateStore(path)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(StoreError, match=r"schema version \[99\] on disk, this code reads version 1") as caught:
+        SqliteStateStore(path)
+    assert caught.value.path == str(path)
+
+
+def test_sqlite_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match=str(path)) as caught:
+        SqliteStateStore(path)
+    assert isinstance(caught.value.cause, sqlite3.DatabaseError)
+
+
+def test_a_failed_save_leaves_the_previous_record_whole(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    store = SqliteStateStore(path)
+    store.save(STATUS, Evidence(), [event(1)])
+    with sqlite3.connect(path) as db:  # make the event insert fail after the state row was written
+        db.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.action = 'boom' "
+            "BEGIN SELECT RAISE(ABORT, 'disk said no'); END"
+        )
+    later = STATUS.model_copy(update={"stage_index": 3, "weight_percent": 25.0, "epoch": 3})
+    with pytest.raises(StoreError, match="save failed: IntegrityError: disk said no"):
+        store.save(later, Evidence(epoch=3), [event(2), event(3, action="boom")])
+    state = store.load()
+    assert state is not None and state.status == STATUS and state.last_event_id == 1  # all or nothing
+    assert [e.id for e in store.events()] == [1]
+
+
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        pytest.param(lambda d: d.rename(d.with_name("moved")), id="directory-moved"),
+        pytest.param(lambda d: [p.unlink() for p in d.iterdir()], id="file-deleted"),
+    ],
+)
+def test_an_unreachable_file_raises_store_error_with_path_and_cause(
+    tmp_path: Path, break_it: Callable[[Path], object]
+) -> None:
+    folder = tmp_path / "state"
+    folder.mkdir()
+    store = SqliteStateStore(folder / "r.db")
+    store.save(STATUS, Evidence(), [event(1)])
+    break_it(folder)
+    with pytest.raises(StoreError) as caught:
+        store.save(STATUS, Evidence(), [event(2)])
+    message = str(caught.value)
+    assert message.startswith(f"state store {folder / 'r.db'}: save failed: OperationalError")
+    assert isinstance(caught.value.cause, sqlite3.OperationalError)
+    assert not (folder / "r.db").exists()  # never silently recreated

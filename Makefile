@@ -33,6 +33,7 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.compression
+	$(BIN)/python -m bench.serving
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

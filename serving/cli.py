@@ -49,6 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
     _registry_flag(demo)
     demo.set_defaults(run=_demo)
+
+    serve_cmd = sub.add_parser("serve", help="serve teacher + student behind the canary router (local Ray)")
+    serve_cmd.add_argument("--teacher", required=True, help="teacher bundle: id, id prefix or name")
+    serve_cmd.add_argument("--student", required=True, help="student bundle: id, id prefix or name")
+    serve_cmd.add_argument("--host", default="127.0.0.1")
+    serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument("--weight", type=float, default=0.0, help="initial student share of traffic, 0..1")
+    serve_cmd.add_argument("--shadow", type=float, default=0.0, help="fraction of requests compared on both models")
+    serve_cmd.add_argument("--model-cpus", type=float, default=0.5, help="CPUs per model replica (may be fractional)")
+    _registry_flag(serve_cmd)
+    serve_cmd.set_defaults(run=_serve)
     return parser
 
 
@@ -108,6 +119,52 @@ def _demo(args: argparse.Namespace) -> int:
     _print_bundles(summary.bundles)
     print(f"\nkdcanary demo: {len(summary.bundles)} models in {registry.root}; report: {table}, {image}")
     return 1 if summary.breaches else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from pydantic import ValidationError
+
+    registry = _registry(args)
+    teacher, student = registry.get(args.teacher), registry.get(args.student)  # fail fast, before Ray
+    from serving.app import AppArgs, app_builder
+    from serving.config import Resources
+
+    try:
+        app_args = AppArgs(
+            teacher_id=teacher.id,
+            student_id=student.id,
+            registry=registry.root,
+            initial_weight=args.weight,
+            shadow_fraction=args.shadow,
+            teacher=Resources(num_cpus=args.model_cpus),
+            student=Resources(num_cpus=args.model_cpus),
+            router=Resources(num_cpus=0.1, max_ongoing_requests=256),
+        )
+    except ValidationError as exc:
+        print(f"kdcanary: error: {exc}", file=sys.stderr)
+        return 2
+    import ray
+    from ray import serve
+
+    for signum in (signal.SIGINT, signal.SIGTERM):  # either stops it cleanly, like Ctrl-C
+        signal.signal(signum, signal.default_int_handler)
+    ray.init(include_dashboard=False)
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(app_builder(app_args), name="kdcanary", route_prefix="/")
+        url = f"http://{args.host}:{args.port}"
+        print(f"kdcanary serving {teacher.manifest.name} ({teacher.id}) and {student.manifest.name} ({student.id})")
+        print(f"  predict: POST {url}/v1/predict   admin: {url}/admin/rollout   (Ctrl-C stops)", flush=True)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print("kdcanary: stopping")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
 
 
 def _print_bundles(bundles: list) -> None:  # type: ignore[type-arg]

@@ -1,0 +1,94 @@
+"""Typed settings for each deployment (pydantic: they cross the Ray boundary and the CLI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rollout.evidence import Variant
+from serving.schemas import MAX_BODY_BYTES
+
+_CONFIG = ConfigDict(extra="forbid", frozen=True)
+
+
+class Batching(BaseModel):
+    """`@serve.batch` settings; the deployment's max_ongoing_requests is raised to fit them."""
+
+    model_config = _CONFIG
+
+    max_batch_size: int = Field(default=16, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(default=0.002, ge=0.0, le=1.0)
+
+
+class Autoscaling(BaseModel):
+    """Ray Serve autoscaling bounds; when set, they replace a fixed replica count."""
+
+    model_config = _CONFIG
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=4, ge=1)
+    target_ongoing_requests: float = Field(default=8.0, gt=0.0)
+
+
+class Resources(BaseModel):
+    """Replicas and CPUs of one deployment (CPUs may be fractional)."""
+
+    model_config = _CONFIG
+
+    num_replicas: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=1.0, gt=0.0)
+    max_ongoing_requests: int = Field(default=32, ge=1)
+    autoscaling: Autoscaling | None = None
+    access_log: bool = False  # one log line per call: off by default, it costs latency on the hot path
+
+    def options(self, name: str, at_least_ongoing: int = 1) -> dict[str, Any]:
+        """Keyword arguments for `Deployment.options(...)`."""
+        scaling: dict[str, Any] = (
+            {"autoscaling_config": self.autoscaling.model_dump()}
+            if self.autoscaling
+            else {"num_replicas": self.num_replicas}
+        )
+        return {
+            "name": name,
+            "ray_actor_options": {"num_cpus": self.num_cpus},
+            "max_ongoing_requests": max(self.max_ongoing_requests, at_least_ongoing),
+            "logging_config": {"enable_access_log": self.access_log},
+            **scaling,
+        }
+
+
+class ModelConfig(BaseModel):
+    """What a ModelDeployment serves and how it prices its compute.
+
+    `chaos_error_rate` makes that share of predict calls raise (never health checks): for
+    failover tests and rollback drills. Leave it at 0 in production.
+    """
+
+    model_config = _CONFIG
+
+    registry: Path
+    bundle: str
+    variant: Variant
+    cpus: float = Field(default=1.0, gt=0.0)
+    price_per_cpu_hour: float = Field(default=0.05, ge=0.0)
+    batching: Batching = Batching()
+    chaos_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class RouterConfig(BaseModel):
+    """Router behaviour: timeouts, shadow concurrency, how often it polls and reports."""
+
+    model_config = _CONFIG
+
+    initial_weight: float = Field(default=0.0, ge=0.0, le=1.0)
+    initial_shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    student_timeout_s: float = Field(default=2.0, gt=0.0)
+    teacher_timeout_s: float = Field(default=10.0, gt=0.0)
+    shadow_concurrency: int = Field(default=8, ge=1)
+    poll_interval_s: float = Field(default=0.25, gt=0.0, le=5.0)
+    flush_interval_s: float = Field(default=0.5, gt=0.0, le=10.0)
+    flush_max_observations: int = Field(default=512, ge=1)
+    max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1024)
+    seed: int | None = None

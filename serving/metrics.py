@@ -1,0 +1,120 @@
+"""The metrics facade: every serving metric goes through these methods, never a bare Counter.
+
+Built on `ray.serve.metrics`, which Ray aggregates per node and exports on its metrics port
+(a prometheus_client registry inside one replica would show that replica only). Ray prefixes
+the names with `ray_` and adds its own labels (deployment, replica, application, session,
+node); ours are only `variant`, `outcome` and `reason`.
+
+Names as Prometheus stores them (histograms add _bucket/_sum/_count):
+
+    ray_kdcanary_requests_total{variant,outcome}       answered requests; outcome ok | failover
+    ray_kdcanary_rejected_requests_total{reason}       4xx answers; reason = status code
+    ray_kdcanary_request_latency_seconds{variant}      router-side latency of answered requests
+    ray_kdcanary_failovers_total{reason}               student failed, teacher answered; error | timeout
+    ray_kdcanary_shadow_comparisons_total              inputs answered by both models
+    ray_kdcanary_shadow_agreements_total               ... whose top-1 labels agreed
+    ray_kdcanary_shadow_divergence                     total-variation distance per compared input
+    ray_kdcanary_shadow_dropped_total{reason}          shadow calls skipped; overload | error
+    ray_kdcanary_student_weight                        student share of traffic a router applies (0..1)
+    ray_kdcanary_model_compute_seconds_total{variant}  seconds the model spent (shadow included)
+    ray_kdcanary_model_inputs_total{variant}           inputs the model scored (shadow included)
+    ray_kdcanary_cost_dollars_total{variant}           compute seconds x replica CPUs x price / 3600
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import metrics as serve_metrics
+
+from rollout.evidence import Variant
+
+LATENCY_BUCKETS_S = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
+DIVERGENCE_BUCKETS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75]
+
+
+def _keys(*names: str) -> Any:
+    """Label names as Ray wants them (a tuple; its stubs say tuple[str] whatever the length)."""
+    return tuple(names)
+
+
+class RouterMetrics:
+    """What a router replica records. Create inside the replica (Ray metrics bind to the process)."""
+
+    def __init__(self) -> None:
+        self._requests = serve_metrics.Counter(
+            "kdcanary_requests_total", "Answered predict requests.", tag_keys=_keys("variant", "outcome")
+        )
+        self._rejected = serve_metrics.Counter(
+            "kdcanary_rejected_requests_total", "Requests answered with a 4xx.", tag_keys=_keys("reason")
+        )
+        self._latency = serve_metrics.Histogram(
+            "kdcanary_request_latency_seconds",
+            "Router-side latency of answered predict requests.",
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=_keys("variant"),
+        )
+        self._failovers = serve_metrics.Counter(
+            "kdcanary_failovers_total", "Student calls that failed and were answered by the teacher.", _keys("reason")
+        )
+        self._comparisons = serve_metrics.Counter(
+            "kdcanary_shadow_comparisons_total", "Inputs answered by both teacher and student."
+        )
+        self._agreements = serve_metrics.Counter(
+            "kdcanary_shadow_agreements_total", "Compared inputs whose top-1 labels agreed."
+        )
+        self._divergence = serve_metrics.Histogram(
+            "kdcanary_shadow_divergence",
+            "Total-variation distance between teacher and student probabilities per compared input.",
+            boundaries=DIVERGENCE_BUCKETS,
+        )
+        self._dropped = serve_metrics.Counter(
+            "kdcanary_shadow_dropped_total", "Shadow comparisons skipped.", tag_keys=_keys("reason")
+        )
+        self._weight = serve_metrics.Gauge("kdcanary_student_weight", "Student share of traffic a router applies.")
+
+    def record_request(self, variant: Variant, outcome: str, latency_s: float) -> None:
+        tags = {"variant": variant.value}
+        self._requests.inc(1.0, {**tags, "outcome": outcome})
+        self._latency.observe(latency_s, tags)
+
+    def record_rejected(self, status: int) -> None:
+        self._rejected.inc(1.0, {"reason": str(status)})
+
+    def record_failover(self, reason: str) -> None:
+        self._failovers.inc(1.0, {"reason": reason})
+
+    def record_comparison(self, agreed: int, divergences: list[float]) -> None:
+        self._comparisons.inc(float(len(divergences)))
+        if agreed:
+            self._agreements.inc(float(agreed))
+        for value in divergences:
+            self._divergence.observe(value)
+
+    def record_shadow_dropped(self, reason: str) -> None:
+        self._dropped.inc(1.0, {"reason": reason})
+
+    def set_weight(self, weight: float) -> None:
+        self._weight.set(weight)
+
+
+class ModelMetrics:
+    """What a model replica records: its compute time and what that time cost."""
+
+    def __init__(self, variant: Variant) -> None:
+        self._tags = {"variant": variant.value}
+        self._compute = serve_metrics.Counter(
+            "kdcanary_model_compute_seconds_total", "Seconds the model spent scoring.", tag_keys=_keys("variant")
+        )
+        self._inputs = serve_metrics.Counter(
+            "kdcanary_model_inputs_total", "Inputs the model scored.", tag_keys=_keys("variant")
+        )
+        self._cost = serve_metrics.Counter(
+            "kdcanary_cost_dollars_total", "Compute seconds x replica CPUs x price per CPU-hour.", _keys("variant")
+        )
+
+    def record_batch(self, inputs: int, compute_s: float, cost_dollars: float) -> None:
+        self._compute.inc(compute_s, self._tags)
+        self._inputs.inc(float(inputs), self._tags)
+        if cost_dollars > 0:
+            self._cost.inc(cost_dollars, self._tags)

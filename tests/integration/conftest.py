@@ -1,0 +1,71 @@
+"""Integration fixtures for serving: real bundles, one Ray + Serve session per pytest session.
+
+Bundles come from the tiny recipe (the `tiny_run` fixture in tests/conftest.py, built once per
+session). To reuse a registry already built from recipes/tiny.yaml across runs, point
+KDCANARY_TEST_REGISTRY at it; the bundles are then looked up by name.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from compression.registry import Registry
+
+TEST_REGISTRY_ENV = "KDCANARY_TEST_REGISTRY"
+ADMIN_TOKEN = "integration-test-token"
+STUDENT_NAME = "minilm-l2-pruned-int8"
+
+
+@dataclass(frozen=True)
+class Bundles:
+    registry: Path
+    teacher_id: str
+    student_id: str
+
+
+@dataclass(frozen=True)
+class ServeCluster:
+    http_url: str
+    metrics_url: str
+    admin_token: str
+
+
+@pytest.fixture(scope="session")
+def serving_bundles(request: pytest.FixtureRequest) -> Bundles:
+    root = os.environ.get(TEST_REGISTRY_ENV)
+    if root:
+        registry = Registry(Path(root))
+        return Bundles(registry.root, registry.get("teacher").id, registry.get(STUDENT_NAME).id)
+    registry, summary = request.getfixturevalue("tiny_run")
+    return Bundles(registry.root, summary.teacher.id, summary.students["minilm-l2"][-1].id)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def serve_cluster() -> Iterator[ServeCluster]:
+    """Ray (4 logical CPUs, no dashboard, metrics on a free port) and Serve on 127.0.0.1."""
+    import ray
+    from ray import serve
+
+    os.environ["KDCANARY_ADMIN_TOKEN"] = ADMIN_TOKEN  # workers inherit the driver's environment
+    metrics_port, http_port = free_port(), free_port()
+    ray.init(num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+        yield ServeCluster(f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics", ADMIN_TOKEN)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        os.environ.pop("KDCANARY_ADMIN_TOKEN", None)

@@ -1,0 +1,259 @@
+"""Serving end to end on a real Ray Serve: real ONNX Runtime, real bundles from the tiny recipe.
+
+Three applications share one Ray session: `kd` (weight driven through the admin API, two
+router replicas), `shadow` (weight 0, every request mirrored to the student) and `faulty`
+(weight 1, the student raises on every call).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.app import AppArgs, app_builder
+from serving.config import Batching, Resources, RouterConfig
+from serving.routing import sticky_variant
+
+Bundles = Any  # tests/integration/conftest.py: registry, teacher_id, student_id
+ServeCluster = Any  # tests/integration/conftest.py: http_url, metrics_url, admin_token
+ADMIN_TOKEN = "integration-test-token"  # what the serve_cluster fixture configures
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+TEXTS = ["a moving, beautifully acted film", "dull, lifeless and far too long", "it was fine i guess"]
+
+
+def _deploy(cluster: ServeCluster, bundles: Bundles, name: str, **overrides: Any) -> httpx.Client:
+    from ray import serve
+
+    small = Resources(num_cpus=0.25)
+    args = AppArgs(
+        teacher_id=bundles.teacher_id,
+        student_id=bundles.student_id,
+        registry=bundles.registry,
+        teacher=small,
+        student=small,
+        router=Resources(num_cpus=0.1, num_replicas=overrides.pop("routers", 1)),
+        batching=Batching(max_batch_size=8, batch_wait_timeout_s=0.002),
+        router_settings=RouterConfig(poll_interval_s=0.2, flush_interval_s=0.2),
+        **overrides,
+    )
+    serve.run(app_builder(args), name=name, route_prefix=f"/{name}")
+    return httpx.Client(base_url=f"{cluster.http_url}/{name}", timeout=30.0)
+
+
+@pytest.fixture(scope="module")
+def kd(serve_cluster: ServeCluster, serving_bundles: Bundles) -> Iterator[httpx.Client]:
+    assert serve_cluster.admin_token == ADMIN_TOKEN
+    with _deploy(serve_cluster, serving_bundles, "kd", routers=2) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def shadow(serve_cluster: ServeCluster, serving_bundles: Bundles) -> Iterator[httpx.Client]:
+    with _deploy(serve_cluster, serving_bundles, "shadow", shadow_fraction=1.0) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def faulty(serve_cluster: ServeCluster, serving_bundles: Bundles) -> Iterator[httpx.Client]:
+    with _deploy(serve_cluster, serving_bundles, "faulty", initial_weight=1.0, student_chaos_error_rate=1.0) as c:
+        yield c
+
+
+def predict(client: httpx.Client, texts: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    headers = extra.pop("headers", None)
+    response = client.post("/v1/predict", json={"inputs": texts or TEXTS[:1], **extra}, headers=headers)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    body["_version"] = int(response.headers["x-kdcanary-routing-version"])
+    return body
+
+
+def set_weight(client: httpx.Client, weight: float, settle: int = 12, within_s: float = 10.0) -> float:
+    """PUT the weight, then wait until `settle` consecutive answers come from routers that have it.
+
+    Returns how long that took (seconds)."""
+    started = time.monotonic()
+    response = client.put("/admin/rollout/weight", json={"weight": weight, "reason": "test"}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    version = response.json()["version"]
+    streak = 0
+    while streak < settle:
+        assert time.monotonic() - started < within_s, f"routers did not adopt weight {weight} in {within_s} s"
+        streak = streak + 1 if predict(client)["_version"] >= version else 0
+    return time.monotonic() - started
+
+
+def many(client: httpx.Client, count: int, workers: int = 8, **extra: Any) -> list[dict[str, Any]]:
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda _: predict(client, **extra), range(count)))
+
+
+def test_predict_answers_with_the_contract(kd: httpx.Client, serving_bundles: Bundles) -> None:
+    body = predict(kd, TEXTS)
+    assert set(body) == {"predictions", "variant", "model_id", "request_id", "_version"}
+    assert (body["variant"], body["model_id"]) == ("teacher", serving_bundles.teacher_id)  # weight 0
+    assert len(body["predictions"]) == len(TEXTS)
+    for p in body["predictions"]:
+        assert set(p) == {"label", "label_id", "probabilities"}
+        assert math.isclose(sum(p["probabilities"]), 1.0, abs_tol=1e-4)
+        assert p["label_id"] == max(range(2), key=p["probabilities"].__getitem__)
+        assert p["label"] in ("negative", "positive")
+    assert predict(kd)["request_id"] != body["request_id"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "field"),
+    [
+        ({"inputs": []}, 422, "inputs"),
+        ({"inputs": ["x"] * 65}, 422, "inputs"),
+        ({"inputs": ["x" * 2001]}, 422, "inputs.0"),
+        ({"inputs": ["ok", ""]}, 422, "inputs.1"),
+        ({"inputs": [3]}, 422, "inputs.0"),
+        ({"inputs": "not a list"}, 422, "inputs"),
+        ({"text": ["x"]}, 422, "inputs"),
+        ({"inputs": ["x"], "routing_key": "k" * 257}, 422, "routing_key"),
+        ({"inputs": ["x"], "extra": 1}, 422, "extra"),
+    ],
+)
+def test_bad_inputs_get_4xx_naming_the_field(kd: httpx.Client, payload: Any, status: int, field: str) -> None:
+    response = kd.post("/v1/predict", json=payload)
+    assert response.status_code == status, response.text
+    assert response.json()["field"] == field
+    assert response.json()["detail"].startswith(f"{field}:")
+
+
+def test_malformed_requests_get_4xx(kd: httpx.Client) -> None:
+    assert kd.post("/v1/predict", content=b"{not json").status_code == 422
+    assert kd.post("/v1/predict", content=b"").status_code == 422
+    big = kd.post("/v1/predict", content=b'{"inputs": ["' + b"x" * 300_000 + b'"]}')
+    assert big.status_code == 413 and big.json()["field"] == "body"
+    header = kd.post("/v1/predict", json={"inputs": ["x"]}, headers={"X-Routing-Key": "k" * 300})
+    assert header.status_code == 422 and header.json()["field"] == "X-Routing-Key"
+    assert kd.get("/v1/predict").status_code == 405
+    assert kd.post("/v2/nothing", json={}).status_code == 404
+
+
+def test_admin_refuses_missing_or_wrong_token(kd: httpx.Client) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}):
+        assert kd.get("/admin/rollout", headers=headers).status_code == 401
+        put = kd.put("/admin/rollout/weight", json={"weight": 1.0, "reason": "x"}, headers=headers)
+        assert put.status_code == 401 and ADMIN_TOKEN not in put.text
+    assert kd.get("/admin/rollout", headers=AUTH).json()["weight"] == 0.0
+    bad = kd.put("/admin/rollout/weight", json={"weight": 1.5, "reason": "x"}, headers=AUTH)
+    assert bad.status_code == 422 and bad.json()["field"] == "weight"
+    assert kd.put("/admin/rollout/weight", json={"weight": 0.5}, headers=AUTH).json()["field"] == "reason"
+
+
+def test_weight_change_through_admin_reaches_every_router(kd: httpx.Client) -> None:
+    took = set_weight(kd, 1.0)
+    assert {body["variant"] for body in many(kd, 40)} == {"student"}
+    assert kd.get("/admin/rollout", headers=AUTH).json()["weight"] == 1.0
+    set_weight(kd, 0.0)
+    assert {body["variant"] for body in many(kd, 40)} == {"teacher"}
+    assert took < 5.0
+
+
+def test_routing_share_matches_weight(kd: httpx.Client) -> None:
+    weight, n = 0.3, 400
+    set_weight(kd, weight)
+    students = sum(body["variant"] == "student" for body in many(kd, n))
+    sigma = math.sqrt(n * weight * (1 - weight))
+    assert abs(students - n * weight) <= 4 * sigma, f"{students}/{n} on the student at weight {weight}"
+
+
+def test_sticky_routing_is_stable_and_monotone(kd: httpx.Client) -> None:
+    keys = [f"user-{i}" for i in range(40)]
+    set_weight(kd, 0.3)
+    low = {key: predict(kd, routing_key=key)["variant"] for key in keys}
+    again = {key: predict(kd, headers={"X-Routing-Key": key})["variant"] for key in keys}
+    assert low == again == {key: sticky_variant(key, 0.3).value for key in keys}
+    assert set(low.values()) == {"teacher", "student"}
+    set_weight(kd, 0.7)
+    high = {key: predict(kd, routing_key=key)["variant"] for key in keys}
+    assert all(high[key] == "student" for key in keys if low[key] == "student")  # only teacher -> student
+    assert sum(v == "student" for v in high.values()) > sum(v == "student" for v in low.values())
+    set_weight(kd, 0.0)
+
+
+def test_failover_to_teacher_when_student_raises(faulty: httpx.Client, serving_bundles: Bundles) -> None:
+    bodies = many(faulty, 20, workers=4)
+    assert {(b["variant"], b["model_id"]) for b in bodies} == {("teacher", serving_bundles.teacher_id)}
+    tallies = _wait_for_tallies(faulty, lambda t: t["student"]["errors"] >= 20)
+    assert tallies["teacher"]["observations"] >= 20
+
+
+def test_shadow_does_not_change_the_answer(kd: httpx.Client, shadow: httpx.Client) -> None:
+    plain = predict(kd, TEXTS)
+    mirrored = [predict(shadow, TEXTS) for _ in range(10)]
+    for body in mirrored:
+        assert (
+            (body["variant"], body["model_id"])
+            == (plain["variant"], plain["model_id"])
+            == (
+                "teacher",
+                plain["model_id"],
+            )
+        )
+        for got, want in zip(body["predictions"], plain["predictions"], strict=True):
+            assert got["label_id"] == want["label_id"]
+            assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-4)
+    tallies = _wait_for_tallies(shadow, lambda t: t["student"]["compared"] >= 10)
+    assert tallies["student"]["observations"] >= 10
+
+
+def test_custom_metrics_reach_rays_metrics_endpoint(
+    kd: httpx.Client, shadow: httpx.Client, faulty: httpx.Client, serve_cluster: ServeCluster
+) -> None:
+    predict(kd), predict(shadow), predict(faulty)
+    wanted = {
+        "ray_kdcanary_requests_total",
+        "ray_kdcanary_request_latency_seconds_bucket",
+        "ray_kdcanary_failovers_total",
+        "ray_kdcanary_shadow_comparisons_total",
+        "ray_kdcanary_shadow_agreements_total",
+        "ray_kdcanary_shadow_divergence_bucket",
+        "ray_kdcanary_student_weight",
+        "ray_kdcanary_model_compute_seconds_total",
+        "ray_kdcanary_cost_dollars_total",
+        "ray_kdcanary_rejected_requests_total",
+    }
+    deadline = time.monotonic() + 60
+    while True:
+        samples = _scrape(serve_cluster.metrics_url)
+        if wanted <= set(samples) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert wanted <= set(samples), f"missing: {sorted(wanted - set(samples))}"
+    variants = {labels.get("variant") for labels, _ in samples["ray_kdcanary_cost_dollars_total"]}
+    assert {"teacher", "student"} <= variants  # the student's cost includes its shadow work
+    assert all(value > 0 for _, value in samples["ray_kdcanary_cost_dollars_total"])
+    reasons = {labels["reason"] for labels, _ in samples["ray_kdcanary_failovers_total"]}
+    assert "error" in reasons
+    for labels, _ in samples["ray_kdcanary_requests_total"]:
+        assert labels["outcome"] in ("ok", "failover") and labels["variant"] in ("teacher", "student")
+
+
+def _scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
+        for sample in family.samples:
+            if "kdcanary" in sample.name:
+                out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out
+
+
+def _wait_for_tallies(client: httpx.Client, done: Any, within_s: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + within_s
+    while True:
+        tallies: dict[str, Any] = client.get("/admin/rollout", headers=AUTH).json()["tallies"]
+        if done(tallies) or time.monotonic() > deadline:
+            assert done(tallies), f"controller tallies never got there: {tallies}"
+            return tallies
+        time.sleep(0.3)

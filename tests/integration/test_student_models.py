@@ -22,7 +22,7 @@ from compression.models import (
     load_model,
     save_model,
 )
-from compression.onnx_runtime import export_onnx, predict, session
+from compression.onnx_runtime import export_onnx, predict
 from compression.prune import prune
 from compression.qat import export_qdq, wrap_linears
 from compression.quantize import quantize
@@ -34,6 +34,7 @@ from compression.recipe import (
     PruneConfig,
     TransformerArchitecture,
 )
+from compression.runtime import session
 from compression.text import Encoded, pad
 
 RNG = np.random.default_rng(0)

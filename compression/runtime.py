@@ -1,0 +1,18 @@
+"""The ONNX Runtime session every part of kdcanary runs models with. Torch-free, so serving
+replicas can import it without paying for torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    """CPU session with `threads` intra-op threads and one inter-op thread, full graph optimisation."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

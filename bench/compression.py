@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from bench.readme import replace_section
 from compression.data import load_corpus
 from compression.onnx_runtime import measure_latency
 from compression.pipeline import compress
@@ -77,11 +78,6 @@ def _against_target(models: list[dict]) -> dict[str, object]:  # type: ignore[ty
 
 
 def _update_readme(result: dict) -> None:  # type: ignore[type-arg]
-    readme = ROOT / "README.md"
-    start, end = "<!-- bench:compression:start -->", "<!-- bench:compression:end -->"
-    text = readme.read_text()
-    if start not in text:
-        return
     lines = [
         f"Recipe `{result['recipe']}`, ONNX Runtime on CPU, {result['threads']} thread, all models timed in one run.\n",
         "| model | stage | precision | test acc | b1 p50 ms | b1 p99 ms | b32 p50 ms | size MB | params |",
@@ -99,9 +95,7 @@ def _update_readme(result: dict) -> None:  # type: ignore[type-arg]
         f"{best['accuracy_gap_points']} points below the teacher (target: 4x, 4x, <= 1.5) — "
         f"{'met' if result['target']['met'] else 'not met'}."
     )
-    body = "\n".join(lines)
-    before, rest = text.split(start, 1)
-    readme.write_text(before + start + "\n" + body + "\n" + end + rest.split(end, 1)[1])
+    replace_section("compression", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.readme import replace_section
 from compression.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,11 +186,6 @@ def _against_target(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _update_readme(rows: list[dict[str, Any]], target: dict[str, Any]) -> None:
-    readme = ROOT / "README.md"
-    start, end = "<!-- bench:serving:start -->", "<!-- bench:serving:end -->"
-    text = readme.read_text()
-    if start not in text:
-        return
     lines = [
         "| scenario | concurrency | requests | errors | req/s | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|---|",
@@ -205,8 +201,7 @@ def _update_readme(rows: list[dict[str, Any]], target: dict[str, Any]) -> None:
         f"concurrency 1, {c16['throughput_ratio']:.0%} at 16 (target: <= 2 ms, >= 85 %) — "
         f"{'met' if target['met'] else 'not met'}."
     )
-    before, rest = text.split(start, 1)
-    readme.write_text(before + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1])
+    replace_section("serving", "\n".join(lines))
 
 
 def _default_student() -> str:

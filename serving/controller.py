@@ -2,9 +2,11 @@
 
 `RoutingSource` is the contract between routers and whichever controller runs: routers poll
 `routing()` (adopting only a newer `version`) and push `record(observations)` in batches,
-fire-and-forget; the admin API calls `set_weight(...)` and `snapshot()`. The real rollout
-controller (`rollout.controller.RolloutController`) has the same methods; `ManualWeights` is the
-minimal one: the weight is whatever an operator last set, and observations are only counted.
+fire-and-forget; the admin API calls the intents, `snapshot()` and `events()`. Two deployments
+implement it: `serving.rollout_deployment.RolloutDeployment` (the rollout controller, the
+default) and `WeightController` here, the minimal one: the weight is whatever an operator
+last set, observations are only counted, and there is no rollout to start, pause or promote
+(those intents are refused with a 409 that says so; rollback sets the weight to 0).
 """
 
 from __future__ import annotations
@@ -17,18 +19,33 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 
+from rollout.errors import IntentError
 from rollout.evidence import Observation, Variant
 from rollout.views import PublishedRouting
 
 
 class RoutingSource(Protocol):
+    """What a controller deployment answers (admin methods return JSON-ready dicts)."""
+
     def routing(self) -> PublishedRouting: ...
 
-    def record(self, observations: Sequence[Observation]) -> object: ...
+    def record(self, observations: Sequence[Observation]) -> None: ...
 
-    def set_weight(self, weight_percent: float | None, *, actor: str, reason: str) -> object: ...
+    def snapshot(self) -> dict[str, Any]: ...
 
-    def snapshot(self) -> BaseModel: ...
+    def events(self, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    def start(self, *, actor: str, reason: str) -> dict[str, Any]: ...
+
+    def pause(self, *, actor: str, reason: str) -> dict[str, Any]: ...
+
+    def resume(self, *, actor: str, reason: str) -> dict[str, Any]: ...
+
+    def promote(self, to_full: bool = False, *, actor: str, reason: str) -> dict[str, Any]: ...
+
+    def rollback(self, reason: str, *, actor: str) -> dict[str, Any]: ...
+
+    def set_weight(self, weight_percent: float | None, *, actor: str, reason: str) -> dict[str, Any]: ...
 
 
 class Tally(BaseModel):
@@ -138,3 +155,25 @@ class WeightController:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return self._state.snapshot().model_dump(mode="json")
+
+    def events(self, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        return []  # the manual controller keeps no event log
+
+    def rollback(self, reason: str, *, actor: str) -> dict[str, Any]:
+        return self.set_weight(0.0, actor=actor, reason=reason)
+
+    def start(self, *, actor: str, reason: str) -> dict[str, Any]:
+        raise _no_rollout("start")
+
+    def pause(self, *, actor: str, reason: str) -> dict[str, Any]:
+        raise _no_rollout("pause")
+
+    def resume(self, *, actor: str, reason: str) -> dict[str, Any]:
+        raise _no_rollout("resume")
+
+    def promote(self, to_full: bool = False, *, actor: str, reason: str) -> dict[str, Any]:
+        raise _no_rollout("promote")
+
+
+def _no_rollout(action: str) -> IntentError:
+    return IntentError(f"cannot {action}: this app runs the manual weight controller (deploy with controller: rollout)")

@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
@@ -27,18 +27,15 @@ from starlette.responses import Response
 
 from rollout.evidence import Observation, Variant
 from rollout.views import PublishedRouting
-from serving.admin import authorize
+from serving.admin_api import DOC_PATHS, PREFIX, build_admin_app, call_asgi
 from serving.config import RouterConfig
-from serving.errors import AdminAuthError
 from serving.model import ModelAnswer, prediction_payload
 from serving.routing import Chooser, other, top1_agreement, total_variation
-from serving.schemas import MAX_KEY_CHARS, PredictRequest, WeightUpdate, first_error
+from serving.schemas import MAX_KEY_CHARS, PredictRequest, first_error
 
 log = logging.getLogger("ray.serve")
 
 PREDICT_PATH = "/v1/predict"
-ADMIN_PATH = "/admin/rollout"
-ADMIN_WEIGHT_PATH = "/admin/rollout/weight"
 ROUTING_KEY_HEADER = "x-routing-key"
 VERSION_HEADER = "x-kdcanary-routing-version"
 
@@ -79,6 +76,7 @@ class Router:
         }
         self._timeouts = {Variant.TEACHER: config.teacher_timeout_s, Variant.STUDENT: config.student_timeout_s}
         self._controller = controller
+        self._admin_app = build_admin_app(controller)
         self._chooser = Chooser(random.Random(config.seed))
         self._routing = PublishedRouting(
             weight_percent=config.initial_weight * 100.0, shadow_fraction=config.initial_shadow_fraction, version=0
@@ -100,8 +98,8 @@ class Router:
             if path == PREDICT_PATH:
                 _require_method(request, "POST")
                 return await self._predict(request)
-            if path in (ADMIN_PATH, ADMIN_WEIGHT_PATH):
-                return await self._admin(request, path)
+            if path == PREFIX or path.startswith(PREFIX + "/") or path in DOC_PATHS:
+                return await self._admin(request)
             raise RouterError(404, None, f"no route {path}; try POST {PREDICT_PATH}")
         except RouterError as exc:
             self._metrics.record_rejected(exc.status)
@@ -136,11 +134,15 @@ class Router:
         }
         return json_response(payload, headers={VERSION_HEADER: str(routing.version)})
 
-    async def _body(self, request: Request) -> bytes:
+    def _check_declared_size(self, request: Request) -> None:
         limit = self._config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise RouterError(413, "body", f"{declared} bytes is over the limit of {limit}")
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self._config.max_body_bytes
+        self._check_declared_size(request)
         body = await request.body()
         if len(body) > limit:
             raise RouterError(413, "body", f"{len(body)} bytes is over the limit of {limit}")
@@ -244,28 +246,16 @@ class Router:
                     log.debug("could not report %d observations (%s)", len(batch), type(exc).__name__)
                     break
 
-    # --- admin ------------------------------------------------------------------------------
+    # --- admin (FastAPI, off the hot path) -------------------------------------------------
 
-    async def _admin(self, request: Request, path: str) -> Response:
-        try:
-            authorize(request.headers.get("authorization"))
-        except AdminAuthError as exc:
-            raise RouterError(401, None, str(exc)) from exc
-        if path == ADMIN_PATH:
-            _require_method(request, "GET")
-            return json_response(_plain(await self._controller.options(method_name="snapshot").remote()))
-        _require_method(request, "PUT")
-        try:
-            update = WeightUpdate.model_validate_json(await self._body(request))
-        except ValidationError as exc:
-            raise RouterError(422, *first_error(exc)) from exc
-        handle = self._controller.options(method_name="set_weight")
-        try:
-            view = await handle.remote(update.weight * 100.0, actor="admin-api", reason=update.reason)
-        except Exception as exc:
-            raise RouterError(409, "weight", f"controller refused the change: {exc}") from exc
-        log.info("admin set student weight to %.4f: %s", update.weight, update.reason)
-        return json_response(_plain(view))
+    async def _admin(self, request: Request) -> Response:
+        self._check_declared_size(request)  # FastAPI reads the body before it checks the token
+        status, headers, body = await call_asgi(self._admin_app, request.scope, request.receive)
+        if 400 <= status < 500:
+            self._metrics.record_rejected(status)
+        response = Response(body, status_code=status)
+        response.raw_headers = headers
+        return response
 
 
 def _relative_path(request: Request) -> str:
@@ -283,7 +273,3 @@ def _require_method(request: Request, method: str) -> None:
 
 def _observe(answer: ModelAnswer, latency_s: float) -> Observation:
     return Observation(variant=answer.variant, latency_s=latency_s, cost=answer.cost_dollars)
-
-
-def _plain(value: Any) -> Any:
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value

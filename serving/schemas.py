@@ -8,7 +8,7 @@ names the field (`inputs.3`, `routing_key`, `weight`).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -46,13 +46,32 @@ class PredictResponse(BaseModel):
     request_id: str
 
 
-class WeightUpdate(BaseModel):
+class AdminNote(BaseModel):
+    """Body of an admin intent: who asks and why (both go into the event log, never a token)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    reason: str = Field(default="", max_length=2000)
+    actor: str = Field(default="admin-api", min_length=1, max_length=200)
+
+
+class RollbackRequest(AdminNote):
+    """`POST /admin/rollout/rollback`: a reason is required."""
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class PromoteRequest(AdminNote):
+    """`POST /admin/rollout/promote`: the next stage, or `"to": 100` for full."""
+
+    to: Literal[100] | None = Field(default=None, description="100 promotes to full; omit for the next stage")
+
+
+class WeightUpdate(AdminNote):
     """`PUT /admin/rollout/weight` body: the student's share of traffic, and why."""
 
-    model_config = _STRICT
-
-    weight: float = Field(ge=0.0, le=1.0)
-    reason: str = Field(min_length=1, max_length=500)
+    weight: float = Field(ge=0.0, le=1.0, description="the student's share of traffic")
+    reason: str = Field(min_length=1, max_length=2000)
 
 
 def first_error(exc: ValidationError) -> tuple[str, str]:

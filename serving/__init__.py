@@ -5,13 +5,16 @@
     classifier.py  a registry bundle as a classifier: verified files, its tokenizer, ONNX Runtime
     model.py       ModelDeployment: any bundle by id, @serve.batch, warm-up, real health check
     controller.py  RoutingSource (the interface routers use) and the minimal WeightController
-    router.py      Router: the ingress (predict, shadow, failover, admin), lean Starlette hot path
+    rollout_deployment.py  RolloutDeployment: rollout.controller as a one-replica deployment
+    router.py      Router: the ingress (predict, shadow, failover), lean Starlette hot path
     admin.py       bearer-token check for the admin API
+    admin_api.py   the admin routes under /admin/rollout (FastAPI: typed bodies, OpenAPI)
     metrics.py     the metrics facade over ray.serve.metrics (names in its docstring)
     config.py      typed settings per deployment
     app.py         app_builder(AppArgs) for `serve run` / `serve deploy`
     errors.py      ServingError and its subclasses
     cli.py         the `kdcanary` command (`kdcanary serve` runs the app locally)
+    rollout_cli.py `kdcanary rollout status|start|...`: the admin API over HTTP
 
 Imports run one way: app -> router -> model -> classifier -> routing -> schemas; serving may import
 compression.registry and rollout's evidence/views types, never the reverse.

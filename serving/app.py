@@ -1,5 +1,12 @@
-"""The application builder: teacher + student ModelDeployments, the WeightController and the
-Router ingress, wired from typed arguments.
+"""The application builder: teacher + student ModelDeployments, a controller and the Router
+ingress, wired from typed arguments.
+
+The controller is the rollout controller (`controller: rollout`, the default: the weight walks
+the spec's stages on evidence, state in `<state_dir>/<teacher id>-<student id>.sqlite`) or the
+manual one (`controller: manual`: the weight is `initial_weight` until an operator sets another).
+The rollout spec is inline (`rollout: {stages: ..., agreement: ...}`) or a YAML file path; it
+reaches the controller as its `user_config`, so `serve deploy` with a new spec reconfigures the
+live controller without restarting it.
 
     serve run serving.app:app_builder teacher_id=050bd0c00874 student_id=4eda7f96f69e registry=/tmp/reg1
     serve deploy deploy/serve_config.yaml          (import_path: serving.app:app_builder, args: {...})
@@ -8,22 +15,32 @@ Ray passes the builder a dict of arguments (strings from the command line, YAML 
 config file); `AppArgs` validates it, so a bad argument fails the deploy with the field named.
 """
 
+import os
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, Self, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from ray.serve import Application, Deployment
 
-from compression.registry import default_root
+from compression.registry import Registry, default_root
 from rollout.evidence import Variant
+from rollout.spec import RolloutSpec
 from serving.config import Batching, ModelConfig, Resources, RouterConfig
 from serving.controller import WeightController
 from serving.model import ModelDeployment
+from serving.rollout_deployment import ControllerConfig, RolloutDeployment
 from serving.router import Router
 
 MODEL = cast(Deployment, ModelDeployment)
-CONTROLLER = cast(Deployment, WeightController)
+MANUAL_CONTROLLER = cast(Deployment, WeightController)
+ROLLOUT_CONTROLLER = cast(Deployment, RolloutDeployment)
 ROUTER = cast(Deployment, Router)
+STATE_DIR_ENV = "KDCANARY_STATE_DIR"
+
+
+def default_state_dir() -> Path:
+    """$KDCANARY_STATE_DIR, else ./rollout-state (on a cluster: a persistent volume)."""
+    return Path(os.environ.get(STATE_DIR_ENV) or "rollout-state")
 
 
 class AppArgs(BaseModel):
@@ -41,6 +58,25 @@ class AppArgs(BaseModel):
     router: Resources = Resources(num_cpus=0.25, max_ongoing_requests=256)
     router_settings: RouterConfig = RouterConfig()
     student_chaos_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    controller: Literal["rollout", "manual"] = "rollout"
+    rollout: RolloutSpec | Path = Field(default_factory=RolloutSpec, description="inline spec or a YAML file")
+    state_dir: Path = Field(default_factory=default_state_dir)
+    webhooks: tuple[HttpUrl, ...] = ()
+
+    @model_validator(mode="after")
+    def _weights_belong_to_the_manual_controller(self) -> Self:
+        if self.controller == "rollout" and (self.initial_weight or self.shadow_fraction):
+            raise ValueError(
+                "initial_weight and shadow_fraction apply to controller: manual; the rollout controller "
+                "starts at stage 0 (shadow) and takes both from the rollout spec"
+            )
+        return self
+
+    def rollout_spec(self) -> RolloutSpec:
+        """The spec, read from its YAML file when given as a path (SpecError names the problem)."""
+        if isinstance(self.rollout, RolloutSpec):
+            return self.rollout
+        return RolloutSpec.from_yaml_text(self.rollout.read_text())
 
 
 def app_builder(args: AppArgs | dict[str, Any]) -> Application:
@@ -62,7 +98,7 @@ def app_builder(args: AppArgs | dict[str, Any]) -> Application:
         )
         options = resources.options(variant.value, at_least_ongoing=args.batching.max_batch_size)
         models[variant] = MODEL.options(**options).bind(config)
-    controller = CONTROLLER.bind(args.initial_weight, args.shadow_fraction)
+    controller = _controller(args)
     settings = args.router_settings.model_copy(
         update={"initial_weight": args.initial_weight, "initial_shadow_fraction": args.shadow_fraction}
     )
@@ -70,3 +106,15 @@ def app_builder(args: AppArgs | dict[str, Any]) -> Application:
         models[Variant.TEACHER], models[Variant.STUDENT], controller, settings
     )
     return router
+
+
+def _controller(args: AppArgs) -> Application:
+    if args.controller == "manual":
+        return MANUAL_CONTROLLER.bind(args.initial_weight, args.shadow_fraction)
+    registry = Registry(args.registry)
+    teacher, student = registry.get(args.teacher_id).id, registry.get(args.student_id).id
+    config = ControllerConfig(
+        state_path=args.state_dir.resolve() / f"{teacher}-{student}.sqlite", webhooks=args.webhooks
+    )
+    spec = args.rollout_spec().model_dump(mode="json")
+    return ROLLOUT_CONTROLLER.options(user_config=spec).bind(config)

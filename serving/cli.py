@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from serving.rollout_cli import add_rollout_commands
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -55,11 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--student", required=True, help="student bundle: id, id prefix or name")
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8000)
-    serve_cmd.add_argument("--weight", type=float, default=0.0, help="initial student share of traffic, 0..1")
-    serve_cmd.add_argument("--shadow", type=float, default=0.0, help="fraction of requests compared on both models")
+    serve_cmd.add_argument(
+        "--controller", choices=("rollout", "manual"), default="rollout", help="evidence-driven rollout or fixed weight"
+    )
+    serve_cmd.add_argument("--spec", type=Path, default=None, help="rollout spec YAML (default: the built-in stages)")
+    serve_cmd.add_argument("--state-dir", type=Path, default=None, help="rollout state (default: ./rollout-state)")
+    serve_cmd.add_argument("--weight", type=float, default=0.0, help="manual controller: student share, 0..1")
+    serve_cmd.add_argument("--shadow", type=float, default=0.0, help="manual controller: fraction compared on both")
     serve_cmd.add_argument("--model-cpus", type=float, default=0.5, help="CPUs per model replica (may be fractional)")
     _registry_flag(serve_cmd)
     serve_cmd.set_defaults(run=_serve)
+
+    add_rollout_commands(sub)
     return parser
 
 
@@ -137,8 +146,11 @@ def _serve(args: argparse.Namespace) -> int:
             teacher_id=teacher.id,
             student_id=student.id,
             registry=registry.root,
+            controller=args.controller,
             initial_weight=args.weight,
             shadow_fraction=args.shadow,
+            **({"rollout": args.spec} if args.spec else {}),
+            **({"state_dir": args.state_dir} if args.state_dir else {}),
             teacher=Resources(num_cpus=args.model_cpus),
             student=Resources(num_cpus=args.model_cpus),
             router=Resources(num_cpus=0.1, max_ongoing_requests=256),
@@ -157,7 +169,9 @@ def _serve(args: argparse.Namespace) -> int:
         serve.run(app_builder(app_args), name="kdcanary", route_prefix="/")
         url = f"http://{args.host}:{args.port}"
         print(f"kdcanary serving {teacher.manifest.name} ({teacher.id}) and {student.manifest.name} ({student.id})")
-        print(f"  predict: POST {url}/v1/predict   admin: {url}/admin/rollout   (Ctrl-C stops)", flush=True)
+        print(f"  predict: POST {url}/v1/predict   admin: {url}/admin/rollout   docs: {url}/docs", flush=True)
+        if args.controller == "rollout":
+            print(f"  start the rollout: KDCANARY_URL={url} kdcanary rollout start   (Ctrl-C stops)", flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
         print("kdcanary: stopping")

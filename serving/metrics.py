@@ -3,7 +3,8 @@
 Built on `ray.serve.metrics`, which Ray aggregates per node and exports on its metrics port
 (a prometheus_client registry inside one replica would show that replica only). Ray prefixes
 the names with `ray_` and adds its own labels (deployment, replica, application, session,
-node); ours are only `variant`, `outcome` and `reason`.
+node); ours are `variant`, `outcome` and `reason`, and on the controller's `phase`, `gate`
+and `action`: all low-cardinality.
 
 Names as Prometheus stores them (histograms add _bucket/_sum/_count):
 
@@ -19,15 +20,29 @@ Names as Prometheus stores them (histograms add _bucket/_sum/_count):
     ray_kdcanary_model_compute_seconds_total{variant}  seconds the model spent (shadow included)
     ray_kdcanary_model_inputs_total{variant}           inputs the model scored (shadow included)
     ray_kdcanary_cost_dollars_total{variant}           compute seconds x replica CPUs x price / 3600
+
+The rollout controller's (ControllerMetrics):
+
+    ray_kdcanary_rollout_phase{phase}                  1 for the current phase, 0 for the others
+    ray_kdcanary_rollout_stage                         index of the current stage (0 = shadow)
+    ray_kdcanary_rollout_weight                        student share the controller publishes (0..1)
+    ray_kdcanary_rollout_gate_{estimate,lower,upper,threshold,samples}{gate}
+    ray_kdcanary_rollout_gate_verdict{gate}            1 pass, 0 inconclusive, -1 fail
+    ray_kdcanary_rollout_decisions_total{action}       ticks by action: hold | advance | rollback | complete
+    ray_kdcanary_rollout_rollbacks_total{reason}       rollbacks by cause: the failing gate, or operator
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from ray.serve import metrics as serve_metrics
 
 from rollout.evidence import Variant
+from rollout.gates import GateResult, Verdict
+from rollout.status import Phase
+from rollout.views import StatusView
 
 LATENCY_BUCKETS_S = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 DIVERGENCE_BUCKETS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75]
@@ -118,3 +133,58 @@ class ModelMetrics:
         self._inputs.inc(float(inputs), self._tags)
         if cost_dollars > 0:
             self._cost.inc(cost_dollars, self._tags)
+
+
+class ControllerMetrics:
+    """What the rollout controller shows: where the rollout stands and what it decided.
+
+    Fed a `StatusView` after every tick and intent; counters advance by the difference from
+    the last view (the controller's own counts restart with its process, as counters do).
+    """
+
+    def __init__(self) -> None:
+        gate = _keys("gate")
+        self._phase = serve_metrics.Gauge("kdcanary_rollout_phase", "1 for the current phase.", _keys("phase"))
+        self._stage = serve_metrics.Gauge("kdcanary_rollout_stage", "Index of the current stage (0 = shadow).")
+        self._weight = serve_metrics.Gauge("kdcanary_rollout_weight", "Student share the controller publishes (0..1).")
+        self._gate = {
+            part: serve_metrics.Gauge(f"kdcanary_rollout_gate_{part}", f"Each gate's {part}.", gate)
+            for part in ("estimate", "lower", "upper", "threshold", "samples")
+        }
+        self._verdict = serve_metrics.Gauge("kdcanary_rollout_gate_verdict", "1 pass, 0 inconclusive, -1 fail.", gate)
+        self._decisions = serve_metrics.Counter("kdcanary_rollout_decisions_total", "Ticks by action.", _keys("action"))
+        self._rollbacks = serve_metrics.Counter(
+            "kdcanary_rollout_rollbacks_total", "Rollbacks by cause.", _keys("reason")
+        )
+        self._seen: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def show(self, view: StatusView) -> None:
+        with self._lock:
+            for phase in Phase:
+                self._phase.set(float(phase is view.phase), {"phase": phase.value})
+            self._stage.set(float(view.stage_index))
+            self._weight.set(view.routing.weight_percent / 100.0)
+            for result in view.gates:
+                self._show_gate(result)
+            self._advance(self._decisions, "action", view.counters.decisions)
+            self._advance(self._rollbacks, "reason", view.counters.rollbacks)
+
+    def _show_gate(self, result: GateResult) -> None:
+        tags = {"gate": result.name}
+        values = {"estimate": result.estimate, "lower": result.lower, "upper": result.upper}
+        values |= {"threshold": result.threshold, "samples": float(result.n)}
+        for part, value in values.items():
+            if value is not None:
+                self._gate[part].set(value, tags)
+        self._verdict.set(_VERDICT_VALUE[result.verdict], tags)
+
+    def _advance(self, counter: Any, key: str, counts: dict[str, int]) -> None:
+        for label, count in counts.items():
+            seen = self._seen.get((key, label), 0)
+            if count > seen:
+                counter.inc(float(count - seen), {key: label})
+            self._seen[(key, label)] = count
+
+
+_VERDICT_VALUE = {Verdict.PASS: 1.0, Verdict.INCONCLUSIVE: 0.0, Verdict.FAIL: -1.0}

@@ -7,12 +7,16 @@ KDCANARY_TEST_REGISTRY at it; the bundles are then looked up by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from compression.registry import Registry
@@ -69,3 +73,43 @@ def serve_cluster() -> Iterator[ServeCluster]:
         serve.shutdown()
         ray.shutdown()
         os.environ.pop("KDCANARY_ADMIN_TOKEN", None)
+
+
+Deploy = Callable[..., AbstractContextManager[httpx.Client]]
+
+
+@pytest.fixture(scope="session")
+def deploy(serve_cluster: ServeCluster, serving_bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Deploy:
+    """`with deploy(name, **app_args) as client:` runs an application at /<name> on small
+    replicas (the AppArgs given override the defaults) and deletes it on the way out, so
+    applications do not pile up on the session's 4 logical CPUs."""
+    from ray import serve
+
+    from serving.app import AppArgs, app_builder
+    from serving.config import Batching, Resources, RouterConfig
+
+    @contextlib.contextmanager
+    def run(name: str, **overrides: Any) -> Iterator[httpx.Client]:
+        small = Resources(num_cpus=0.25)
+        args = AppArgs(
+            **{
+                "teacher_id": serving_bundles.teacher_id,
+                "student_id": serving_bundles.student_id,
+                "registry": serving_bundles.registry,
+                "teacher": small,
+                "student": small,
+                "router": Resources(num_cpus=0.1, num_replicas=overrides.pop("routers", 1)),
+                "batching": Batching(max_batch_size=8, batch_wait_timeout_s=0.002),
+                "router_settings": RouterConfig(poll_interval_s=0.2, flush_interval_s=0.2),
+                "state_dir": tmp_path_factory.mktemp(f"state-{name}"),
+                **overrides,
+            }
+        )
+        serve.run(app_builder(args), name=name, route_prefix=f"/{name}")
+        try:
+            with httpx.Client(base_url=f"{serve_cluster.http_url}/{name}", timeout=30.0) as client:
+                yield client
+        finally:
+            serve.delete(name)
+
+    return run

@@ -17,53 +17,33 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.app import AppArgs, app_builder
-from serving.config import Batching, Resources, RouterConfig
 from serving.routing import sticky_variant
 
 Bundles = Any  # tests/integration/conftest.py: registry, teacher_id, student_id
 ServeCluster = Any  # tests/integration/conftest.py: http_url, metrics_url, admin_token
+Deploy = Any  # tests/integration/conftest.py: deploy(name, **app_args) -> context of an httpx.Client
 ADMIN_TOKEN = "integration-test-token"  # what the serve_cluster fixture configures
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 TEXTS = ["a moving, beautifully acted film", "dull, lifeless and far too long", "it was fine i guess"]
 
 
-def _deploy(cluster: ServeCluster, bundles: Bundles, name: str, **overrides: Any) -> httpx.Client:
-    from ray import serve
-
-    small = Resources(num_cpus=0.25)
-    args = AppArgs(
-        teacher_id=bundles.teacher_id,
-        student_id=bundles.student_id,
-        registry=bundles.registry,
-        teacher=small,
-        student=small,
-        router=Resources(num_cpus=0.1, num_replicas=overrides.pop("routers", 1)),
-        batching=Batching(max_batch_size=8, batch_wait_timeout_s=0.002),
-        router_settings=RouterConfig(poll_interval_s=0.2, flush_interval_s=0.2),
-        **overrides,
-    )
-    serve.run(app_builder(args), name=name, route_prefix=f"/{name}")
-    return httpx.Client(base_url=f"{cluster.http_url}/{name}", timeout=30.0)
-
-
 @pytest.fixture(scope="module")
-def kd(serve_cluster: ServeCluster, serving_bundles: Bundles) -> Iterator[httpx.Client]:
+def kd(serve_cluster: ServeCluster, deploy: Deploy) -> Iterator[httpx.Client]:
     assert serve_cluster.admin_token == ADMIN_TOKEN
-    with _deploy(serve_cluster, serving_bundles, "kd", routers=2) as client:
+    with deploy("kd", controller="manual", routers=2) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def shadow(serve_cluster: ServeCluster, serving_bundles: Bundles) -> Iterator[httpx.Client]:
-    with _deploy(serve_cluster, serving_bundles, "shadow", shadow_fraction=1.0) as client:
+def shadow(deploy: Deploy) -> Iterator[httpx.Client]:
+    with deploy("shadow", controller="manual", shadow_fraction=1.0) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def faulty(serve_cluster: ServeCluster, serving_bundles: Bundles) -> Iterator[httpx.Client]:
-    with _deploy(serve_cluster, serving_bundles, "faulty", initial_weight=1.0, student_chaos_error_rate=1.0) as c:
-        yield c
+def faulty(deploy: Deploy) -> Iterator[httpx.Client]:
+    with deploy("faulty", controller="manual", initial_weight=1.0, student_chaos_error_rate=1.0) as client:
+        yield client
 
 
 def predict(client: httpx.Client, texts: list[str] | None = None, **extra: Any) -> dict[str, Any]:

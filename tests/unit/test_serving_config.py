@@ -9,6 +9,8 @@ import yaml
 from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
+from rollout.errors import SpecError
+from rollout.spec import RolloutSpec
 from serving.app import AppArgs
 from serving.config import Autoscaling, Resources
 from serving.routing import cost_dollars
@@ -21,17 +23,35 @@ def test_serve_config_is_a_valid_ray_serve_config() -> None:
     (app,) = schema.applications
     assert app.import_path == "serving.app:app_builder" and app.route_prefix == "/"
     args = AppArgs.model_validate(app.args)
-    assert args.initial_weight == 0.0 and args.student.num_cpus > 0
+    assert args.controller == "rollout" and args.student.num_cpus > 0
+    assert args.rollout_spec() == RolloutSpec()  # the file spells out the defaults
 
 
 def test_app_args_accept_strings_like_serve_run_passes() -> None:
-    args = AppArgs.model_validate({"teacher_id": "abc", "student_id": "def", "initial_weight": "0.05"})
+    args = AppArgs.model_validate(
+        {"teacher_id": "abc", "student_id": "def", "controller": "manual", "initial_weight": "0.05"}
+    )
     assert args.initial_weight == 0.05
+
+
+def test_rollout_spec_from_a_yaml_file(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("stages: [{weight_percent: 0}, {weight_percent: 100}]\nagreement: {threshold: 0.9}\n")
+    args = AppArgs.model_validate({"teacher_id": "a", "student_id": "b", "rollout": str(spec)})
+    assert [s.weight_percent for s in args.rollout_spec().stages] == [0, 100]
+    spec.write_text("stages: [{weight_percent: 0}, {weight_percent: 100}]\nagreement: {treshold: 0.9}\n")
+    with pytest.raises(SpecError, match=r"agreement\.treshold"):
+        args.rollout_spec()
+
+
+def test_initial_weight_belongs_to_the_manual_controller() -> None:
+    with pytest.raises(ValidationError, match="controller: manual"):
+        AppArgs.model_validate({"teacher_id": "a", "student_id": "b", "initial_weight": 0.5})
 
 
 def test_app_args_name_the_bad_field() -> None:
     with pytest.raises(ValidationError, match="shadow_fraction"):
-        AppArgs.model_validate({"teacher_id": "a", "student_id": "b", "shadow_fraction": 2})
+        AppArgs.model_validate({"teacher_id": "a", "student_id": "b", "controller": "manual", "shadow_fraction": 2})
     with pytest.raises(ValidationError, match="student_id"):
         AppArgs.model_validate({"teacher_id": "a"})
 

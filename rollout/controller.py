@@ -44,6 +44,7 @@ from rollout.clock import Clock
 from rollout.errors import IntentError, SpecError
 from rollout.events import Event, EventKind, summarize
 from rollout.evidence import Evidence, Observation, Variant, add_observations, rollover
+from rollout.gates import GateResult
 from rollout.journal import Draft, Journal
 from rollout.policy import Action, Decision, apply, decide, urgent
 from rollout.policy import routing as policy_routing
@@ -109,6 +110,7 @@ class RolloutController:
         self._evidence = Evidence()
         self._dirty = False  # memory holds state the store has not saved yet
         self._last_decision: Decision | None = None
+        self._last_gates: tuple[GateResult, ...] = ()  # the latest evaluation, kept through terminal holds
         self._last_tick_at: float | None = None
         self._decisions: Counter[str] = Counter()
         self._rollbacks: Counter[str] = Counter()
@@ -208,6 +210,7 @@ class RolloutController:
 
     def _count(self, decision: Decision) -> Decision:
         self._last_decision = decision
+        self._last_gates = decision.gates or self._last_gates
         self._decisions[decision.action.value] += 1
         if decision.action is Action.ROLLBACK:
             self._rollbacks[rollback_cause(decision)] += 1
@@ -273,6 +276,7 @@ class RolloutController:
                 )
             epoch = 0 if old is None else old.epoch + 1  # keeps the routing version rising
             self._status, self._evidence = RolloutStatus(epoch=epoch), Evidence(epoch=epoch)
+            self._last_gates = ()
             previous = None if old is None else old.phase.value
             return self._accept(operator, "start", self._status, {"previous_phase": previous}, now)
 
@@ -357,8 +361,7 @@ class RolloutController:
         with self._lock:
             now = self._clock.now()
             status = self._status if self._status is not None else RolloutStatus()
-            last = self._last_decision
-            gates = last.gates if last is not None else ()
+            last, gates = self._last_decision, self._last_gates
             rate = self._rate.per_second(now)
             eta = estimate_eta(self._spec, self._status, self._evidence, rate, now)
             return StatusView(

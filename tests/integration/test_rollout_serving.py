@@ -10,14 +10,17 @@ cover it).
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from compression.data import _read_rotten_tomatoes
 from serving.cli import main as kdcanary
@@ -182,14 +185,61 @@ def test_killed_controller_resumes_at_the_same_stage_and_weight(held: httpx.Clie
     assert {a["variant"] for a in later} == {"teacher", "student"}
 
 
-def test_good_student_is_promoted_to_100_percent(deploy: Deploy, reviews: list[str], capsys: Any) -> None:
-    with deploy("good", rollout=spec(0.65)) as client, Traffic(client, reviews):
+class WebhookSink:
+    """A real HTTP server on loopback that keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        received = self.received = []  # type: list[dict[str, Any]]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def rollout_metrics(metrics_url: str, app: str) -> dict[tuple[str, str], float]:
+    """{(name, label value), value} of the app's ray_kdcanary_rollout_* samples."""
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text):
+        for sample in family.samples:
+            if sample.name.startswith("ray_kdcanary_rollout") and sample.labels.get("application") == app:
+                label = next(
+                    (sample.labels[k] for k in ("phase", "gate", "action", "reason") if k in sample.labels), ""
+                )
+                out[(sample.name, label)] = sample.value
+    return out
+
+
+def test_good_student_is_promoted_to_100_percent(
+    deploy: Deploy, serve_cluster: ServeCluster, reviews: list[str], capsys: Any
+) -> None:
+    sink = WebhookSink()
+    with deploy("good", rollout=spec(0.65), webhooks=[sink.url]) as client, Traffic(client, reviews):
         url = str(client.base_url).rstrip("/")
         assert kdcanary(["rollout", "start", "--url", url, "--token", ADMIN_TOKEN, "--reason", "ship it"]) == 0
         view = wait_for(client, lambda v: v["phase"] in ("completed", "rolled_back"), within_s=120)
         assert view["phase"] == "completed" and view["weight_percent"] == 100.0, view["last_reasons"]
         assert kdcanary(["rollout", "status", "--url", url, "--token", ADMIN_TOKEN]) == 0
         log = events(client)
+        metrics = _wait_for_metrics(serve_cluster.metrics_url, "good")
+    sink.close()
+    assert metrics[("ray_kdcanary_rollout_weight", "")] == 1.0
+    assert metrics[("ray_kdcanary_rollout_phase", "completed")] == 1.0
+    assert metrics[("ray_kdcanary_rollout_decisions_total", "advance")] >= 2
+    assert ("ray_kdcanary_rollout_gate_lower", "agreement") in metrics
+    assert [e["id"] for e in sink.received] == [e["id"] for e in log]  # every event, in order
     table = capsys.readouterr().out
     assert "phase completed" in table and "agreement" in table
     advances = [e for e in log if e["kind"] == "decision" and e["action"] in ("advance", "complete", "rollback")]
@@ -197,6 +247,15 @@ def test_good_student_is_promoted_to_100_percent(deploy: Deploy, reviews: list[s
     gate = next(g for g in advances[0]["payload"]["decision"]["gates"] if g["name"] == "agreement")
     assert gate["verdict"] == "pass" and gate["lower"] >= 0.65 and gate["n"] > 0
     assert log[0]["kind"] == "operator" and log[0]["actor"] and ADMIN_TOKEN not in str(log)
+
+
+def _wait_for_metrics(metrics_url: str, app: str, within_s: float = 60.0) -> dict[tuple[str, str], float]:
+    deadline = time.monotonic() + within_s
+    while True:  # Ray exports replica metrics every few seconds
+        metrics = rollout_metrics(metrics_url, app)
+        if metrics.get(("ray_kdcanary_rollout_phase", "completed")) == 1.0 or time.monotonic() > deadline:
+            return metrics
+        time.sleep(1.0)
 
 
 def test_disagreeing_student_is_rolled_back_with_the_numbers(deploy: Deploy, reviews: list[str]) -> None:

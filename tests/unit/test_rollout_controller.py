@@ -110,6 +110,8 @@ def test_good_student_walks_every_stage_and_completes_with_a_webhook_per_change(
     assert advance.payload["evidence"]["student_requests"] >= 1000  # the evidence it stood on
     assert rig.store.events() == rig.hooks.sent  # the log and the webhooks saw the same events
     assert rig.c.routing() == PublishedRouting(weight_percent=100, shadow_fraction=0, version=versions[-1])
+    rig.step()  # a terminal hold evaluates nothing; status still shows the gates that completed it
+    assert {g.name for g in rig.c.snapshot().gates} >= {"agreement", "errors"}
 
 
 def test_a_hard_failure_burst_reaches_weight_zero_inside_record() -> None:

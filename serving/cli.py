@@ -46,9 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     _registry_flag(report)
     report.set_defaults(run=_report)
 
-    demo = sub.add_parser("demo", help="the main job: build teacher and students, then report")
+    demo = sub.add_parser("demo", help="the whole product: models, a live canary rollout of two students, a report")
     demo.add_argument("--recipe", type=Path, default=Path("recipes/tiny.yaml"))
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
+    demo.add_argument("--rate", type=float, default=20.0, help="requests per second of live traffic")
+    demo.add_argument("--port", type=int, default=8000, help="Serve's HTTP port on 127.0.0.1")
+    demo.add_argument("--realistic", action="store_true", help="production-like stages and gates (much longer)")
+    demo.add_argument("--good", default="minilm-l2-pruned-int8", help="student of scenario 1")
+    demo.add_argument("--bad", default="minilm-l2-short-int8", help="student of scenario 2")
     _registry_flag(demo)
     demo.set_defaults(run=_demo)
 
@@ -118,16 +123,21 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from compression.pipeline import compress
-    from compression.recipe import load_recipe
-    from compression.report import write_report
+    from compression.registry import default_root
+    from serving.demo.run import DemoOptions, run_demo
 
-    registry = _registry(args)
-    summary = compress(load_recipe(args.recipe), registry)
-    table, image = write_report(summary.bundles, args.out)
-    _print_bundles(summary.bundles)
-    print(f"\nkdcanary demo: {len(summary.bundles)} models in {registry.root}; report: {table}, {image}")
-    return 1 if summary.breaches else 0
+    options = DemoOptions(
+        recipe=args.recipe,
+        registry=args.registry or default_root(),
+        out=args.out,
+        good=args.good,
+        bad=args.bad,
+        rate=args.rate,
+        realistic=args.realistic,
+        port=args.port,
+        live=sys.stdout.isatty(),
+    )
+    return run_demo(options)
 
 
 def _serve(args: argparse.Namespace) -> int:

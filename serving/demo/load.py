@@ -1,0 +1,103 @@
+"""A steady-rate load generator: held-out review snippets at a fixed rate, each from a user.
+
+Open loop (a request leaves every 1/rate seconds whether or not the last one answered, as
+live traffic does), bounded in flight so an overloaded server sheds load here instead of
+piling up requests. Runs its own event loop on a thread; `window(s)` summarises the answers
+of the last s seconds per variant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Answer:
+    at: float
+    variant: str  # "teacher" | "student" | "error"
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class VariantWindow:
+    requests: int
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+@dataclass(frozen=True)
+class Window:
+    rate_per_s: float
+    errors: int
+    variants: dict[str, VariantWindow]
+
+    def share(self, variant: str) -> float:
+        total = sum(v.requests for v in self.variants.values())
+        return self.variants[variant].requests / total if total and variant in self.variants else 0.0
+
+
+class LoadGenerator:
+    def __init__(self, url: str, texts: list[str], rate: float, users: int = 500, seed: int = 0) -> None:
+        if rate <= 0 or not texts:
+            raise ValueError(f"need a positive rate and some texts; got rate={rate}, {len(texts)} texts")
+        self._url, self._texts, self._rate, self._users = url, texts, rate, users
+        self._rng = random.Random(seed)
+        self._answers: deque[Answer] = deque(maxlen=200_000)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True, name="loadgen")
+        self.sent = self.shed = 0
+
+    def start(self) -> LoadGenerator:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    async def _run(self, max_in_flight: int = 64) -> None:
+        limits = httpx.Limits(max_connections=max_in_flight)
+        in_flight: set[asyncio.Task[None]] = set()
+        async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                next_at += 1.0 / self._rate
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                if len(in_flight) >= max_in_flight:
+                    self.shed += 1
+                    continue
+                task = asyncio.create_task(self._one(client))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _one(self, client: httpx.AsyncClient) -> None:
+        body = {"inputs": [self._rng.choice(self._texts)], "routing_key": f"user-{self._rng.randrange(self._users)}"}
+        self.sent += 1
+        started = time.monotonic()
+        try:
+            response = await client.post(self._url, json=body)
+            variant = response.json()["variant"] if response.status_code == 200 else "error"
+        except (httpx.HTTPError, ValueError, KeyError):
+            variant = "error"
+        done = time.monotonic()
+        self._answers.append(Answer(done, variant, done - started))
+
+    def window(self, seconds: float = 10.0) -> Window:
+        since = time.monotonic() - seconds
+        recent = [a for a in list(self._answers) if a.at >= since]
+        variants = {}
+        for name in ("teacher", "student"):
+            ms = np.asarray([a.latency_s * 1000 for a in recent if a.variant == name])
+            p50, p99 = (float(np.percentile(ms, 50)), float(np.percentile(ms, 99))) if ms.size else (None, None)
+            variants[name] = VariantWindow(int(ms.size), p50, p99)
+        errors = sum(a.variant == "error" for a in recent)
+        return Window(len(recent) / seconds, errors, variants)

@@ -1,0 +1,230 @@
+"""`kdcanary demo`: the whole product on one machine, from models to a rollout report.
+
+1. compress: teacher and students from the recipe (reused from the registry when built);
+2. start a local Ray cluster and Serve, deploy teacher + student behind the router with the
+   rollout controller, and send held-out review snippets at a steady rate;
+3. scenario 1: a good student walks 0 (shadow) -> 5 -> 10 -> 25 -> 50 -> 100 % on evidence;
+4. scenario 2: a student exported with a far too short max_length (a real mistake, made by
+   the compression module from the recipe) is caught by the agreement gate and rolled back;
+5. a live view while it runs, then a report (markdown + charts) in the output folder.
+
+The rollouts are driven only through the admin API, as an operator would. `realistic`
+uses the production-like default stages and gates (slower: many minutes per stage).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from compression.registry import Bundle, Registry
+from rollout.spec import RolloutSpec, Stage
+from serving.admin import TOKEN_ENV, configured_token
+from serving.demo.load import LoadGenerator
+from serving.demo.report import ScenarioResult, write_report
+from serving.demo.view import render, sample, scrape_costs
+
+TERMINAL = ("completed", "rolled_back")
+
+
+class DemoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    recipe: Path = Path("recipes/tiny.yaml")
+    registry: Path
+    out: Path = Path("out/demo")
+    good: str = "minilm-l2-pruned-int8"
+    bad: str = "minilm-l2-short-int8"
+    rate: float = Field(default=20.0, gt=0.0, le=500.0)
+    realistic: bool = False
+    max_scenario_s: float = Field(default=420.0, gt=0.0)
+    port: int = 8000
+    live: bool = True  # redraw in place (a terminal); False prints a line every few seconds
+
+
+def demo_spec(realistic: bool) -> RolloutSpec:
+    """The demo's stages and gates: the defaults when `realistic`, else a fast spec.
+
+    Fast: tens to hundreds of requests and a few seconds per stage; agreement >= 0.80 (the tiny
+    recipe's students agree with their teacher about 87 % of the time, the short-max_length
+    one about 73 %); error margin 0.1; no latency gate (a p99 bound needs about a thousand
+    samples per stage, minutes at the demo's rate: `realistic` keeps it).
+    """
+    if realistic:
+        return RolloutSpec()
+    stages = [
+        Stage(weight_percent=0, min_requests=200, min_dwell_s=5, shadow_fraction=1.0),
+        *(Stage(weight_percent=w, min_requests=100, min_dwell_s=5, shadow_fraction=0.5) for w in (5, 10, 25, 50)),
+        Stage(weight_percent=100, min_requests=100, min_dwell_s=5, shadow_fraction=0.25),
+    ]
+    return RolloutSpec.model_validate(
+        {
+            "stages": [s.model_dump() for s in stages],
+            "agreement": {"threshold": 0.80, "alpha": 0.05},
+            "errors": {"margin": 0.1, "alpha": 0.05},
+            "latency": None,
+            "tick_interval_s": 0.5,
+        }
+    )
+
+
+def run_demo(options: DemoOptions) -> int:
+    """The CLI's entry: models, a local Ray + Serve, both scenarios, the report, shutdown."""
+    import ray
+    from ray import serve
+
+    from compression.pipeline import compress
+    from compression.recipe import load_recipe
+
+    registry = Registry(options.registry)
+    summary = compress(load_recipe(options.recipe), registry)
+    print(f"models: {len(summary.bundles)} bundles in {registry.root}", flush=True)
+    if not configured_token():
+        os.environ[TOKEN_ENV] = secrets.token_urlsafe(24)  # Ray workers inherit it
+    metrics_port = _free_port()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": options.port})
+        http_url, metrics_url = f"http://127.0.0.1:{options.port}", f"http://127.0.0.1:{metrics_port}/metrics"
+        results = run_scenarios(options, registry, http_url, metrics_url)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    report = write_report(results, options.out)
+    print(f"\nkdcanary demo: report in {report} (charts beside it)")
+    for r in results:
+        print(f"  {r.title}: {r.student} -> {r.phase} after {r.seconds:.0f} s")
+    expected = [("good", "completed"), ("bad", "rolled_back")]
+    return 0 if [(r.name, r.phase) for r in results] == expected else 1
+
+
+def run_scenarios(options: DemoOptions, registry: Registry, http_url: str, metrics_url: str) -> list[ScenarioResult]:
+    """Both scenarios on a running Serve instance (the tests pass their own cluster's URLs)."""
+    from compression.data import held_out_texts
+    from compression.recipe import load_recipe
+
+    recipe = load_recipe(options.recipe)
+    texts = [text.strip()[:1000] for text in held_out_texts(recipe.data, recipe.seed)]
+    teacher = registry.get("teacher")
+    scenarios = [
+        ("good", "Scenario 1: a good student", registry.get(options.good)),
+        ("bad", "Scenario 2: a student exported with max_length 8", registry.get(options.bad)),
+    ]
+    return [
+        _scenario(name, title, teacher, student, options, registry, texts, http_url, metrics_url)
+        for name, title, student in scenarios
+    ]
+
+
+def _scenario(
+    name: str, title: str, teacher: Bundle, student: Bundle, options: DemoOptions, registry: Registry,
+    texts: list[str], http_url: str, metrics_url: str,
+) -> ScenarioResult:  # fmt: skip
+    from ray import serve
+
+    state = options.out / "state" / name
+    shutil.rmtree(state, ignore_errors=True)  # each demo run starts its rollouts afresh
+    serve.run(_application(teacher, student, registry, state, options.realistic), name=name, route_prefix=f"/{name}")
+    admin = httpx.Client(base_url=f"{http_url}/{name}", headers={"authorization": f"Bearer {configured_token()}"})
+    load = LoadGenerator(f"{http_url}/{name}/v1/predict", texts, options.rate).start()
+    try:
+        time.sleep(2.0)  # the teacher's evidence starts flowing before the rollout does
+        _check(admin.post("/admin/rollout/start", json={"actor": "kdcanary-demo", "reason": title}))
+        samples, status, started = _watch(title, admin, load, metrics_url, name, options)
+        events = _check(admin.get("/admin/rollout/events", params={"limit": 1000}))
+    finally:
+        load.stop()
+        admin.close()
+        serve.delete(name)
+    return ScenarioResult(
+        name=name, title=title, student=student.manifest.name, student_id=student.id, phase=status["phase"],
+        seconds=time.monotonic() - started, rollback_reason=status.get("rollback_reason"), samples=samples,
+        events=events,
+    )  # fmt: skip
+
+
+def _watch(
+    title: str, admin: httpx.Client, load: LoadGenerator, metrics_url: str, app: str, options: DemoOptions
+) -> tuple[list[Any], dict[str, Any], float]:
+    """Sample once a second until the rollout ends (plus a few seconds) or time runs out."""
+    started, costs, samples, ended_at = time.monotonic(), scrape_costs(metrics_url, app), [], None
+    show = _live_printer() if options.live else _line_printer()
+    while True:
+        status = _check(admin.get("/admin/rollout"))
+        now = time.monotonic() - started
+        if int(now) % 3 == 0:
+            costs = scrape_costs(metrics_url, app)
+        samples.append(sample(now, status, load.window(10.0), costs))
+        show(render(title, samples[-1]))
+        if status["phase"] in TERMINAL and ended_at is None:
+            ended_at = now
+        if (ended_at is not None and now - ended_at > 3.0) or now > options.max_scenario_s:
+            return samples, status, started
+        time.sleep(1.0)
+
+
+def _application(teacher: Bundle, student: Bundle, registry: Registry, state: Path, realistic: bool) -> Any:
+    from serving.app import AppArgs, app_builder
+    from serving.config import Resources
+
+    args = AppArgs(
+        teacher_id=teacher.id,
+        student_id=student.id,
+        registry=registry.root,
+        teacher=Resources(num_cpus=0.5),
+        student=Resources(num_cpus=0.5),
+        router=Resources(num_cpus=0.2, max_ongoing_requests=256),
+        rollout=demo_spec(realistic),
+        state_dir=state,
+    )
+    return app_builder(args)
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        raise RuntimeError(f"{response.request.method} {response.request.url.path}: {response.text[:300]}")
+    return response.json()
+
+
+def _live_printer() -> Callable[[str], None]:
+    drawn = 0
+
+    def show(text: str) -> None:
+        nonlocal drawn
+        if drawn:
+            sys.stdout.write(f"\x1b[{drawn}F\x1b[J")  # back to the panel's first line, clear below
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        drawn = text.count("\n") + 1
+
+    return show
+
+
+def _line_printer(every_s: float = 5.0) -> Callable[[str], None]:
+    last = 0.0
+
+    def show(text: str) -> None:
+        nonlocal last
+        if time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            print(text + "\n", flush=True)
+
+    return show
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -30,6 +30,7 @@ The rollout controller's (ControllerMetrics):
     ray_kdcanary_rollout_gate_verdict{gate}            1 pass, 0 inconclusive, -1 fail
     ray_kdcanary_rollout_decisions_total{action}       ticks by action: hold | advance | rollback | complete
     ray_kdcanary_rollout_rollbacks_total{reason}       rollbacks by cause: the failing gate, or operator
+    ray_kdcanary_rollout_store_healthy                 1 when the state store's last save succeeded, else 0
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ class ControllerMetrics:
         self._rollbacks = serve_metrics.Counter(
             "kdcanary_rollout_rollbacks_total", "Rollbacks by cause.", _keys("reason")
         )
+        self._store_healthy = serve_metrics.Gauge("kdcanary_rollout_store_healthy", "1 when the last save succeeded.")
         self._seen: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
@@ -165,6 +167,7 @@ class ControllerMetrics:
                 self._phase.set(float(phase is view.phase), {"phase": phase.value})
             self._stage.set(float(view.stage_index))
             self._weight.set(view.routing.weight_percent / 100.0)
+            self._store_healthy.set(float(view.store.healthy))
             for result in view.gates:
                 self._show_gate(result)
             self._advance(self._decisions, "action", view.counters.decisions)

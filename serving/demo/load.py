@@ -91,6 +91,11 @@ class LoadGenerator:
         done = time.monotonic()
         self._answers.append(Answer(done, variant, done - started))
 
+    def failures_since(self, since: float = 0.0) -> tuple[int, int]:
+        """(answers, failed answers) that completed after `since` (time.monotonic())."""
+        recent = [a for a in list(self._answers) if a.at >= since]
+        return len(recent), sum(a.variant == "error" for a in recent)
+
     def window(self, seconds: float = 10.0) -> Window:
         since = time.monotonic() - seconds
         recent = [a for a in list(self._answers) if a.at >= since]

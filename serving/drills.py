@@ -1,0 +1,221 @@
+"""Fault drills: real faults injected into a running kdcanary application under steady load.
+
+Each drill drives a rollout through the admin API, as an operator would, while a load
+generator sends traffic through the router and counts every answer a client would see as
+failed (a non-200 or no answer). Faults are real: a replica's actor is killed with
+`ray.kill`, the controller's process is denied file growth (its store becomes "full"), a
+router replica dies with requests in flight. Serve restarts what was killed.
+
+The tests (tests/integration/test_faults.py) run each drill briefly; `bench/reliability.py`
+runs them longer at a higher rate. Every drill returns a `DrillResult` with its figures.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from serving.demo.load import LoadGenerator
+
+
+class DrillResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    requests: int  # answers received during the drill
+    failed: int  # of those, failed as a client sees it
+    shed: int = 0  # not sent: the load generator's in-flight bound was reached
+    rollback_latency_s: float | None = None  # first fault -> weight 0 in the controller
+    resume_s: float | None = None  # fault -> the controller answers again at the same stage
+    notes: str = ""
+
+
+class Drill:
+    """One application under load: admin calls, waits and replica kills, with the clock."""
+
+    def __init__(self, base_url: str, app: str, token: str, texts: list[str], rate: float) -> None:
+        self.app = app
+        self.admin = httpx.Client(base_url=base_url, headers={"authorization": f"Bearer {token}"}, timeout=30.0)
+        self.load = LoadGenerator(f"{base_url}/v1/predict", texts, rate)
+        self.started = time.monotonic()
+
+    def __enter__(self) -> Drill:
+        self.load.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.load.stop()
+        self.admin.close()
+
+    def intent(self, action: str, **body: Any) -> dict[str, Any]:
+        method = "PUT" if action == "weight" else "POST"
+        response = self.admin.request(method, f"/admin/rollout/{action}", json={"actor": "drill", **body})
+        if response.status_code != 200:
+            raise RuntimeError(f"{action}: {response.status_code} {response.text[:300]}")
+        view: dict[str, Any] = response.json()
+        return view
+
+    def status(self) -> dict[str, Any] | None:
+        """GET status, or None while the controller cannot answer."""
+        try:
+            response = self.admin.get("/admin/rollout")
+        except httpx.HTTPError:
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    def events(self) -> list[dict[str, Any]]:
+        body: list[dict[str, Any]] = self.admin.get("/admin/rollout/events", params={"limit": 1000}).json()
+        return body
+
+    def wait(self, done: Callable[[dict[str, Any]], bool], within_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + within_s
+        while True:
+            view = self.status()
+            if view is not None and done(view):
+                return view
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.app}: not there after {within_s} s: {view and view.get('message')}")
+            time.sleep(0.1)
+
+    def replicas(self, deployment: str) -> list[Any]:
+        """The actors of `deployment`'s replicas."""
+        import ray
+
+        prefix = f"{self.app}#{deployment}#"
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if prefix in a["name"]]
+        return [ray.get_actor(name, namespace="serve") for name in names]
+
+    def kill(self, deployment: str, count: int = 1) -> None:
+        """Kill `count` replicas of `deployment`; Serve starts new ones."""
+        import ray
+
+        for actor in self.replicas(deployment)[:count]:
+            ray.kill(actor, no_restart=True)
+
+    def pid(self, deployment: str) -> int:
+        import os
+
+        import ray
+
+        pid: int = ray.get(self.replicas(deployment)[0].__ray_call__.remote(lambda _: os.getpid()))
+        return pid
+
+    def result(self, name: str, **figures: Any) -> DrillResult:
+        requests, failed = self.load.failures_since(self.started)
+        return DrillResult(name=name, requests=requests, failed=failed, shed=self.load.shed, **figures)
+
+
+def transitions_under_load(drill: Drill, within_s: float = 240.0) -> DrillResult:
+    """A whole rollout to 100 %, with a manual weight and a resume on the way: 0 failures."""
+    drill.intent("start", reason="drill: transitions under load")
+    drill.wait(lambda v: v["stage_index"] >= 1, within_s)
+    drill.intent("weight", weight=0.3, reason="drill: manual weight under load")
+    time.sleep(2.0)
+    drill.intent("resume", reason="drill: back to evidence")
+    final = drill.wait(lambda v: v["phase"] in ("completed", "rolled_back"), within_s)
+    return drill.result("transitions_under_load", notes=f"ended {final['phase']}")
+
+
+def student_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
+    """The student's replica dies mid-canary: failover answers; the trip wire rolls back.
+
+    `rollback_latency_s` runs from the first student failure the controller heard of (the
+    kill shows as errors or timeouts at the router first) to the rollback decision.
+    """
+    drill.intent("start", reason="drill: student killed")
+    drill.intent("promote", reason="drill: to the first live stage")
+    errors_before = drill.wait(lambda v: v["evidence"]["student_requests"] >= 20, within_s)["evidence"][
+        "student_errors"
+    ]
+    killed_at = time.time()
+    drill.kill("student")
+    first_error = drill.wait(
+        lambda v: v["evidence"]["student_errors"] > errors_before or v["phase"] == "rolled_back", within_s
+    )
+    drill.wait(lambda v: v["phase"] == "rolled_back", within_s)
+    rollback = next(e for e in drill.events() if e["kind"] == "decision" and e["action"] == "rollback")
+    time.sleep(1.0)
+    heard_at = min(first_error["now"], rollback["at"])
+    notes = (
+        f"kill -> first failure heard {heard_at - killed_at:.2f} s; kill -> weight 0 {rollback['at'] - killed_at:.2f} s"
+    )
+    return drill.result("student_killed", rollback_latency_s=round(rollback["at"] - heard_at, 3), notes=notes)
+
+
+def teacher_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
+    """The teacher's replica dies with the student at 100 %: nothing fails, Serve recovers."""
+    drill.intent("start", reason="drill: teacher killed")
+    drill.intent("promote", to=100, reason="drill: student at 100 %")
+    time.sleep(2.0)
+    drill.kill("teacher")
+    _wait_healthy(drill.app, within_s)
+    time.sleep(1.0)
+    return drill.result("teacher_killed")
+
+
+def controller_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
+    """The controller dies: routers keep the weight; it resumes with its stage and event log."""
+    drill.intent("start", reason="drill: controller killed")
+    before = drill.intent("promote", reason="drill: a live stage")
+    drill.wait(lambda v: v["evidence"]["student_requests"] >= 20, within_s)
+    ids_before = [e["id"] for e in drill.events()]
+    killed_at = time.monotonic()
+    drill.kill("controller")
+    time.sleep(0.2)
+    after = drill.wait(lambda v: v["epoch"] == before["epoch"], within_s)
+    resume_s = time.monotonic() - killed_at
+    ids = [e["id"] for e in drill.events()]
+    intact = ids[: len(ids_before)] == ids_before and ids == list(range(1, len(ids) + 1))
+    same = (after["stage_index"], after["weight_percent"]) == (before["stage_index"], before["weight_percent"])
+    notes = f"same stage and weight: {same}; event ids contiguous, none lost or duplicated: {intact}"
+    return drill.result("controller_killed", resume_s=round(resume_s, 3), notes=notes)
+
+
+def router_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
+    """One of two router replicas dies: only requests in flight on it may fail."""
+    drill.intent("start", reason="drill: router killed")
+    drill.intent("promote", reason="drill: a live stage")
+    time.sleep(2.0)
+    drill.kill("router")
+    _wait_healthy(drill.app, within_s)
+    time.sleep(1.0)
+    return drill.result("router_killed")
+
+
+def store_full(drill: Drill, within_s: float = 60.0) -> DrillResult:
+    """The controller's process may no longer grow any file (RLIMIT_FSIZE = 0, i.e. a full
+    disk for SQLite): it must hold, say so in its status, then recover when space returns."""
+    drill.intent("start", reason="drill: store full")
+    drill.wait(lambda v: v["store"]["last_saved_at"] is not None, within_s)
+    pid = drill.pid("controller")
+    limits = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (0, limits[1]))
+    try:
+        failing = drill.wait(lambda v: not v["store"]["healthy"], within_s)
+        held = failing["stage_index"]
+        time.sleep(3.0)
+        still = drill.status() or {}
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, limits)
+    recovered = drill.wait(lambda v: v["store"]["healthy"], within_s)
+    notes = (
+        f"held at stage {held} while failing: {still.get('stage_index') == held}; "
+        f"recovered after {recovered['store']['failures_total']} failed saves"
+    )
+    return drill.result("store_full", notes=notes)
+
+
+def _wait_healthy(app: str, within_s: float) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + within_s
+    time.sleep(0.5)  # let Serve notice the death first
+    while serve.status().applications[app].status != "RUNNING":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{app} did not recover in {within_s} s")
+        time.sleep(0.2)

@@ -34,6 +34,7 @@ check: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.compression
 	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.rollout
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

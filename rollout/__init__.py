@@ -20,6 +20,11 @@ Controller layer (I/O behind injected Protocols, each with an in-package fake):
     views.py       PublishedRouting (with version), StatusView, ETA, store health
     controller.py  RolloutController: record / tick / routing / admin intents / snapshot / events
 
+Simulation (pure; bench/rollout.py):
+
+    simulate.py    synthetic student streams through the real policy, tick by tick
+    baseline.py    a Flagger-style analysis (fixed interval and thresholds) on the same streams
+
 Imports run one way: policy -> gates -> spec -> evidence -> stats -> errors, and
 policy -> status -> errors; controller -> journal -> (store, webhooks, views) -> events ->
 evidence, and views -> policy. Nothing here imports serving/.

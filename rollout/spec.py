@@ -141,6 +141,11 @@ class RolloutSpec(BaseModel):
         if stages[last].weight_percent != 100:
             got = stages[last].weight_percent
             raise ValueError(f"stages[{last}].weight_percent must be 100, got {got}")
+        if stages[0].shadow_fraction == 0 and stages[0].min_requests > 0:
+            raise ValueError(
+                "stages[0].shadow_fraction is 0 but min_requests > 0: at weight 0 the student sees only "
+                "shadow traffic, so the shadow stage could never be left (set a shadow fraction, or min_requests 0)"
+            )
         for index in range(1, len(stages)):
             before, after = stages[index - 1].weight_percent, stages[index].weight_percent
             if after <= before:

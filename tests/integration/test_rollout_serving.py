@@ -32,8 +32,9 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def spec(threshold: float, *, min_requests: int = 40, stage0_shadow: float = 1.0) -> dict[str, Any]:
+    first = min_requests if stage0_shadow else 0  # no shadow traffic: only a promote leaves stage 0
     stages = [
-        {"weight_percent": 0, "min_requests": min_requests, "min_dwell_s": 0.5, "shadow_fraction": stage0_shadow},
+        {"weight_percent": 0, "min_requests": first, "min_dwell_s": 0.5, "shadow_fraction": stage0_shadow},
         {"weight_percent": 50, "min_requests": min_requests, "min_dwell_s": 0.5, "shadow_fraction": 1.0},
         {"weight_percent": 100, "min_requests": min_requests, "min_dwell_s": 0.5, "shadow_fraction": 1.0},
     ]

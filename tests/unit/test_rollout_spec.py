@@ -103,3 +103,10 @@ def test_yaml_that_is_not_a_mapping_is_a_spec_error(text: str, needle: str) -> N
 def test_spec_round_trips_through_json() -> None:
     spec = RolloutSpec.from_mapping({"cost": {"max_ratio": 0.3}, "latency": {"p99_slo_s": 0.2}})
     assert RolloutSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_a_shadow_stage_without_shadow_traffic_is_refused() -> None:
+    with pytest.raises(SpecError, match=r"stages\[0\]\.shadow_fraction is 0"):
+        RolloutSpec.from_mapping({"stages": [{"weight_percent": 0, "shadow_fraction": 0}, {"weight_percent": 100}]})
+    manual = {"weight_percent": 0, "shadow_fraction": 0, "min_requests": 0}  # promoted by hand only
+    assert RolloutSpec.from_mapping({"stages": [manual, {"weight_percent": 100}]}).stages[0].min_requests == 0

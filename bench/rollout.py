@@ -1,0 +1,393 @@
+"""Rollout benchmark: simulated rollouts through the real policy and a Flagger-style baseline.
+
+`rollout.simulate` replays synthetic request streams (seeded, identical for both systems) of
+students drawn from known truths: a good one (agreement 0.99, errors and latency equal to the
+teacher's), a bad one (agreement 0.90), and students with lower agreement, more errors, a
+slower tail, or failures on one slice of traffic only. Each runs through kdcanary (the real
+`rollout.policy` with `SPEC`) and through a Flagger-style analysis (fixed 1-minute interval,
+fixed thresholds, 5 failed checks to roll back) at 50 requests/s of total traffic.
+
+Targets (issue 4), over at least 1000 rollouts each:
+
+- good student, agreement 0.99 vs threshold 0.97: false rollback rate <= 1 % (any gate);
+- bad student, agreement 0.90: rolled back after a median of <= 150 student observations,
+  <= 300 at p95;
+- full promotion of a good student at 50 requests/s: <= 5 minutes (median over runs).
+
+Writes bench/results/rollout.json ({"runs", "kdcanary": {...}, "baseline": {...}} plus the
+spec, per-profile outcome counts and figures) and the README's bench:rollout section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.readme import replace_section
+from rollout.baseline import BaselineSpec, simulate_baseline
+from rollout.simulate import (
+    LatencyProfile,
+    Outcome,
+    Result,
+    Scenario,
+    StudentProfile,
+    TrafficSlice,
+    causes,
+    simulate_kdcanary,
+)
+from rollout.spec import RolloutSpec, default_stages
+from rollout.stats import bernoulli_cs
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "rollout.json"
+SYSTEMS = ("kdcanary", "baseline")
+
+WEIGHTS = (0, 5, 10, 25, 50, 100)
+SHADOW = (0.5, 1.0, 1.0, 0.5, 0.5, 0.5)
+"""Shadow fractions per stage. Mirroring costs compute on the model that answers the shadow:
+up to 10 % that is the student (about 7x cheaper than the teacher); above, the teacher, which
+stays provisioned for all traffic until the rollout completes, so its load (1 - w) + w s never
+exceeds what it carried before. Stage 0 mirrors half the traffic, not all: gates are judged
+once per tick, so a faster stream there only adds observations between look and verdict."""
+SPEC = RolloutSpec.from_mapping(
+    {
+        "stages": [
+            {"weight_percent": w, "min_requests": 1000, "min_dwell_s": 30, "shadow_fraction": s}
+            for w, s in zip(WEIGHTS, SHADOW, strict=True)
+        ],
+        "agreement": {"threshold": 0.97, "alpha": 0.05},
+    }
+)
+"""kdcanary's spec: the default gates (alpha 0.05 each, error margin 0.01, p99 ratio 1.5, the
+default trip wire, 1 s ticks), agreement threshold 0.97, and stages sized for 50 requests/s."""
+
+DEFAULT_SHADOW = tuple(stage.shadow_fraction for stage in default_stages())
+DEFAULT_SHADOW_SPEC = SPEC.model_copy(
+    update={
+        "stages": [
+            stage.model_copy(update={"shadow_fraction": s})
+            for stage, s in zip(SPEC.stages, DEFAULT_SHADOW, strict=True)
+        ]
+    }
+)
+"""The same spec with the project's default shadow fractions: what the mirroring buys."""
+
+TEACHER = LatencyProfile(p50_s=0.015, p99_s=0.030)
+BASELINE = BaselineSpec(
+    interval_s=60,
+    step_weights=(5, 10, 25, 50, 100),
+    threshold=5,
+    min_agreement=0.97,
+    max_error_rate=0.01,
+    max_p99_s=1.5 * TEACHER.p99_s,
+    shadow_fractions=SHADOW[1:],
+)
+"""Flagger's defaults (1 m interval, threshold 5), the same thresholds as kdcanary's gates as
+fixed numbers (error rate <= 1 %, p99 <= 1.5 x the teacher's known p99), and the router's
+shadow fractions at the same weights, so both see the same comparisons per request."""
+
+
+def _student(name: str, **truth: Any) -> StudentProfile:
+    base: dict[str, Any] = {"agreement": 0.99, "student_latency": TEACHER, "teacher_latency": TEACHER}
+    return StudentProfile(name=name, **{**base, **truth})
+
+
+PROFILES: dict[str, StudentProfile] = {
+    "good": _student("good"),
+    "bad": _student("bad", agreement=0.90),
+    "lower_agreement": _student("lower_agreement", agreement=0.95),
+    "errors": _student("errors", error_rate=0.03),
+    "slow_tail": _student("slow_tail", student_latency=LatencyProfile(p50_s=0.015, p99_s=0.090)),
+    "slice_disagree": _student("slice_disagree", slice=TrafficSlice(fraction=0.10, agreement=0.60, error_rate=0.001)),
+    "slice_errors": _student("slice_errors", slice=TrafficSlice(fraction=0.05, agreement=0.99, error_rate=0.40)),
+    "broken": _student("broken", error_rate=1.0),
+}
+TARGET_PROFILES = ("good", "bad")
+DESCRIPTIONS = {
+    "good": "agreement 0.99, errors 0.1 %, latency = teacher's",
+    "bad": "agreement 0.90",
+    "lower_agreement": "agreement 0.95",
+    "errors": "errors 3 % (teacher 0.1 %)",
+    "slow_tail": "p99 90 ms (teacher 30 ms), same p50",
+    "slice_disagree": "agreement 0.60 on 10 % of traffic (0.951 overall)",
+    "slice_errors": "errors 40 % on 5 % of traffic (2.1 % overall)",
+    "broken": "every student request fails",
+}
+
+Task = tuple[str, str, Scenario, list[int]]
+
+
+def _run(task: Task) -> tuple[str, str, list[dict[str, Any]]]:
+    """One chunk of seeds: "kdcanary", "baseline", or "default_shadow" (kdcanary, DEFAULT_SHADOW_SPEC)."""
+    system, name, scenario, seeds = task
+    profile = PROFILES[name]
+    if system == "baseline":
+        outcomes = [simulate_baseline(BASELINE, profile, scenario, seed) for seed in seeds]
+    else:
+        spec = SPEC if system == "kdcanary" else DEFAULT_SHADOW_SPEC
+        outcomes = [simulate_kdcanary(spec, profile, scenario, seed) for seed in seeds]
+    return system, name, [o.model_dump(mode="json") for o in outcomes]
+
+
+def _tasks(runs: int, other_runs: int, default_shadow_runs: int, scenario: Scenario, chunk: int) -> Iterator[Task]:
+    """Expensive tasks first (good students run to completion), seeds in chunks."""
+    for start in range(0, default_shadow_runs, chunk // 5):
+        yield ("default_shadow", "good", scenario, list(range(start, min(default_shadow_runs, start + chunk // 5))))
+    for name in PROFILES:
+        count = runs if name in TARGET_PROFILES else other_runs
+        for start in range(0, count, chunk):
+            seeds = list(range(start, min(count, start + chunk)))
+            yield from (("kdcanary", name, scenario, seeds), ("baseline", name, scenario, seeds))
+
+
+def simulate_all(
+    runs: int, other_runs: int, default_shadow_runs: int, scenario: Scenario, workers: int
+) -> dict[str, dict[str, list[Outcome]]]:
+    """Every profile through both systems (and the good one under DEFAULT_SHADOW_SPEC), by
+    profile then system; outcomes sorted by seed, so the result does not depend on scheduling."""
+    tasks = list(_tasks(runs, other_runs, default_shadow_runs, scenario, chunk=50))
+    collected: dict[str, dict[str, list[Outcome]]] = {name: {s: [] for s in SYSTEMS} for name in PROFILES}
+    collected["good"]["default_shadow"] = []
+    if workers > 1:
+        with get_context("fork").Pool(workers) as pool:
+            results = list(pool.imap_unordered(_run, tasks))
+    else:
+        results = [_run(task) for task in tasks]
+    for system, name, dumped in results:
+        collected[name][system] += [Outcome.model_validate(o) for o in dumped]
+    for systems in collected.values():
+        for outcomes in systems.values():
+            outcomes.sort(key=lambda o: o.seed)
+    return collected
+
+
+def _quantile(values: Sequence[float], q: float) -> float | None:
+    """The q-quantile (inverted CDF, so an actual run's value); None when it is a run that never
+    got there (recorded as inf)."""
+    if not values:
+        return None
+    value = float(np.quantile(np.asarray(values, dtype=float), q, method="inverted_cdf"))
+    return None if math.isinf(value) else value
+
+
+def summarize(outcomes: list[Outcome]) -> dict[str, Any]:
+    """Outcome counts and figures for one profile under one system.
+
+    `rollback_rate_upper95` is Robbins' 95 % confidence bound on the rate (rollout.stats).
+
+    Detection figures count runs that were not rolled back as never detected (infinite), and
+    promotion figures count runs that were not promoted as never promoted.
+    """
+    n = len(outcomes)
+    count = {r: sum(o.result is r for o in outcomes) for r in Result}
+    back = [o.result is Result.ROLLED_BACK for o in outcomes]
+    done = [o.result is Result.COMPLETED for o in outcomes]
+    detect_obs = [o.student_observations if b else math.inf for o, b in zip(outcomes, back, strict=True)]
+    detect_s = [o.seconds if b else math.inf for o, b in zip(outcomes, back, strict=True)]
+    served = [o.student_served if b else math.inf for o, b in zip(outcomes, back, strict=True)]
+    minutes = [o.seconds / 60 if d else math.inf for o, d in zip(outcomes, done, strict=True)]
+    return {
+        "runs": n,
+        **{r.value: count[r] for r in Result},
+        "rollback_rate": count[Result.ROLLED_BACK] / n if n else None,
+        "rollback_rate_upper95": bernoulli_cs(count[Result.ROLLED_BACK], n, 0.05).upper if n else None,
+        "rollback_causes": causes(outcomes),
+        "student_observations_median": _quantile([o.student_observations for o in outcomes], 0.5),
+        "detect_obs": {"median": _quantile(detect_obs, 0.5), "p95": _quantile(detect_obs, 0.95)},
+        "detect_seconds": {"median": _quantile(detect_s, 0.5), "p95": _quantile(detect_s, 0.95)},
+        "detect_served": {"median": _quantile(served, 0.5), "p95": _quantile(served, 0.95)},
+        "promotion_minutes": {"median": _quantile(minutes, 0.5), "p95": _quantile(minutes, 0.95)},
+    }
+
+
+def headline(summaries: dict[str, dict[str, Any]], system: str) -> dict[str, float | None]:
+    """The four figures the issue asks for (and the false-rollback rate's upper bound), for one system."""
+    good, bad = summaries["good"][system], summaries["bad"][system]
+    return {
+        "false_rollback_rate": good["rollback_rate"],
+        "false_rollback_rate_upper95": good["rollback_rate_upper95"],
+        "detect_median_obs": bad["detect_obs"]["median"],
+        "detect_p95_obs": bad["detect_obs"]["p95"],
+        "promotion_minutes_50rps": good["promotion_minutes"]["median"],
+    }
+
+
+LIMITS = {
+    "false_rollback_rate": 0.01,
+    "detect_median_obs": 150.0,
+    "detect_p95_obs": 300.0,
+    "promotion_minutes_50rps": 5.0,
+}
+
+
+def _against_target(figures: dict[str, float | None]) -> dict[str, bool]:
+    """Met when the figure exists (the runs got there) and is within its limit."""
+    return {key: (value := figures[key]) is not None and value <= limit for key, limit in LIMITS.items()}
+
+
+def _fmt(value: float | None, kind: str) -> str:
+    if value is None:
+        return "never"
+    if kind == "rate":
+        return f"{100 * value:.1f} %"
+    return f"{value:.2f} min" if kind == "minutes" else f"{value:,.0f}"
+
+
+def _target_table(report: dict[str, Any]) -> list[str]:
+    rows = [
+        ("good student false rollback rate (any gate) ≤ 1 %", "false_rollback_rate", "rate"),
+        ("bad student rolled back after ≤ 150 student observations (median)", "detect_median_obs", "obs"),
+        ("... and ≤ 300 at p95", "detect_p95_obs", "obs"),
+        ("full promotion of a good student at 50 requests/s ≤ 5 min (median)", "promotion_minutes_50rps", "minutes"),
+    ]
+    lines = ["| target | kdcanary | Flagger-style baseline |", "|---|---|---|"]
+    for text, key, kind in rows:
+        cells = []
+        for system in SYSTEMS:
+            met = report["targets"][system][key]
+            cells.append(f"{_fmt(report[system][key], kind)} — {'met' if met else 'not met'}")
+        lines.append(f"| {text} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def _profile_table(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "| student | truth | runs | kdcanary rolled back / promoted / undecided | to rollback: obs / served / s "
+        "| min to promote | baseline rolled back / promoted / undecided | to rollback: obs / served / s "
+        "| min to promote |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in report["profiles"].items():
+        cells = [name, DESCRIPTIONS[name], str(entry["kdcanary"]["runs"])]
+        for system in SYSTEMS:
+            s = entry[system]
+            cells.append(f"{s['rolled_back']} / {s['completed']} / {s['timed_out']}")
+            obs, served, seconds = (s[key]["median"] for key in ("detect_obs", "detect_served", "detect_seconds"))
+            cells.append("—" if obs is None else f"{_fmt(obs, 'obs')} / {_fmt(served, 'obs')} / {_fmt(seconds, 'obs')}")
+            cells.append(_fmt(s["promotion_minutes"]["median"], "minutes").removesuffix(" min"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _default_shadow_text(report: dict[str, Any]) -> str:
+    default, good = report["default_shadow"], report["profiles"]["good"]["kdcanary"]
+    minutes = good["promotion_minutes"]["median"]
+    requests = None if minutes is None else 60 * minutes * report["scenario"]["requests_per_s"]
+    shadows = "/".join(f"{s:g}" for s in default["shadow_fractions"])
+    return (
+        "Why the mirroring: errors and latency are judged per stage, and a stage passes only once the error "
+        "difference's upper bound is under 0.01 and the student's p99 has a finite upper bound (about 1,100 "
+        "student observations at alpha 0.025; 1,500–2,500 for the errors at a 0.1 % error rate). The good "
+        f"student's six stages took a median of {_fmt(good['student_observations_median'], 'obs')} student "
+        f"observations, out of {_fmt(requests, 'obs')} requests in its {_fmt(minutes, 'minutes')}. With the "
+        "default shadow fractions "
+        f"({shadows}) and otherwise the same spec, the good student's promotion takes a median of "
+        f"{_fmt(default['good']['promotion_minutes']['median'], 'minutes')} ({default['good']['runs']} runs). The "
+        f"bad student's p95 ({_fmt(report['kdcanary']['detect_p95_obs'], 'obs')}, limit 300) includes what arrives "
+        "between looks: gates are judged once per 1 s tick, and about 25 student observations arrive per tick in "
+        "the shadow stage."
+    )
+
+
+def _no_traffic_text(outcomes: dict[str, dict[str, Any]]) -> str:
+    kd, base = outcomes["kdcanary"], outcomes["baseline"]
+    return (
+        f"Missing data (no traffic for {kd['seconds']:g} s): kdcanary {kd['result'].replace('_', ' ')} at stage "
+        f"{kd['stage_index']} ({kd['weight_percent']:g} %), its gates inconclusive, never a verdict; the baseline "
+        f"{base['result'].replace('_', ' ')} after {base['seconds']:g} s, each empty analysis a failed check "
+        '(Flagger\'s "no values found").'
+    )
+
+
+def _update_readme(report: dict[str, Any]) -> None:
+    good = report["profiles"]["good"]
+    p95 = {s: good[s]["promotion_minutes"]["p95"] for s in SYSTEMS}
+    lines = [
+        f"{report['runs']} simulated rollouts per target student at {report['scenario']['requests_per_s']:g} "
+        "requests/s, the same request streams (seeds) for both systems; kdcanary is the real `rollout.policy` "
+        "with stages 0/5/10/25/50/100 % (min_requests 1000, min_dwell_s 30, shadow 0.5/1/1/0.5/0.5/0.5) and "
+        "the default gates (alpha 0.05 each, error margin 0.01, p99 ratio 1.5); the baseline is Flagger's "
+        "analysis (1-minute interval, fixed thresholds, rollback after 5 failed checks, no data = failed check).",
+        "",
+        *_target_table(report),
+        "",
+        f"False rollbacks, 95 % upper bound (Robbins' sequence on {report['runs']} runs): kdcanary "
+        f"{_fmt(report['kdcanary']['false_rollback_rate_upper95'], 'rate')}, baseline "
+        f"{_fmt(report['baseline']['false_rollback_rate_upper95'], 'rate')}. "
+        f"Promotion p95: kdcanary {_fmt(p95['kdcanary'], 'minutes')}, baseline {_fmt(p95['baseline'], 'minutes')}. "
+        "The baseline's 5 minutes are its clock (one step per interval), not evidence: it promotes "
+        "whatever passes five point-estimate checks, and it needs six intervals to reject anything.",
+        "",
+        _default_shadow_text(report),
+        "",
+        _no_traffic_text(report["no_traffic"]),
+        "",
+        f"Every student ({report['other_runs']} runs each beyond the two targets; medians; obs = student "
+        "observations, served = requests the student answered for users, s = simulated seconds; undecided = "
+        f"still holding after {report['scenario']['max_seconds'] / 60:g} minutes):",
+        "",
+        *_profile_table(report),
+    ]
+    replace_section("rollout", "\n".join(lines))
+
+
+def no_traffic() -> dict[str, dict[str, Any]]:
+    """Missing data: a good student with no traffic at all for 10 minutes (deterministic).
+
+    kdcanary's gates stay inconclusive and it holds at stage 0; the baseline counts every
+    empty analysis as a failed check and rolls back after its threshold.
+    """
+    scenario = Scenario(requests_per_s=0.0, max_seconds=600.0)
+    good = PROFILES["good"]
+    return {
+        "kdcanary": simulate_kdcanary(SPEC, good, scenario, 0).model_dump(mode="json"),
+        "baseline": simulate_baseline(BASELINE, good, scenario, 0).model_dump(mode="json"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=1000, help="rollouts of the good and bad students")
+    parser.add_argument("--other-runs", type=int, default=200, help="rollouts of every other student")
+    parser.add_argument("--default-shadow-runs", type=int, default=20, help="good-student runs, default shadows")
+    parser.add_argument("--rps", type=float, default=50.0, help="total requests per second")
+    parser.add_argument("--workers", type=int, default=2, help="processes (at most 2 on a shared machine)")
+    parser.add_argument("--no-write", action="store_true", help="print the figures only")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    scenario = Scenario(requests_per_s=args.rps, max_seconds=1800.0)
+    collected = simulate_all(args.runs, args.other_runs, args.default_shadow_runs, scenario, args.workers)
+    summaries = {name: {s: summarize(collected[name][s]) for s in SYSTEMS} for name in PROFILES}
+    report: dict[str, Any] = {"runs": args.runs, **{s: headline(summaries, s) for s in SYSTEMS}}
+    report["targets"] = {s: _against_target(report[s]) for s in SYSTEMS}
+    report |= {
+        "limits": LIMITS,
+        "other_runs": args.other_runs,
+        "scenario": scenario.model_dump(),
+        "spec": SPEC.model_dump(mode="json"),
+        "baseline_spec": BASELINE.model_dump(mode="json"),
+        "profiles": {name: {"profile": PROFILES[name].model_dump(mode="json"), **summaries[name]} for name in PROFILES},
+        "default_shadow": {
+            "shadow_fractions": DEFAULT_SHADOW,
+            "good": summarize(collected["good"]["default_shadow"]),
+        },
+        "no_traffic": no_traffic(),
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps({k: report[k] for k in ("runs", *SYSTEMS, "targets", "elapsed_s")}, indent=2))
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+        _update_readme(report)
+
+
+if __name__ == "__main__":
+    main()

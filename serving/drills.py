@@ -23,6 +23,23 @@ from pydantic import BaseModel, ConfigDict
 from serving.demo.load import LoadGenerator
 
 
+def drill_spec(min_requests: int = 30) -> dict[str, Any]:
+    """A quick rollout spec for drills: 0/25/50/100 %, lax gates (the faults are the point),
+    a trip wire of 3 consecutive student errors. A huge `min_requests` holds each stage."""
+    stage = {"min_requests": min_requests, "min_dwell_s": 0.5, "shadow_fraction": 0.5}
+    return {
+        "stages": [{"weight_percent": w, **stage} for w in (0, 25, 50, 100)],
+        "agreement": {"threshold": 0.5},
+        "errors": {"margin": 0.2},
+        "latency": None,
+        "fast_rollback": {"max_consecutive_errors": 3, "window_s": 5.0, "min_window_requests": 5},
+        "tick_interval_s": 0.2,
+    }
+
+
+HOLD = 100_000  # min_requests that keeps a drill at the stage it was put on
+
+
 class DrillResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 

@@ -17,9 +17,11 @@ import pytest
 from compression.data import _read_rotten_tomatoes
 from serving.config import RouterConfig
 from serving.drills import (
+    HOLD,
     Drill,
     DrillResult,
     controller_killed,
+    drill_spec,
     router_killed,
     store_full,
     student_killed,
@@ -35,18 +37,6 @@ RATE = 15.0
 ROUTER = RouterConfig(poll_interval_s=0.2, flush_interval_s=0.2, student_timeout_s=0.5)
 
 
-def fast_spec(min_requests: int = 30) -> dict[str, Any]:
-    stage = {"min_requests": min_requests, "min_dwell_s": 0.5, "shadow_fraction": 0.5}
-    return {
-        "stages": [{"weight_percent": w, **stage} for w in (0, 25, 50, 100)],
-        "agreement": {"threshold": 0.5},
-        "errors": {"margin": 0.2},
-        "latency": None,
-        "fast_rollback": {"max_consecutive_errors": 3, "window_s": 5.0, "min_window_requests": 5},
-        "tick_interval_s": 0.2,
-    }
-
-
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
     return [t.strip()[:400] for t in random.Random(11).sample(_read_rotten_tomatoes()[0], 300)]
@@ -57,7 +47,7 @@ def drill(deploy: Deploy, serve_cluster: Any, texts: list[str]) -> Any:
     @contextmanager
     def run(name: str, spec: dict[str, Any], **app_args: Any) -> Iterator[Drill]:
         with (
-            deploy(name, rollout=spec, **app_args),
+            deploy(name, rollout=spec, router_settings=ROUTER, **app_args),
             Drill(f"{serve_cluster.http_url}/{name}", name, TOKEN, texts, RATE) as d,
         ):
             yield d
@@ -71,13 +61,13 @@ def report(result: DrillResult) -> DrillResult:
 
 
 def test_stage_transitions_and_manual_weights_lose_no_request(drill: Any) -> None:
-    with drill("transitions", fast_spec()) as d:
+    with drill("transitions", drill_spec()) as d:
         result = report(transitions_under_load(d))
     assert result.failed == 0 and result.requests > 100 and "completed" in result.notes
 
 
 def test_killed_student_fails_over_and_rolls_back(drill: Any) -> None:
-    with drill("studentkill", fast_spec(min_requests=100_000)) as d:
+    with drill("studentkill", drill_spec(HOLD)) as d:
         result = report(student_killed(d))
     assert result.failed == 0
     # kill -> weight 0: the 0.5 s timeout, a 0.2 s flush and the controller's tick
@@ -85,25 +75,25 @@ def test_killed_student_fails_over_and_rolls_back(drill: Any) -> None:
 
 
 def test_killed_teacher_at_100_percent_recovers(drill: Any) -> None:
-    with drill("teacherkill", fast_spec(min_requests=100_000)) as d:
+    with drill("teacherkill", drill_spec(HOLD)) as d:
         result = report(teacher_killed(d))
     assert result.failed <= 2  # only what was in flight on the teacher (shadow calls never fail a user)
 
 
 def test_killed_controller_resumes_with_its_event_log(drill: Any) -> None:
-    with drill("controllerkill", fast_spec(min_requests=100_000)) as d:
+    with drill("controllerkill", drill_spec(HOLD)) as d:
         result = report(controller_killed(d))
     assert result.failed == 0
     assert "same stage and weight: True" in result.notes and "none lost or duplicated: True" in result.notes
 
 
 def test_killed_router_loses_only_requests_in_flight(drill: Any) -> None:
-    with drill("routerkill", fast_spec(min_requests=100_000), routers=2) as d:
+    with drill("routerkill", drill_spec(HOLD), routers=2) as d:
         result = report(router_killed(d))
     assert result.failed <= 10  # in flight on the dead replica, reported in the closing note
 
 
 def test_full_state_store_holds_then_recovers(drill: Any) -> None:
-    with drill("storefull", fast_spec()) as d:
+    with drill("storefull", drill_spec()) as d:
         result = report(store_full(d))
     assert "while failing: True" in result.notes and result.failed == 0

@@ -173,7 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):  # either stops it cleanly, like Ctrl-C
         signal.signal(signum, signal.default_int_handler)
-    ray.init(include_dashboard=False)
+    ray.init(address="local", include_dashboard=False)  # its own cluster: Ctrl-C must not stop anyone else's Serve
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(app_builder(app_args), name="kdcanary", route_prefix="/")

@@ -91,7 +91,9 @@ def run_demo(options: DemoOptions) -> int:
     if not configured_token():
         os.environ[TOKEN_ENV] = secrets.token_urlsafe(24)  # Ray workers inherit it
     metrics_port = _free_port()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
+    ray.init(
+        address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": options.port})
         http_url, metrics_url = f"http://127.0.0.1:{options.port}", f"http://127.0.0.1:{metrics_port}/metrics"

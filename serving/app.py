@@ -58,6 +58,7 @@ class AppArgs(BaseModel):
     router: Resources = Resources(num_cpus=0.25, max_ongoing_requests=256)
     router_settings: RouterConfig = RouterConfig()
     student_chaos_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    student_chaos_delay_s: float = Field(default=0.0, ge=0.0, le=60.0)
     controller: Literal["rollout", "manual"] = "rollout"
     rollout: RolloutSpec | Path = Field(default_factory=RolloutSpec, description="inline spec or a YAML file")
     state_dir: Path = Field(default_factory=default_state_dir)
@@ -95,6 +96,7 @@ def app_builder(args: AppArgs | dict[str, Any]) -> Application:
             price_per_cpu_hour=args.price_per_cpu_hour,
             batching=args.batching,
             chaos_error_rate=args.student_chaos_error_rate if variant is Variant.STUDENT else 0.0,
+            chaos_delay_s=args.student_chaos_delay_s if variant is Variant.STUDENT else 0.0,
         )
         options = resources.options(variant.value, at_least_ongoing=args.batching.max_batch_size)
         models[variant] = MODEL.options(**options).bind(config)

@@ -62,8 +62,9 @@ class Resources(BaseModel):
 class ModelConfig(BaseModel):
     """What a ModelDeployment serves and how it prices its compute.
 
-    `chaos_error_rate` makes that share of predict calls raise (never health checks): for
-    failover tests and rollback drills. Leave it at 0 in production.
+    `chaos_error_rate` makes that share of predict calls raise, and `chaos_delay_s` delays every
+    predict call by that many seconds (never health checks): for failover tests (a student slower
+    than the router's `student_timeout_s`) and rollback drills. Leave both at 0 in production.
     """
 
     model_config = _CONFIG
@@ -75,6 +76,7 @@ class ModelConfig(BaseModel):
     price_per_cpu_hour: float = Field(default=0.05, ge=0.0)
     batching: Batching = Batching()
     chaos_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    chaos_delay_s: float = Field(default=0.0, ge=0.0, le=60.0)
 
 
 class RouterConfig(BaseModel):
@@ -91,4 +93,9 @@ class RouterConfig(BaseModel):
     flush_interval_s: float = Field(default=0.5, gt=0.0, le=10.0)
     flush_max_observations: int = Field(default=512, ge=1)
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1024)
+    # Admission per router replica (serving/limits.py): past it, 429 at once. None turns it off.
+    max_requests_per_s: float | None = Field(default=2000.0, gt=0.0)
+    burst_s: float = Field(default=0.5, gt=0.0, le=10.0)  # seconds of the rate a burst may take at once
+    # Requests that reach a router together share one call to the model (see CoalescingClient).
+    coalesce_calls: bool = True
     seed: int | None = None

@@ -4,19 +4,26 @@ Teacher and student are two deployments of this class (`.options(name=...)`), ea
 own replicas, CPUs and autoscaling. A replica verifies the bundle's files against its manifest
 (refusing it otherwise), loads ONNX Runtime with intra-op threads = its CPUs rounded up, warms
 up, and answers batched `predict` calls. `check_health` runs a real inference.
+
+Batching waits for company only when there is some: a request that finds the replica idle is
+scored at once (waiting `batch_wait_timeout_s` for arrivals that cannot come only adds latency,
+and at a low canary weight that is most student requests); under load the configured wait applies.
+`CoalescingClient` is the caller's side of `predict`: it joins concurrent requests into one call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -54,15 +61,29 @@ class ModelDeployment:
         self._metrics = ModelMetrics(config.variant)
         batcher: Any = self._score_batch  # serve.batch adds setters the type stubs do not show
         batcher.set_max_batch_size(config.batching.max_batch_size)
-        batcher.set_batch_wait_timeout_s(config.batching.batch_wait_timeout_s)
+        self._batcher = batcher
+        self._in_flight = 0
         for _ in range(3):
             self._classifier.score(WARMUP_TEXTS)
 
     async def predict(self, texts: list[str]) -> ModelAnswer:
+        await self._chaos()
+        self._in_flight += 1
+        try:
+            # Read by the batcher when this request opens a batch: alone, there is nothing to wait for.
+            busy = self._in_flight > 1
+            self._batcher.set_batch_wait_timeout_s(self._config.batching.batch_wait_timeout_s if busy else 0.0)
+            answer: ModelAnswer = await self._score_batch(texts)
+        finally:
+            self._in_flight -= 1
+        return answer
+
+    async def _chaos(self) -> None:
+        """Drill and test hooks (both 0 in production): injected delay, then injected fault."""
+        if self._config.chaos_delay_s:
+            await asyncio.sleep(self._config.chaos_delay_s)
         if self._config.chaos_error_rate and self._rng.random() < self._config.chaos_error_rate:
             raise ModelCallError(f"{self._config.variant} {self._model_id}: injected fault (chaos_error_rate)")
-        answer: ModelAnswer = await self._score_batch(texts)
-        return answer
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _score_batch(self, requests: list[list[str]]) -> list[ModelAnswer]:
@@ -118,3 +139,85 @@ def prediction_payload(answer: ModelAnswer) -> list[dict[str, Any]]:
         {"label": answer.label_names[i], "label_id": i, "probabilities": row}
         for i, row in zip(label_ids, rows, strict=True)
     ]
+
+
+def split_answer(answer: ModelAnswer, sizes: list[int]) -> list[ModelAnswer]:
+    """One answer to several requests' inputs, cut back into one answer per request (compute
+    and cost shared in proportion to inputs)."""
+    total, start, parts = sum(sizes), 0, []
+    for size in sizes:
+        share = size / total
+        rows = answer.probabilities[start : start + size]
+        parts.append(
+            replace(
+                answer, probabilities=rows, compute_s=answer.compute_s * share, cost_dollars=answer.cost_dollars * share
+            )
+        )
+        start += size
+    return parts
+
+
+class CoalescingClient:
+    """Calls one model's `predict` for many concurrent requests (router side).
+
+    Every handle call costs the same whatever it carries (gRPC, Serve's request wrapping,
+    pickling, in the router and in the replica), so requests that reach the router in the same
+    event-loop turn go to the model as one call and each gets its slice back. A lone request
+    goes out on the next loop turn; nothing waits for company. Each caller keeps its own timeout:
+    the shared call is cancelled only when all of its callers have given up on it.
+    """
+
+    def __init__(self, handle: DeploymentHandle[Any], max_inputs: int) -> None:
+        self._handle = handle
+        self._max_inputs = max_inputs
+        self._texts: list[str] = []
+        self._waiting: list[tuple[int, asyncio.Future[ModelAnswer]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def submit(self, texts: list[str]) -> asyncio.Future[ModelAnswer]:
+        """A future for this request's answer; cancelling it gives up on it."""
+        if self._texts and len(self._texts) + len(texts) > self._max_inputs:
+            self._send()
+        loop = asyncio.get_running_loop()
+        if not self._waiting:
+            loop.call_soon(self._send)  # after the requests already ready in this loop turn
+        future: asyncio.Future[ModelAnswer] = loop.create_future()
+        self._texts.extend(texts)
+        self._waiting.append((len(texts), future))
+        return future
+
+    def _send(self) -> None:
+        if not self._waiting:
+            return
+        texts, waiting = self._texts, self._waiting
+        self._texts, self._waiting = [], []
+        response = self._handle.remote(texts)
+        futures = [future for _, future in waiting]
+        for future in futures:  # everyone gone: stop the model working on an answer nobody will read
+            future.add_done_callback(lambda _: all(f.cancelled() for f in futures) and response.cancel())
+        task = asyncio.get_running_loop().create_task(self._deliver(response, waiting))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _deliver(self, response: Any, waiting: list[tuple[int, asyncio.Future[ModelAnswer]]]) -> None:
+        try:
+            answer: ModelAnswer = await response
+        except BaseException as exc:  # each caller fails (and fails over) on its own
+            for _, future in waiting:
+                _settle(future, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        parts = [answer] if len(waiting) == 1 else split_answer(answer, [size for size, _ in waiting])
+        for (_, future), part in zip(waiting, parts, strict=True):
+            if not future.done():
+                future.set_result(part)
+
+
+def _settle(future: asyncio.Future[ModelAnswer], exc: BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(exc)

@@ -2,11 +2,13 @@
 
 Hot path (kept lean: plain Starlette request, pydantic-core parsing, no FastAPI): bound the
 body, validate, choose a variant (sticky by routing key, else a weighted coin), call that
-model, fail over to the teacher if the student errors or times out, answer. Everything else
-is off the critical path: shadow comparisons run as bounded background tasks (dropped and
-counted when all slots are busy), observations go to the controller in batches from a
-background loop, and the weight is polled from the controller, keeping the last known routing
-when it cannot be reached.
+model, fail over to the teacher if the student errors or times out, answer. Model calls go
+through a CoalescingClient (requests ready in the same loop turn share one handle call: the hop,
+not the inputs, is what costs). Everything else is off the critical path: metrics and
+observations are recorded after the answer is sent, shadow comparisons run as bounded background
+tasks (dropped and counted when all slots are busy), observations go to the controller in
+batches from a background loop, and the weight is polled from the controller, keeping the last
+known routing when it cannot be reached.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import logging
 import random
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -29,9 +33,10 @@ from rollout.evidence import Observation, Variant
 from rollout.views import PublishedRouting
 from serving.admin_api import DOC_PATHS, PREFIX, build_admin_app, call_asgi
 from serving.config import RouterConfig
-from serving.model import ModelAnswer, prediction_payload
+from serving.limits import TokenBucket
+from serving.model import CoalescingClient, ModelAnswer, prediction_payload
 from serving.routing import Chooser, other, top1_agreement, total_variation
-from serving.schemas import MAX_KEY_CHARS, PredictRequest, first_error
+from serving.schemas import MAX_INPUTS, MAX_KEY_CHARS, PredictRequest, first_error
 
 log = logging.getLogger("ray.serve")
 
@@ -48,9 +53,23 @@ class RouterError(Exception):
         self.status, self.field, self.message = status, field, message
 
 
-def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None, background: BackgroundTask | None = None
+) -> Response:
     body = json.dumps(payload, separators=(",", ":"))
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+    return Response(body, status_code=status, media_type="application/json", headers=headers, background=background)
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """An answered predict request, as the after-response bookkeeping needs it."""
+
+    answer: ModelAnswer
+    outcome: str  # ok | failover
+    latency_s: float
+    texts: list[str]
+    observations: list[Observation]
+    shadow_fraction: float
 
 
 @serve.deployment(
@@ -70,14 +89,17 @@ class Router:
         from serving.metrics import RouterMetrics  # Ray metrics bind to the replica process
 
         self._config = config
+        most = MAX_INPUTS if config.coalesce_calls else 1  # 1: every request its own call
         self._models = {
-            Variant.TEACHER: teacher.options(method_name="predict"),
-            Variant.STUDENT: student.options(method_name="predict"),
+            Variant.TEACHER: CoalescingClient(_predict_handle(teacher), most),
+            Variant.STUDENT: CoalescingClient(_predict_handle(student), most),
         }
         self._timeouts = {Variant.TEACHER: config.teacher_timeout_s, Variant.STUDENT: config.student_timeout_s}
         self._controller = controller
         self._admin_app = build_admin_app(controller)
         self._chooser = Chooser(random.Random(config.seed))
+        limit = config.max_requests_per_s
+        self._admission = TokenBucket(limit, max(1.0, limit * config.burst_s)) if limit else None
         self._routing = PublishedRouting(
             weight_percent=config.initial_weight * 100.0, shadow_fraction=config.initial_shadow_fraction, version=0
         )
@@ -103,7 +125,7 @@ class Router:
             raise RouterError(404, None, f"no route {path}; try POST {PREDICT_PATH}")
         except RouterError as exc:
             self._metrics.record_rejected(exc.status)
-            headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+            headers = {401: {"www-authenticate": "Bearer"}, 429: {"retry-after": "1"}}.get(exc.status)
             detail = f"{exc.field}: {exc.message}" if exc.field else exc.message
             return json_response({"detail": detail, "field": exc.field}, exc.status, headers)
 
@@ -111,6 +133,26 @@ class Router:
 
     async def _predict(self, request: Request) -> Response:
         started = time.perf_counter()
+        if self._admission is not None and not self._admission.take():
+            wait = f"{self._admission.retry_after_s():.2f}"
+            raise RouterError(
+                429, None, f"over this router's limit of {self._admission.rate:g} requests/s; retry in {wait} s"
+            )
+        texts, key = await self._parse(request)
+        routing = self._routing
+        answer, outcome, observations = await self._answer(self._chooser.choose(self._weight, key), texts)
+        done = Done(answer, outcome, time.perf_counter() - started, texts, observations, routing.shadow_fraction)
+        payload = {
+            "predictions": prediction_payload(answer),
+            "variant": answer.variant.value,
+            "model_id": answer.model_id,
+            "request_id": uuid.uuid4().hex,
+        }
+        headers = {VERSION_HEADER: str(routing.version)}
+        return json_response(payload, headers=headers, background=BackgroundTask(self._after, done))
+
+    async def _parse(self, request: Request) -> tuple[list[str], str | None]:
+        """The inputs and the routing key (body field, else header), or a 4xx naming the field."""
         try:
             parsed = PredictRequest.model_validate_json(await self._body(request))
         except ValidationError as exc:
@@ -118,21 +160,15 @@ class Router:
         key = parsed.routing_key or request.headers.get(ROUTING_KEY_HEADER)
         if key is not None and not 0 < len(key) <= MAX_KEY_CHARS:
             raise RouterError(422, "X-Routing-Key", f"must be 1 to {MAX_KEY_CHARS} characters")
-        texts = list(parsed.inputs)
-        routing = self._routing
-        answer, outcome, observations = await self._answer(self._chooser.choose(self._weight, key), texts)
-        self._metrics.record_request(answer.variant, outcome, time.perf_counter() - started)
-        if outcome == "ok" and self._chooser.sample(routing.shadow_fraction):
-            self._start_shadow(answer, texts, observations)
+        return list(parsed.inputs), key
+
+    async def _after(self, done: Done) -> None:
+        """Bookkeeping the client need not wait for: Starlette runs it once the answer is sent."""
+        self._metrics.record_request(done.answer.variant, done.outcome, done.latency_s)
+        if done.outcome == "ok" and self._chooser.sample(done.shadow_fraction):
+            self._start_shadow(done.answer, done.texts, done.observations)
         else:
-            self._pending.extend(observations)
-        payload = {
-            "predictions": prediction_payload(answer),
-            "variant": answer.variant.value,
-            "model_id": answer.model_id,
-            "request_id": uuid.uuid4().hex,
-        }
-        return json_response(payload, headers={VERSION_HEADER: str(routing.version)})
+            self._pending.extend(done.observations)
 
     def _check_declared_size(self, request: Request) -> None:
         limit = self._config.max_body_bytes
@@ -150,7 +186,8 @@ class Router:
 
     async def _call(self, variant: Variant, texts: list[str]) -> tuple[ModelAnswer, float]:
         started = time.perf_counter()
-        answer: ModelAnswer = await asyncio.wait_for(self._models[variant].remote(texts), self._timeouts[variant])
+        async with asyncio.timeout(self._timeouts[variant]):  # unlike wait_for, no extra task per call
+            answer = await self._models[variant].submit(texts)
         return answer, time.perf_counter() - started
 
     async def _answer(self, variant: Variant, texts: list[str]) -> tuple[ModelAnswer, str, list[Observation]]:
@@ -169,10 +206,13 @@ class Router:
                 latency = time.perf_counter() - started
                 observations.append(Observation(variant=Variant.STUDENT, latency_s=latency, error=True))
                 outcome = "failover"
+        started = time.perf_counter()
         try:
             answer, latency = await self._call(Variant.TEACHER, texts)
-        except Exception as exc:
+        except Exception as exc:  # the teacher's own errors are evidence too (the error gate compares)
             log.error("teacher failed: %s", type(exc).__name__)
+            failed = Observation(variant=Variant.TEACHER, latency_s=time.perf_counter() - started, error=True)
+            self._pending.extend([*observations, failed])
             raise RouterError(503, None, "the model is unavailable; retry later") from exc
         observations.append(_observe(answer, latency))
         return answer, outcome, observations
@@ -222,14 +262,12 @@ class Router:
                     self._adopt(routing)
             except Exception as exc:  # keep the last known routing
                 log.debug("controller unreachable (%s); keeping weight %.3f", type(exc).__name__, self._weight)
+            self._metrics.set_weight(self._weight)  # every poll: Ray drops a gauge left unset for ~20 s
             await asyncio.sleep(self._config.poll_interval_s)
 
     def _adopt(self, routing: PublishedRouting) -> None:
-        changed = routing.weight_percent != self._routing.weight_percent
         self._routing = routing
         self._weight = routing.weight_percent / 100.0
-        if changed:
-            self._metrics.set_weight(self._weight)
 
     async def _flush_forever(self) -> None:
         handle = self._controller.options(method_name="record")
@@ -256,6 +294,11 @@ class Router:
         response = Response(body, status_code=status)
         response.raw_headers = headers
         return response
+
+
+def _predict_handle(handle: DeploymentHandle[Any]) -> DeploymentHandle[Any]:
+    """`predict` calls: texts in, ModelAnswer out, which plain pickle does without cloudpickle's per-call work."""
+    return handle.options(method_name="predict", request_serialization="pickle", response_serialization="pickle")
 
 
 def _relative_path(request: Request) -> str:

@@ -145,6 +145,19 @@ def test_rejected_requests_leave_no_evidence_and_no_restart(app: httpx.Client) -
     assert app.post("/v1/predict", json={"inputs": ["still fine"]}).status_code == 200
 
 
+def test_the_request_rate_limit_answers_429_and_keeps_serving(deploy: Deploy) -> None:
+    from serving.config import RouterConfig
+
+    limited = RouterConfig(poll_interval_s=0.2, flush_interval_s=0.2, max_requests_per_s=5.0, burst_s=1.0)
+    with deploy("limited", controller="manual", router_settings=limited) as client:
+        codes = [client.post("/v1/predict", json={"inputs": ["x"]}) for _ in range(30)]
+        refused = [r for r in codes if r.status_code == 429]
+        assert refused and codes[0].status_code == 200
+        assert refused[0].headers["retry-after"] == "1" and "5 requests/s" in refused[0].json()["detail"]
+        time.sleep(1.0)
+        assert client.post("/v1/predict", json={"inputs": ["x"]}).status_code == 200
+
+
 # --- bundles broken on disk ---------------------------------------------------------------
 
 

@@ -1,0 +1,127 @@
+"""Failover on a student *timeout*, on a real Ray Serve with real bundles.
+
+The student of the `slow` application sleeps `chaos_delay_s` (far past the router's
+`student_timeout_s`) before every answer, at weight 1: each request must still get a normal 200
+from the teacher, and the router must count each failover as a timeout. Each answer must be the
+request's own, also when the router joined concurrent requests into one teacher call. The graph
+is bound here rather than through `app_builder` because AppArgs has no field for the delay hook.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from ray.serve import Application, Deployment
+
+from rollout.evidence import Variant
+from serving.config import Batching, ModelConfig, Resources, RouterConfig
+from serving.controller import WeightController
+from serving.model import ModelDeployment
+from serving.router import Router
+
+Bundles = Any  # tests/integration/conftest.py: registry, teacher_id, student_id
+ServeCluster = Any  # tests/integration/conftest.py: http_url, metrics_url, admin_token
+APP = "slow"
+STUDENT_TIMEOUT_S = 0.3
+STUDENT_DELAY_S = 5.0  # an order of magnitude past the timeout: no request can sneak in under it
+TEXTS = [  # distinct inputs, one or two per request
+    ["a moving, beautifully acted film"],
+    ["dull, lifeless and far too long", "it was fine i guess"],
+    ["the best thing i have seen all year"],
+    ["a tedious mess"],
+    ["charming, funny and warm", "flat"],
+    ["i walked out halfway through"],
+]
+REQUESTS = 2 * len(TEXTS)  # each asked concurrently, then alone
+
+
+def _model(bundles: Bundles, variant: Variant, ref: str, delay_s: float) -> Application:
+    batching = Batching(max_batch_size=8, batch_wait_timeout_s=0.002)
+    config = ModelConfig(
+        registry=bundles.registry, bundle=ref, variant=variant, cpus=0.25, batching=batching, chaos_delay_s=delay_s
+    )
+    options = Resources(num_cpus=0.25).options(variant.value, at_least_ongoing=batching.max_batch_size)
+    return cast(Deployment, ModelDeployment).options(**options).bind(config)
+
+
+def _slow_student_app(bundles: Bundles) -> Application:
+    """What app_builder binds with controller=manual, weight 1 and a student slower than its timeout."""
+    teacher = _model(bundles, Variant.TEACHER, bundles.teacher_id, 0.0)
+    student = _model(bundles, Variant.STUDENT, bundles.student_id, STUDENT_DELAY_S)
+    controller = cast(Deployment, WeightController).bind(1.0, 0.0)
+    settings = RouterConfig(
+        initial_weight=1.0, student_timeout_s=STUDENT_TIMEOUT_S, poll_interval_s=0.2, flush_interval_s=0.2
+    )
+    router = cast(Deployment, Router).options(**Resources(num_cpus=0.1).options("router"))
+    return router.bind(teacher, student, controller, settings)
+
+
+@pytest.fixture(scope="module")
+def slow(serve_cluster: ServeCluster, serving_bundles: Bundles) -> Iterator[httpx.Client]:
+    from ray import serve
+
+    serve.run(_slow_student_app(serving_bundles), name=APP, route_prefix=f"/{APP}")
+    try:
+        with httpx.Client(base_url=f"{serve_cluster.http_url}/{APP}", timeout=30.0) as client:
+            yield client
+    finally:
+        serve.delete(APP)
+
+
+def test_student_timeout_fails_over_to_the_teacher(
+    slow: httpx.Client, serve_cluster: ServeCluster, serving_bundles: Bundles
+) -> None:
+    def predict(texts: list[str]) -> tuple[dict[str, Any], float]:
+        started = time.monotonic()
+        response = slow.post("/v1/predict", json={"inputs": texts})
+        assert response.status_code == 200, response.text
+        return response.json(), time.monotonic() - started
+
+    with ThreadPoolExecutor(3) as pool:  # concurrent: the router may join their model calls
+        answers = list(pool.map(predict, TEXTS))
+    for texts, (body, took) in zip(TEXTS, answers, strict=True):
+        assert (body["variant"], body["model_id"]) == ("teacher", serving_bundles.teacher_id)
+        assert STUDENT_TIMEOUT_S <= took < STUDENT_DELAY_S  # waited out the timeout, not the student
+        alone = predict(texts)[0]  # each request gets its own slice of a joined answer
+        assert len(body["predictions"]) == len(texts)
+        for got, want in zip(body["predictions"], alone["predictions"], strict=True):
+            assert got["label_id"] == want["label_id"]
+            assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-4)
+    tallies = _wait_for(lambda: _tallies(slow, serve_cluster), lambda t: t["student"]["errors"] >= REQUESTS)
+    assert tallies["teacher"]["observations"] >= REQUESTS
+    timeouts = _wait_for(lambda: _failovers(serve_cluster.metrics_url), lambda n: n >= REQUESTS)
+    assert timeouts >= REQUESTS
+
+
+def _tallies(client: httpx.Client, cluster: ServeCluster) -> dict[str, Any]:
+    auth = {"Authorization": f"Bearer {cluster.admin_token}"}
+    tallies: dict[str, Any] = client.get("/admin/rollout", headers=auth).json()["tallies"]
+    return tallies
+
+
+def _failovers(metrics_url: str) -> float:
+    """Timeout failovers this application's routers counted, as Prometheus would scrape them."""
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "ray_kdcanary_failovers_total" and labels.get("application") == APP:
+                total += sample.value if labels.get("reason") == "timeout" else 0.0
+    return total
+
+
+def _wait_for(read: Any, done: Any, within_s: float = 20.0) -> Any:
+    """Poll `read()` until `done(value)`: routers report and Ray exports on their own schedules."""
+    deadline = time.monotonic() + within_s
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            assert done(value), f"never got there: {value}"
+            return value
+        time.sleep(0.3)

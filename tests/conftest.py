@@ -3,7 +3,6 @@ ONNX Runtime, Prometheus), e2e (the demo path)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Registry, RunSummary]:
     """The tiny recipe built once per test session into a fresh registry: real bundles
-    (teacher, layer-cut, pruned, INT8 and baseline students) for every test that needs them.
-    $KDCANARY_TEST_REGISTRY names a registry to reuse across sessions (its stages are cached)."""
-    reuse = os.environ.get("KDCANARY_TEST_REGISTRY")
-    registry = Registry(Path(reuse) if reuse else tmp_path_factory.mktemp("registry"))
+    (teacher, layer-cut, pruned, INT8 and baseline students) for every test that needs them."""
+    registry = Registry(tmp_path_factory.mktemp("registry"))
     return registry, compress(load_recipe(TINY_RECIPE), registry)

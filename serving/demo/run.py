@@ -6,7 +6,8 @@
 3. scenario 1: a good student walks 0 (shadow) -> 5 -> 10 -> 25 -> 50 -> 100 % on evidence;
 4. scenario 2: a student exported with a far too short max_length (a real mistake, made by
    the compression module from the recipe) is caught by the agreement gate and rolled back;
-5. a live view while it runs, then a report (markdown + charts) in the output folder.
+5. a live view while it runs, then a report (markdown + charts) in the output folder, beside
+   the compression Pareto report of the models it built.
 
 The rollouts are driven only through the admin API, as an operator would. `realistic`
 uses the production-like default stages and gates (slower: many minutes per stage).
@@ -101,8 +102,11 @@ def run_demo(options: DemoOptions) -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
+    from compression.report import write_report as write_pareto
+
     report = write_report(results, options.out)
-    print(f"\nkdcanary demo: report in {report} (charts beside it)")
+    pareto, _ = write_pareto(summary.bundles, options.out)
+    print(f"\nkdcanary demo: report in {report} (charts beside it); the models' trade-offs in {pareto}")
     for r in results:
         print(f"  {r.title}: {r.student} -> {r.phase} after {r.seconds:.0f} s")
     expected = [("good", "completed"), ("bad", "rolled_back")]
@@ -110,7 +114,7 @@ def run_demo(options: DemoOptions) -> int:
 
 
 def run_scenarios(options: DemoOptions, registry: Registry, http_url: str, metrics_url: str) -> list[ScenarioResult]:
-    """Both scenarios on a running Serve instance (the tests pass their own cluster's URLs)."""
+    """Both scenarios on a running Serve instance at `http_url` (Ray's metrics at `metrics_url`)."""
     from compression.data import held_out_texts
     from compression.recipe import load_recipe
 

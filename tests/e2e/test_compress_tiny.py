@@ -92,11 +92,18 @@ def test_cli_lists_shows_and_reports(first_run: tuple[Registry, RunSummary], tmp
     assert "minilm-l2-pruned-int8" in (tmp_path / "pareto.md").read_text()
 
 
-def test_demo_reuses_the_registry(first_run: tuple[Registry, RunSummary], tmp_path: Path) -> None:
+def test_demo_promotes_one_student_and_rolls_back_the_other(
+    first_run: tuple[Registry, RunSummary], tmp_path: Path
+) -> None:
+    """`make demo` on the session's registry: its own Ray cluster, both live rollouts, reports.
+    The exit code is 0 only when the good student completed and the bad one was rolled back."""
     registry, _ = first_run
-    demo = kdcanary("demo", "--registry", registry.root, "--out", tmp_path)
-    assert demo.returncode == 0, demo.stderr
-    assert "kdcanary demo:" in demo.stdout and (tmp_path / "pareto.md").is_file()
+    demo = kdcanary("demo", "--registry", registry.root, "--out", tmp_path, "--rate", "30")
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "**promoted to 100 %**" in summary and "**rolled back**" in summary and "agreement upper bound" in summary
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in ("good.png", "bad.png", "pareto.png"))
+    assert "kdcanary demo: report in" in demo.stdout and (tmp_path / "pareto.md").is_file()
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ def test_every_readme_command_runs(tiny_run: Any, tmp_path: Path) -> None:
     registry, _ = tiny_run
     bin_dir = str(Path(sys.executable).parent)  # where `kdcanary` is installed, as after `make install`
     env = {**os.environ, "KDCANARY_REGISTRY": str(registry.root), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env["KDCANARY_STATE_DIR"] = str(tmp_path / "rollout-state")  # a fresh rollout, whatever ran before
     server: subprocess.Popen[str] | None = None
     ran: list[str] = []
     try:

@@ -1,10 +1,13 @@
-"""Benchmarks write their tables into the README between `<!-- bench:NAME:start/end -->` markers."""
+"""What the benchmarks share: the README section writer (tables go between
+`<!-- bench:NAME:start/end -->` markers) and the compression benchmark's best student."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
 def replace_section(name: str, body: str) -> None:
@@ -15,3 +18,11 @@ def replace_section(name: str, body: str) -> None:
         return
     before, rest = text.split(start, 1)
     README.write_text(before + start + "\n" + body + "\n" + end + rest.split(end, 1)[1])
+
+
+def best_student() -> str:
+    """The compression benchmark's best student, the one the serving benchmarks put behind the router."""
+    compression = ROOT / "bench" / "results" / "compression.json"
+    if compression.is_file():
+        return str(json.loads(compression.read_text())["target"]["best_student"]["name"])
+    return "minilm-l2-pruned-int8"

@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.readme import replace_section
+from bench.readme import best_student, replace_section
 from compression.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -328,13 +328,6 @@ def _update_readme(rows: list[dict[str, Any]], proxied: list[dict[str, Any]], re
     replace_section("serving", "\n".join(lines))
 
 
-def _default_student() -> str:
-    compression = ROOT / "bench" / "results" / "compression.json"
-    if compression.is_file():
-        return str(json.loads(compression.read_text())["target"]["best_student"]["name"])
-    return "minilm-l2-pruned-int8"
-
-
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     registry = Path(os.environ.get("KDCANARY_BENCH_REGISTRY", ROOT / "bench" / ".registry"))
@@ -359,7 +352,7 @@ def main() -> None:
         # Ray 2.60 derives the proxy's transport before that flag turns gRPC on, so the proxy would
         # still call replicas by Ray actor call (about 3 ms slower per request through the proxy).
         os.environ.setdefault("RAY_SERVE_PROXY_USE_GRPC", "1")
-    args.student = args.student or _default_student()
+    args.student = args.student or best_student()
     if args.floor_server:
         _serve_floor(args)
         return

@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.compression
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.rollout
+	$(BIN)/python -m bench.reliability
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,123 @@
+"""Reliability benchmark: the fault drills of serving/drills.py, longer and at a higher rate.
+
+Each scenario deploys its own application (teacher + the compression benchmark's best student,
+rollout controller, router), holds a steady open-loop rate through the router and injects one
+real fault: a stage walk with a manual weight on the way, the student / teacher / controller /
+a router replica killed, the state store made full. It counts every failed answer.
+
+Writes bench/results/reliability.json ({"scenarios": [{name, requests, failed,
+rollback_latency_s, resume_s, ...}]}) and the README's bench:reliability table. Targets
+(issue 6): 0 failed requests for transitions and for a killed student, teacher or
+controller; a killed router loses only what was in flight on it; weight 0 within 1 s of the
+student's first failure; the controller resumes at the same stage with its event log intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.readme import best_student, replace_section
+from compression.registry import Registry
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "reliability.json"
+
+
+def _scenarios() -> list[tuple[str, Callable[..., Any], int, dict[str, Any]]]:
+    from serving import drills
+
+    return [
+        ("transitions", drills.transitions_under_load, 300, {}),
+        ("studentkill", drills.student_killed, drills.HOLD, {}),
+        ("teacherkill", drills.teacher_killed, drills.HOLD, {}),
+        ("controllerkill", drills.controller_killed, drills.HOLD, {}),
+        ("routerkill", drills.router_killed, drills.HOLD, {"routers": 2}),
+        ("storefull", drills.store_full, 300, {}),
+    ]
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import ray
+    from ray import serve
+
+    from rollout.spec import RolloutSpec
+    from serving.app import AppArgs, app_builder
+    from serving.config import Resources, RouterConfig
+    from serving.drills import Drill, drill_spec
+
+    registry = Registry(args.registry)
+    teacher, student = registry.get(args.teacher).id, registry.get(args.student).id
+    texts = _texts()
+    token = os.environ.setdefault("KDCANARY_ADMIN_TOKEN", secrets.token_urlsafe(24))
+    rows = []
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        for name, drill, min_requests, extra in _scenarios():
+            with tempfile.TemporaryDirectory() as state:
+                app = AppArgs(
+                    teacher_id=teacher, student_id=student, registry=registry.root,
+                    teacher=Resources(num_cpus=0.5), student=Resources(num_cpus=0.5),
+                    router=Resources(num_cpus=0.2, num_replicas=extra.get("routers", 1), max_ongoing_requests=256),
+                    router_settings=RouterConfig(student_timeout_s=0.5),
+                    rollout=RolloutSpec.from_mapping(drill_spec(min_requests)), state_dir=Path(state),
+                )  # fmt: skip
+                serve.run(app_builder(app), name=name, route_prefix=f"/{name}")
+                url = f"http://127.0.0.1:{args.port}/{name}"
+                with Drill(url, name, token, texts, args.rate) as d:
+                    result = drill(d)
+                serve.delete(name)
+            rows.append(result.model_dump())
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return rows
+
+
+def _texts() -> list[str]:
+    from compression.data import _read_rotten_tomatoes
+
+    return [t.strip()[:400] for t in random.Random(5).sample(_read_rotten_tomatoes()[0], 2000)]
+
+
+def _update_readme(rows: list[dict[str, Any]], rate: float) -> None:
+    lines = [
+        f"Open-loop load at {rate:g} requests/s through the router; one real fault per scenario.",
+        "",
+        "| scenario | requests | failed | rollback latency s | resume s | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        latency = "" if r["rollback_latency_s"] is None else r["rollback_latency_s"]
+        resume = "" if r["resume_s"] is None else r["resume_s"]
+        lines.append(f"| {r['name']} | {r['requests']} | {r['failed']} | {latency} | {resume} | {r['notes']} |")
+    replace_section("reliability", "\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    registry = Path(os.environ.get("KDCANARY_BENCH_REGISTRY", ROOT / "bench" / ".registry"))
+    parser.add_argument("--registry", type=Path, default=registry)
+    parser.add_argument("--teacher", default="teacher")
+    parser.add_argument("--student", default=None, help="default: compression benchmark's best student")
+    parser.add_argument("--rate", type=float, default=40.0, help="requests per second through the router")
+    parser.add_argument("--port", type=int, default=8472)
+    args = parser.parse_args()
+    args.student = args.student or best_student()
+    rows = run(args)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"rate_per_s": args.rate, "scenarios": rows}, indent=2) + "\n")
+    _update_readme(rows, args.rate)
+
+
+if __name__ == "__main__":
+    main()

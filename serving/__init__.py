@@ -15,6 +15,9 @@
     errors.py      ServingError and its subclasses
     cli.py         the `kdcanary` command (`kdcanary serve` runs the app locally)
     rollout_cli.py `kdcanary rollout status|start|...`: the admin API over HTTP
+    limits.py      TokenBucket: the router's per-replica request rate limit
+    drills.py      fault drills under load (replica kills, a full state store): tests and bench
+    demo/          `kdcanary demo`: two live rollouts, a live view, a report
 
 Imports run one way: app -> router -> model -> classifier -> routing -> schemas; serving may import
 compression.registry and rollout's evidence/views types, never the reverse.

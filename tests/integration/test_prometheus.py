@@ -35,7 +35,6 @@ import random
 import re
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ import httpx
 import pytest
 import yaml
 from prometheus_install import PrometheusTools, ensure_prometheus
+from traffic import Traffic
 
 from compression.data import _read_rotten_tomatoes
 
@@ -156,30 +156,6 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 # --- traffic and the admin API ----------------------------------------------------------------
-
-
-class Traffic:
-    """Background clients posting one random review per request until stopped."""
-
-    def __init__(self, client: httpx.Client, texts: list[str], workers: int) -> None:
-        self.client, self.texts = client, texts
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(seed,), daemon=True) for seed in range(workers)]
-
-    def _run(self, seed: int) -> None:
-        rng = random.Random(seed)
-        while not self._stop.is_set():
-            self.client.post("/v1/predict", json={"inputs": [rng.choice(self.texts)]})
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
 
 
 def post(client: httpx.Client, action: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from traffic import Traffic
 
 from compression.data import _read_rotten_tomatoes
 from serving.cli import main as kdcanary
@@ -52,36 +53,6 @@ def spec(threshold: float, *, min_requests: int = 40, stage0_shadow: float = 1.0
 def reviews() -> list[str]:
     texts = _read_rotten_tomatoes()[0]
     return [text[:500] for text in random.Random(7).sample(texts, 400)]
-
-
-class Traffic:
-    """Background clients posting one random review per request until stopped."""
-
-    def __init__(self, client: httpx.Client, texts: list[str], workers: int = 3) -> None:
-        self.client, self.texts = client, texts
-        self.answers: list[dict[str, Any]] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(seed,), daemon=True) for seed in range(workers)]
-
-    def _run(self, seed: int) -> None:
-        rng = random.Random(seed)
-        while not self._stop.is_set():
-            response = self.client.post("/v1/predict", json={"inputs": [rng.choice(self.texts)]})
-            if response.status_code == 200:
-                self.answers.append(response.json())
-            else:
-                self.failures.append(f"{response.status_code}: {response.text[:200]}")
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
 
 
 def status(client: httpx.Client) -> dict[str, Any]:

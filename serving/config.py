@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from rollout.evidence import Variant
+from serving.autoscaling import POLICY
 from serving.schemas import MAX_BODY_BYTES
 
 _CONFIG = ConfigDict(extra="forbid", frozen=True)
@@ -30,6 +31,8 @@ class Autoscaling(BaseModel):
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=4, ge=1)
     target_ongoing_requests: float = Field(default=8.0, gt=0.0)
+    upscale_delay_s: float = Field(default=30.0, ge=0.0)  # Serve's defaults
+    downscale_delay_s: float = Field(default=600.0, ge=0.0)
 
 
 class Resources(BaseModel):
@@ -46,7 +49,7 @@ class Resources(BaseModel):
     def options(self, name: str, at_least_ongoing: int = 1) -> dict[str, Any]:
         """Keyword arguments for `Deployment.options(...)`."""
         scaling: dict[str, Any] = (
-            {"autoscaling_config": self.autoscaling.model_dump()}
+            {"autoscaling_config": {**self.autoscaling.model_dump(), "policy": {"policy_function": POLICY}}}
             if self.autoscaling
             else {"num_replicas": self.num_replicas}
         )
@@ -98,4 +101,6 @@ class RouterConfig(BaseModel):
     burst_s: float = Field(default=0.5, gt=0.0, le=10.0)  # seconds of the rate a burst may take at once
     # Requests that reach a router together share one call to the model (see CoalescingClient).
     coalesce_calls: bool = True
+    # How the router calls models: "stream" (serving/stream.py, the handle as fallback) or "handle".
+    model_transport: Literal["stream", "handle"] = "stream"
     seed: int | None = None

@@ -3,7 +3,7 @@
 Built on `ray.serve.metrics`, which Ray aggregates per node and exports on its metrics port
 (a prometheus_client registry inside one replica would show that replica only). Ray prefixes
 the names with `ray_` and adds its own labels (deployment, replica, application, session,
-node); ours are `variant`, `outcome` and `reason`, and on the controller's `phase`, `gate`
+node); ours are `variant`, `outcome`, `reason` and `transport`, and on the controller's `phase`, `gate`
 and `action`: all low-cardinality.
 
 Names as Prometheus stores them (histograms add _bucket/_sum/_count):
@@ -20,6 +20,7 @@ Names as Prometheus stores them (histograms add _bucket/_sum/_count):
     ray_kdcanary_model_compute_seconds_total{variant}  seconds the model spent (shadow included)
     ray_kdcanary_model_inputs_total{variant}           inputs the model scored (shadow included)
     ray_kdcanary_cost_dollars_total{variant}           compute seconds x replica CPUs x price / 3600
+    ray_kdcanary_model_calls_total{variant,transport}  calls a model replica took; stream (lane) | handle
 
 The rollout controller's (ControllerMetrics):
 
@@ -128,6 +129,14 @@ class ModelMetrics:
         self._cost = serve_metrics.Counter(
             "kdcanary_cost_dollars_total", "Compute seconds x replica CPUs x price per CPU-hour.", _keys("variant")
         )
+
+        self._calls = serve_metrics.Counter(
+            "kdcanary_model_calls_total", "Calls taken, by how they came.", tag_keys=_keys("variant", "transport")
+        )
+        self._call_tags = {t: {**self._tags, "transport": t} for t in ("stream", "handle")}
+
+    def record_call(self, transport: str) -> None:
+        self._calls.inc(1.0, self._call_tags[transport])
 
     def record_batch(self, inputs: int, compute_s: float, cost_dollars: float) -> None:
         self._compute.inc(compute_s, self._tags)

@@ -8,7 +8,9 @@ up, and answers batched `predict` calls. `check_health` runs a real inference.
 Batching waits for company only when there is some: a request that finds the replica idle is
 scored at once (waiting `batch_wait_timeout_s` for arrivals that cannot come only adds latency,
 and at a low canary weight that is most student requests); under load the configured wait applies.
-`CoalescingClient` is the caller's side of `predict`: it joins concurrent requests into one call.
+Callers reach `predict` two ways: through the Serve handle, or over the replica's stream lane
+(serving/stream.py; `stream_endpoint` says where it listens), which skips the handle's per-call
+cost. `CoalescingClient` is the caller's side: it joins concurrent requests into one call.
 """
 
 from __future__ import annotations
@@ -17,37 +19,28 @@ import asyncio
 import json
 import random
 import uuid
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
+import ray
 from pydantic import ValidationError
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from rollout.evidence import Variant
+from serving.answer import ModelAnswer, prediction_payload, split_answer
+from serving.autoscaling import STREAM_IN_FLIGHT
 from serving.classifier import Classifier, load_bundle, threads_for
 from serving.config import ModelConfig
 from serving.errors import ModelCallError
 from serving.metrics import ModelMetrics
 from serving.routing import cost_dollars, split_compute
 from serving.schemas import PredictRequest, first_error
+from serving.stream import Endpoint, StreamServer
 
 WARMUP_TEXTS = ["warm-up", "a somewhat longer sentence to warm up the kernels for wider inputs"]
-
-
-@dataclass(frozen=True)
-class ModelAnswer:
-    """One request's answer from one model (what travels from model replica to router)."""
-
-    model_id: str
-    variant: Variant
-    label_names: tuple[str, ...]
-    probabilities: np.ndarray  # float32 [inputs, labels]
-    compute_s: float
-    cost_dollars: float
 
 
 @serve.deployment(name="model", health_check_period_s=10.0, health_check_timeout_s=30.0)
@@ -63,10 +56,17 @@ class ModelDeployment:
         batcher.set_max_batch_size(config.batching.max_batch_size)
         self._batcher = batcher
         self._in_flight = 0
+        replica = serve.get_replica_context().replica_id.unique_id
+        self._stream = StreamServer(partial(self._answer, transport="stream"), replica, ray.util.get_node_ip_address())
         for _ in range(3):
             self._classifier.score(WARMUP_TEXTS)
 
     async def predict(self, texts: list[str]) -> ModelAnswer:
+        """The Serve handle's method (the stream lane calls `_answer` directly)."""
+        return await self._answer(texts, "handle")
+
+    async def _answer(self, texts: list[str], transport: str) -> ModelAnswer:
+        self._metrics.record_call(transport)
         await self._chaos()
         self._in_flight += 1
         try:
@@ -124,37 +124,19 @@ class ModelDeployment:
         }
         return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
 
+    async def stream_endpoint(self) -> Endpoint:
+        """Where this replica's stream lane listens (started on the first ask)."""
+        return await self._stream.endpoint()
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Lane calls bypass Serve's request counting; serving/autoscaling.py adds them back."""
+        return {STREAM_IN_FLIGHT: float(self._stream.in_flight)}
+
     def check_health(self) -> None:
         """A real inference; raising marks the replica unhealthy and Serve replaces it."""
         probabilities = self._classifier.score(["health check"]).probabilities
         if probabilities.shape != (1, len(self._classifier.label_names)) or not np.isfinite(probabilities).all():
             raise ModelCallError(f"{self._model_id}: health check got unusable output {probabilities!r}")
-
-
-def prediction_payload(answer: ModelAnswer) -> list[dict[str, Any]]:
-    """The `predictions` list of the HTTP answer (probabilities rounded to 6 decimals)."""
-    rows = answer.probabilities.astype(np.float64).round(6).tolist()
-    label_ids = answer.probabilities.argmax(axis=1).tolist()
-    return [
-        {"label": answer.label_names[i], "label_id": i, "probabilities": row}
-        for i, row in zip(label_ids, rows, strict=True)
-    ]
-
-
-def split_answer(answer: ModelAnswer, sizes: list[int]) -> list[ModelAnswer]:
-    """One answer to several requests' inputs, cut back into one answer per request (compute
-    and cost shared in proportion to inputs)."""
-    total, start, parts = sum(sizes), 0, []
-    for size in sizes:
-        share = size / total
-        rows = answer.probabilities[start : start + size]
-        parts.append(
-            replace(
-                answer, probabilities=rows, compute_s=answer.compute_s * share, cost_dollars=answer.cost_dollars * share
-            )
-        )
-        start += size
-    return parts
 
 
 class CoalescingClient:
@@ -167,8 +149,8 @@ class CoalescingClient:
     the shared call is cancelled only when all of its callers have given up on it.
     """
 
-    def __init__(self, handle: DeploymentHandle[Any], max_inputs: int) -> None:
-        self._handle = handle
+    def __init__(self, call: Callable[[list[str]], Awaitable[ModelAnswer]], max_inputs: int) -> None:
+        self._call = call
         self._max_inputs = max_inputs
         self._texts: list[str] = []
         self._waiting: list[tuple[int, asyncio.Future[ModelAnswer]]] = []
@@ -191,17 +173,16 @@ class CoalescingClient:
             return
         texts, waiting = self._texts, self._waiting
         self._texts, self._waiting = [], []
-        response = self._handle.remote(texts)
-        futures = [future for _, future in waiting]
-        for future in futures:  # everyone gone: stop the model working on an answer nobody will read
-            future.add_done_callback(lambda _: all(f.cancelled() for f in futures) and response.cancel())
-        task = asyncio.get_running_loop().create_task(self._deliver(response, waiting))
+        task = asyncio.get_running_loop().create_task(self._deliver(texts, waiting))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
+        futures = [future for _, future in waiting]
+        for future in futures:  # everyone gone: stop the model working on an answer nobody will read
+            future.add_done_callback(lambda _: all(f.cancelled() for f in futures) and task.cancel())
 
-    async def _deliver(self, response: Any, waiting: list[tuple[int, asyncio.Future[ModelAnswer]]]) -> None:
+    async def _deliver(self, texts: list[str], waiting: list[tuple[int, asyncio.Future[ModelAnswer]]]) -> None:
         try:
-            answer: ModelAnswer = await response
+            answer = await self._call(texts)
         except BaseException as exc:  # each caller fails (and fails over) on its own
             for _, future in waiting:
                 _settle(future, exc)

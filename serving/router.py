@@ -19,6 +19,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +33,13 @@ from starlette.responses import Response
 from rollout.evidence import Observation, Variant
 from rollout.views import PublishedRouting
 from serving.admin_api import DOC_PATHS, PREFIX, build_admin_app, call_asgi
+from serving.answer import ModelAnswer, prediction_payload
 from serving.config import RouterConfig
 from serving.limits import TokenBucket
-from serving.model import CoalescingClient, ModelAnswer, prediction_payload
+from serving.model import CoalescingClient
 from serving.routing import Chooser, other, top1_agreement, total_variation
 from serving.schemas import MAX_INPUTS, MAX_KEY_CHARS, PredictRequest, first_error
+from serving.stream import StreamClient
 
 log = logging.getLogger("ray.serve")
 
@@ -91,8 +94,8 @@ class Router:
         self._config = config
         most = MAX_INPUTS if config.coalesce_calls else 1  # 1: every request its own call
         self._models = {
-            Variant.TEACHER: CoalescingClient(_predict_handle(teacher), most),
-            Variant.STUDENT: CoalescingClient(_predict_handle(student), most),
+            Variant.TEACHER: CoalescingClient(_model_call(teacher, config), most),
+            Variant.STUDENT: CoalescingClient(_model_call(student, config), most),
         }
         self._timeouts = {Variant.TEACHER: config.teacher_timeout_s, Variant.STUDENT: config.student_timeout_s}
         self._controller = controller
@@ -296,9 +299,12 @@ class Router:
         return response
 
 
-def _predict_handle(handle: DeploymentHandle[Any]) -> DeploymentHandle[Any]:
-    """`predict` calls: texts in, ModelAnswer out, which plain pickle does without cloudpickle's per-call work."""
-    return handle.options(method_name="predict", request_serialization="pickle", response_serialization="pickle")
+def _model_call(handle: DeploymentHandle[Any], config: RouterConfig) -> Callable[[list[str]], Awaitable[ModelAnswer]]:
+    """How the router calls one model's `predict`: over stream lanes, or through the handle
+    (texts in, ModelAnswer out, which plain pickle does without cloudpickle's per-call work)."""
+    predict = handle.options(request_serialization="pickle", response_serialization="pickle")
+    client = StreamClient(predict)
+    return client if config.model_transport == "stream" else client.via_handle
 
 
 def _relative_path(request: Request) -> str:

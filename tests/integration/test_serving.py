@@ -192,6 +192,8 @@ def test_custom_metrics_reach_rays_metrics_endpoint(
     kd: httpx.Client, shadow: httpx.Client, faulty: httpx.Client, serve_cluster: ServeCluster
 ) -> None:
     predict(kd), predict(shadow), predict(faulty)
+    for _ in range(20):
+        predict(kd)
     wanted = {
         "ray_kdcanary_requests_total",
         "ray_kdcanary_request_latency_seconds_bucket",
@@ -203,6 +205,7 @@ def test_custom_metrics_reach_rays_metrics_endpoint(
         "ray_kdcanary_model_compute_seconds_total",
         "ray_kdcanary_cost_dollars_total",
         "ray_kdcanary_rejected_requests_total",
+        "ray_kdcanary_model_calls_total",
     }
     deadline = time.monotonic() + 60
     while True:
@@ -216,6 +219,10 @@ def test_custom_metrics_reach_rays_metrics_endpoint(
     assert all(value > 0 for _, value in samples["ray_kdcanary_cost_dollars_total"])
     reasons = {labels["reason"] for labels, _ in samples["ray_kdcanary_failovers_total"]}
     assert "error" in reasons
+    by_transport: dict[str, float] = {}
+    for labels, value in samples["ray_kdcanary_model_calls_total"]:
+        by_transport[labels["transport"]] = by_transport.get(labels["transport"], 0.0) + value
+    assert by_transport.get("stream", 0) >= 10, f"routers should call models over the stream lane: {by_transport}"
     for labels, _ in samples["ray_kdcanary_requests_total"]:
         assert labels["outcome"] in ("ok", "failover") and labels["variant"] in ("teacher", "student")
 

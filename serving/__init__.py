@@ -4,6 +4,10 @@
     routing.py     pure routing arithmetic: sticky buckets, weighted coin, divergence, cost
     classifier.py  a registry bundle as a classifier: verified files, its tokenizer, ONNX Runtime
     model.py       ModelDeployment: any bundle by id, @serve.batch, warm-up, real health check
+    answer.py      ModelAnswer: what a model call returns; the HTTP predictions; splitting
+    stream.py      the stream lane: router -> model replica calls as frames over TCP (Serve's
+                   handle discovers the lanes and takes any call whose lane breaks)
+    autoscaling.py Serve's queue-length policy with the lanes' in-flight calls added
     controller.py  RoutingSource (the interface routers use) and the minimal WeightController
     rollout_deployment.py  RolloutDeployment: rollout.controller as a one-replica deployment
     router.py      Router: the ingress (predict, shadow, failover), lean Starlette hot path
@@ -19,6 +23,7 @@
     drills.py      fault drills under load (replica kills, a full state store): tests and bench
     demo/          `kdcanary demo`: two live rollouts, a live view, a report
 
-Imports run one way: app -> router -> model -> classifier -> routing -> schemas; serving may import
+Imports run one way: app -> router -> model -> stream -> answer, and model -> classifier ->
+routing -> schemas; serving may import
 compression.registry and rollout's evidence/views types, never the reverse.
 """

@@ -25,7 +25,7 @@ from ray.serve import Application, Deployment
 from compression.registry import Registry, default_root
 from rollout.evidence import Variant
 from rollout.spec import RolloutSpec
-from serving.config import Batching, ModelConfig, Resources, RouterConfig
+from serving.config import Batching, ModelConfig, Resources, RouterConfig, Runtime
 from serving.controller import WeightController
 from serving.model import ModelDeployment
 from serving.rollout_deployment import ControllerConfig, RolloutDeployment
@@ -49,6 +49,8 @@ class AppArgs(BaseModel):
     teacher_id: str = Field(min_length=1)
     student_id: str = Field(min_length=1)
     registry: Path = Field(default_factory=default_root)
+    teacher_runtime: Runtime = "onnx"  # "torch" serves an FP32 bundle's torch weights
+    student_runtime: Runtime = "onnx"
     initial_weight: float = Field(default=0.0, ge=0.0, le=1.0)
     shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     price_per_cpu_hour: float = Field(default=0.05, ge=0.0)
@@ -84,12 +86,13 @@ def app_builder(args: AppArgs | dict[str, Any]) -> Application:
     """A Serve application from `AppArgs` (or the dict Ray passes from a CLI or config file)."""
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     models = {}
-    for variant, ref, resources in (
-        (Variant.TEACHER, args.teacher_id, args.teacher),
-        (Variant.STUDENT, args.student_id, args.student),
+    for variant, ref, resources, runtime in (
+        (Variant.TEACHER, args.teacher_id, args.teacher, args.teacher_runtime),
+        (Variant.STUDENT, args.student_id, args.student, args.student_runtime),
     ):
         config = ModelConfig(
             registry=args.registry.resolve(),
+            runtime=runtime,
             bundle=ref,
             variant=variant,
             cpus=resources.num_cpus,

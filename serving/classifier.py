@@ -1,13 +1,16 @@
-"""A registry bundle as a callable classifier: its own tokenizer plus ONNX Runtime (no Ray, no torch).
+"""A registry bundle as a callable classifier: its own tokenizer plus ONNX Runtime or torch (no Ray).
 
-Tokenization mirrors compression's (truncate to the manifest's max_length, pad with id 0 to the
-longest row of the batch), so served probabilities match the validated ones.
+Runtime "onnx" (every bundle has model.onnx) or "torch" (FP32 bundles also keep their torch
+weights under torch/; INT8 bundles exist only as ONNX). Tokenization mirrors compression's
+(truncate to the manifest's max_length, pad with id 0 to the longest row of the batch), so served
+probabilities match the validated ones.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from tokenizers import Tokenizer
 from compression.errors import CompressionError
 from compression.registry import Bundle, Registry
 from compression.runtime import session
+from serving.config import Runtime
 from serving.errors import BundleRejectedError
 from serving.routing import softmax
 
@@ -29,15 +33,24 @@ class Scored:
     compute_s: float
 
 
-def load_bundle(registry_root: Path, ref: str) -> Bundle:
-    """The bundle `ref` (id, prefix or name), refused unless its files match its manifest."""
+Forward = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input ids, attention mask) -> logits
+
+
+def load_bundle(registry_root: Path, ref: str, runtime: Runtime = "onnx") -> Bundle:
+    """The bundle `ref` (id, prefix or name), refused unless its files match its manifest and
+    it has a model for `runtime`."""
     try:
         bundle = Registry(registry_root).get(ref)
         bundle.verify_files()
     except CompressionError as exc:
         raise BundleRejectedError(f"refusing to serve '{ref}' from {registry_root}: {exc}") from exc
-    if not bundle.model_path.is_file():
+    if runtime == "onnx" and not bundle.model_path.is_file():
         raise BundleRejectedError(f"refusing to serve bundle {bundle.id}: it has no ONNX model to serve")
+    if runtime == "torch" and bundle.torch_path is None:
+        raise BundleRejectedError(
+            f"refusing to serve bundle {bundle.id} ({bundle.manifest.name}, {bundle.manifest.precision}) with "
+            "torch: it has no torch weights (only FP32 stages keep them); serve it with runtime onnx"
+        )
     return bundle
 
 
@@ -47,24 +60,22 @@ def threads_for(cpus: float) -> int:
 
 
 class Classifier:
-    def __init__(self, bundle: Bundle, threads: int) -> None:
+    def __init__(self, bundle: Bundle, threads: int, runtime: Runtime = "onnx") -> None:
         self.bundle = bundle
+        self.runtime = runtime
         self.label_names = tuple(bundle.manifest.label_names)
         tokenizer_file = bundle.path / bundle.manifest.preprocessing.tokenizer / "tokenizer.json"
         try:
             self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
-            self._session = session(bundle.model_path, threads)
-        except Exception as exc:  # ORT and tokenizers raise their own untyped errors
-            raise BundleRejectedError(f"bundle {bundle.id}: cannot load model or tokenizer ({exc})") from exc
+            self._forward = _onnx_forward(bundle, threads) if runtime == "onnx" else _torch_forward(bundle, threads)
+        except Exception as exc:  # ORT, torch and tokenizers raise their own untyped errors
+            raise BundleRejectedError(f"bundle {bundle.id}: cannot load {runtime} model or tokenizer ({exc})") from exc
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(bundle.manifest.preprocessing.max_length)
-        self._inputs = {i.name for i in self._session.get_inputs()}
 
     def score(self, texts: list[str]) -> Scored:
         start = time.perf_counter()
-        ids, mask = self._encode(texts)
-        feed = {k: v for k, v in (("input_ids", ids), ("attention_mask", mask)) if k in self._inputs}
-        logits = np.asarray(self._session.run(None, feed)[0], dtype=np.float32)
+        logits = self._forward(*self._encode(texts))
         return Scored(softmax(logits), time.perf_counter() - start)
 
     def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -76,3 +87,32 @@ class Classifier:
             ids[i, : len(row)] = row
             mask[i, : len(row)] = 1
         return ids, mask
+
+
+def _onnx_forward(bundle: Bundle, threads: int) -> Forward:
+    onnx = session(bundle.model_path, threads)
+    inputs = {i.name for i in onnx.get_inputs()}
+
+    def forward(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feed = {k: v for k, v in (("input_ids", ids), ("attention_mask", mask)) if k in inputs}
+        return np.asarray(onnx.run(None, feed)[0], dtype=np.float32)
+
+    return forward
+
+
+def _torch_forward(bundle: Bundle, threads: int) -> Forward:
+    import torch  # only replicas that serve torch pay for importing it
+
+    from compression.models import load_model
+
+    if bundle.torch_path is None:
+        raise BundleRejectedError(f"bundle {bundle.id} has no torch weights")
+    torch.set_num_threads(threads)
+    model = load_model(bundle.torch_path)
+
+    def forward(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(ids), torch.from_numpy(mask))
+        return logits.float().numpy()
+
+    return forward

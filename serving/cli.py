@@ -14,11 +14,12 @@ from serving.rollout_cli import add_rollout_commands
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from compression.errors import CompressionError
+    from serving.errors import ServingError
 
     try:
         code: int = args.run(args)
         return code
-    except CompressionError as exc:
+    except (CompressionError, ServingError) as exc:
         print(f"kdcanary: error: {exc}", file=sys.stderr)
         return 2
 
@@ -60,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd = sub.add_parser("serve", help="serve teacher + student behind the canary router (local Ray)")
     serve_cmd.add_argument("--teacher", required=True, help="teacher bundle: id, id prefix or name")
     serve_cmd.add_argument("--student", required=True, help="student bundle: id, id prefix or name")
+    for variant in ("teacher", "student"):
+        serve_cmd.add_argument(
+            f"--{variant}-runtime", choices=("onnx", "torch"), default="onnx", help="torch: FP32 bundles' torch weights"
+        )
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8000)
     serve_cmd.add_argument(
@@ -146,16 +151,22 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    registry = _registry(args)
-    teacher, student = registry.get(args.teacher), registry.get(args.student)  # fail fast, before Ray
     from serving.app import AppArgs, app_builder
+    from serving.classifier import load_bundle
     from serving.config import Resources
+
+    registry = _registry(args)
+    # Fail fast, before Ray: a missing or tampered bundle, or no model for the runtime asked.
+    teacher = load_bundle(registry.root, args.teacher, args.teacher_runtime)
+    student = load_bundle(registry.root, args.student, args.student_runtime)
 
     try:
         app_args = AppArgs(
             teacher_id=teacher.id,
             student_id=student.id,
             registry=registry.root,
+            teacher_runtime=args.teacher_runtime,
+            student_runtime=args.student_runtime,
             controller=args.controller,
             initial_weight=args.weight,
             shadow_fraction=args.shadow,

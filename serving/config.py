@@ -12,6 +12,7 @@ from serving.autoscaling import POLICY
 from serving.schemas import MAX_BODY_BYTES
 
 _CONFIG = ConfigDict(extra="forbid", frozen=True)
+Runtime = Literal["onnx", "torch"]  # what runs a bundle: model.onnx, or an FP32 stage's torch/ weights
 
 
 class Batching(BaseModel):
@@ -75,6 +76,7 @@ class ModelConfig(BaseModel):
     registry: Path
     bundle: str
     variant: Variant
+    runtime: Runtime = "onnx"
     cpus: float = Field(default=1.0, gt=0.0)
     price_per_cpu_hour: float = Field(default=0.05, ge=0.0)
     batching: Batching = Batching()

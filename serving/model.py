@@ -2,8 +2,8 @@
 
 Teacher and student are two deployments of this class (`.options(name=...)`), each with its
 own replicas, CPUs and autoscaling. A replica verifies the bundle's files against its manifest
-(refusing it otherwise), loads ONNX Runtime with intra-op threads = its CPUs rounded up, warms
-up, and answers batched `predict` calls. `check_health` runs a real inference.
+(refusing it otherwise), loads ONNX Runtime (or torch, for FP32 bundles) with intra-op threads =
+its CPUs rounded up, warms up, and answers batched `predict` calls. `check_health` runs a real inference.
 
 Batching waits for company only when there is some: a request that finds the replica idle is
 scored at once (waiting `batch_wait_timeout_s` for arrivals that cannot come only adds latency,
@@ -47,8 +47,8 @@ WARMUP_TEXTS = ["warm-up", "a somewhat longer sentence to warm up the kernels fo
 class ModelDeployment:
     def __init__(self, config: ModelConfig) -> None:
         self._config = config
-        bundle = load_bundle(config.registry, config.bundle)
-        self._classifier = Classifier(bundle, threads_for(config.cpus))
+        bundle = load_bundle(config.registry, config.bundle, config.runtime)
+        self._classifier = Classifier(bundle, threads_for(config.cpus), config.runtime)
         self._model_id = bundle.id
         self._rng = random.Random()
         self._metrics = ModelMetrics(config.variant)
@@ -142,8 +142,8 @@ class ModelDeployment:
 class CoalescingClient:
     """Calls one model's `predict` for many concurrent requests (router side).
 
-    Every handle call costs the same whatever it carries (gRPC, Serve's request wrapping,
-    pickling, in the router and in the replica), so requests that reach the router in the same
+    Every call costs about the same whatever it carries (a frame or a handle call, in the router
+    and in the replica: per-call work dominates), so requests that reach the router in the same
     event-loop turn go to the model as one call and each gets its slice back. A lone request
     goes out on the next loop turn; nothing waits for company. Each caller keeps its own timeout:
     the shared call is cancelled only when all of its callers have given up on it.

@@ -36,7 +36,9 @@ def kd(serve_cluster: ServeCluster, deploy: Deploy) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def shadow(deploy: Deploy) -> Iterator[httpx.Client]:
-    with deploy("shadow", controller="manual", shadow_fraction=1.0) as client:
+    """Weight 0, every request also asked of the student; its teacher runs on torch (the FP32
+    bundle's own weights), so its answers also show torch serving matching kd's ONNX teacher."""
+    with deploy("shadow", controller="manual", shadow_fraction=1.0, teacher_runtime="torch") as client:
         yield client
 
 

@@ -30,6 +30,26 @@ def test_classifier_scores_with_the_bundles_own_tokenizer(serving_bundles: Any) 
         assert alone.argmax() == scored.probabilities[0].argmax()
 
 
+def test_torch_runtime_matches_the_onnx_export_and_int8_is_refused(serving_bundles: Any) -> None:
+    teacher = load_bundle(serving_bundles.registry, serving_bundles.teacher_id, "torch")
+    texts = ["a wonderful, moving film", "dull and far too long", "word " * 500]
+    on_torch = Classifier(teacher, threads_for(0.25), "torch").score(texts).probabilities
+    on_onnx = Classifier(teacher, threads_for(0.25)).score(texts).probabilities
+    assert np.allclose(on_torch, on_onnx, atol=1e-4)
+    with pytest.raises(BundleRejectedError, match=r"no torch weights .* serve it with runtime onnx"):
+        load_bundle(serving_bundles.registry, serving_bundles.student_id, "torch")
+
+
+def test_serve_refuses_a_runtime_the_bundle_lacks_before_starting_ray(
+    serving_bundles: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from serving.cli import main
+
+    argv = ["serve", "--registry", str(serving_bundles.registry), "--teacher", serving_bundles.teacher_id]
+    assert main([*argv, "--student", serving_bundles.student_id, "--student-runtime", "torch"]) == 2
+    assert "no torch weights" in capsys.readouterr().err
+
+
 def test_tampered_bundle_is_refused(serving_bundles: Any, tmp_path: Path) -> None:
     source = load_bundle(serving_bundles.registry, serving_bundles.student_id)
     copy = tmp_path / "models" / source.id

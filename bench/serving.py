@@ -342,7 +342,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--student", default=None, help="default: compression benchmark's best student")
     parser.add_argument("--port", type=int, default=8471)
     parser.add_argument("--requests", type=int, default=400, help="requests at concurrency 1 (x4 at 16), per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=20, help="requests before each measurement")
     parser.add_argument(
         "--ray-defaults", action="store_true", help="leave RAY_SERVE_THROUGHPUT_OPTIMIZED unset (Ray's defaults)"

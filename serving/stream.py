@@ -126,20 +126,20 @@ class StreamServer:
         self._predict = predict
         self._replica, self._host = replica, host
         self._token = secrets.token_hex(16)
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.Future[asyncio.Server] | None = None  # one, however many ask at once
         self._writers: set[asyncio.StreamWriter] = set()
         self.in_flight = 0  # lane calls being answered: a custom autoscaling metric
 
     async def endpoint(self) -> Endpoint:
         if self._server is None:
-            self._server = await asyncio.start_server(self._serve, self._host, 0)
-        port = self._server.sockets[0].getsockname()[1]
+            self._server = asyncio.ensure_future(asyncio.start_server(self._serve, self._host, 0))
+        port = (await self._server).sockets[0].getsockname()[1]
         return Endpoint(replica=self._replica, host=self._host, port=port, token=self._token)
 
     def close(self) -> None:
         """Stop listening and drop every connection (callers then go through Serve)."""
-        if self._server is not None:
-            self._server.close()
+        if self._server is not None and self._server.done():
+            self._server.result().close()
         for writer in self._writers:
             writer.close()
 
@@ -273,8 +273,15 @@ class StreamClient:
         """Ask through Serve, twice as many times as there are known replicas plus one, which
         replica lanes exist: Serve spreads the asks, so new replicas are found within a round or two."""
         while True:
-            asks = [self._ask_endpoint.remote() for _ in range(2 * (len(self._endpoints) + 1))]
-            for result in await asyncio.gather(*(asyncio.wait_for(a, 5.0) for a in asks), return_exceptions=True):
-                if isinstance(result, Endpoint):
-                    self._learn(result)
+            try:
+                asks = [self._ask_endpoint.remote() for _ in range(2 * (len(self._endpoints) + 1))]
+                answers = await asyncio.gather(*(asyncio.wait_for(a, 5.0) for a in asks), return_exceptions=True)
+            except Exception as exc:  # Serve unreachable for now: keep the lanes known, ask again later
+                log.debug("lane discovery failed (%s)", type(exc).__name__)
+                answers = []
+            now = time.monotonic()
+            self._broken = {e: at for e, at in self._broken.items() if now - at < RETRY_BROKEN_AFTER_S}
+            for answer in answers:
+                if isinstance(answer, Endpoint):
+                    self._learn(answer)
             await asyncio.sleep(self._rediscover_s)

@@ -164,6 +164,16 @@ def test_a_lane_that_broke_is_not_rediscovered_at_once() -> None:
     run(test)
 
 
+def test_replicas_asked_at_once_open_one_lane() -> None:
+    async def test() -> None:
+        server = StreamServer(model, replica="r1", host="127.0.0.1")
+        endpoints = await asyncio.gather(*(server.endpoint() for _ in range(4)))
+        assert len(set(endpoints)) == 1
+        server.close()
+
+    run(test)
+
+
 def test_a_wrong_token_gets_the_connection_closed_unanswered() -> None:
     async def test() -> None:
         server = StreamServer(model, replica="r1", host="127.0.0.1")

@@ -98,9 +98,13 @@ def prometheus_tools() -> PrometheusTools:
 
 
 def config_for(metrics_url: str) -> dict[str, Any]:
-    """deploy/prometheus/prometheus.yml pointed at this session's Ray, scraping every second."""
+    """deploy/prometheus/prometheus.yml pointed at this session's Ray, scraping every 3 s.
+
+    A scrape that fails makes every series stale at once (a fresh-clone run ended with
+    KdcanaryRayMetricsDown pending and every gauge gone), and the timeout cannot exceed the
+    interval: 3 s leaves Ray's exporter room on 2 busy cores."""
     config: dict[str, Any] = yaml.safe_load(PROMETHEUS_YML.read_text())
-    config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["global"] |= {"scrape_interval": "3s", "scrape_timeout": "3s", "evaluation_interval": "1s"}
     assert [PROMETHEUS_YML.parent / name for name in config["rule_files"]] == [RULES_YML]
     config["rule_files"] = [str(RULES_YML)]
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "ray"]

@@ -76,15 +76,31 @@ def serve_cluster() -> Iterator[ServeCluster]:
 
 
 Deploy = Callable[..., AbstractContextManager[httpx.Client]]
+RunApp = Callable[[Any, str], AbstractContextManager[httpx.Client]]
 
 
 @pytest.fixture(scope="session")
-def deploy(serve_cluster: ServeCluster, serving_bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Deploy:
-    """`with deploy(name, **app_args) as client:` runs an application at /<name> on small
-    replicas (the AppArgs given override the defaults) and deletes it on the way out, so
-    applications do not pile up on the session's 4 logical CPUs."""
+def run_app(serve_cluster: ServeCluster) -> RunApp:
+    """`with run_app(application, name) as client:` serves a bound application at /<name> and
+    deletes it on the way out, so applications do not pile up on the session's 4 logical CPUs."""
     from ray import serve
 
+    @contextlib.contextmanager
+    def run(application: Any, name: str) -> Iterator[httpx.Client]:
+        serve.run(application, name=name, route_prefix=f"/{name}")
+        try:
+            with httpx.Client(base_url=f"{serve_cluster.http_url}/{name}", timeout=30.0) as client:
+                yield client
+        finally:
+            serve.delete(name)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def deploy(run_app: RunApp, serving_bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Deploy:
+    """`with deploy(name, **app_args) as client:` runs app_builder's application at /<name> on
+    small replicas (the AppArgs given override the defaults), through `run_app`."""
     from serving.app import AppArgs, app_builder
     from serving.config import Batching, Resources, RouterConfig
 
@@ -105,11 +121,7 @@ def deploy(serve_cluster: ServeCluster, serving_bundles: Bundles, tmp_path_facto
                 **overrides,
             }
         )
-        serve.run(app_builder(args), name=name, route_prefix=f"/{name}")
-        try:
-            with httpx.Client(base_url=f"{serve_cluster.http_url}/{name}", timeout=30.0) as client:
-                yield client
-        finally:
-            serve.delete(name)
+        with run_app(app_builder(args), name) as client:
+            yield client
 
     return run

@@ -27,6 +27,7 @@ from serving.router import Router
 
 Bundles = Any  # tests/integration/conftest.py: registry, teacher_id, student_id
 ServeCluster = Any  # tests/integration/conftest.py: http_url, metrics_url, admin_token
+RunApp = Any  # tests/integration/conftest.py: run_app(application, name) -> context of an httpx.Client
 APP = "slow"
 STUDENT_TIMEOUT_S = 0.3
 STUDENT_DELAY_S = 5.0  # an order of magnitude past the timeout: no request can sneak in under it
@@ -63,15 +64,9 @@ def _slow_student_app(bundles: Bundles) -> Application:
 
 
 @pytest.fixture(scope="module")
-def slow(serve_cluster: ServeCluster, serving_bundles: Bundles) -> Iterator[httpx.Client]:
-    from ray import serve
-
-    serve.run(_slow_student_app(serving_bundles), name=APP, route_prefix=f"/{APP}")
-    try:
-        with httpx.Client(base_url=f"{serve_cluster.http_url}/{APP}", timeout=30.0) as client:
-            yield client
-    finally:
-        serve.delete(APP)
+def slow(run_app: RunApp, serving_bundles: Bundles) -> Iterator[httpx.Client]:
+    with run_app(_slow_student_app(serving_bundles), APP) as client:
+        yield client
 
 
 def test_student_timeout_fails_over_to_the_teacher(

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RECIPE ?= recipes/tiny.yaml
 
-.PHONY: install demo test check bench clean
+.PHONY: install demo test test-unit check bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Pure logic only: no Ray started, no Prometheus, no model built (well under a minute).
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
 
 check: $(STAMP)
 	$(BIN)/ruff check .

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -27,6 +28,16 @@ class Traffic:
                 self.answers.append(response.json())
             else:
                 self.failures.append(f"{response.status_code}: {response.text[:200]}")
+
+    def answered_since(self, seen: int, count: int, within_s: float = 60.0) -> list[dict[str, Any]]:
+        """The answers after the first `seen`, once there are at least `count` of them: a test
+        waits for the traffic it needs to look at, never for a clock to have been fast enough."""
+        deadline = time.monotonic() + within_s
+        while len(self.answers) - seen < count:
+            assert time.monotonic() < deadline, f"{len(self.answers) - seen} answers of {count} in {within_s} s"
+            assert not self._stop.is_set(), "traffic stopped"
+            time.sleep(0.05)
+        return self.answers[seen:]
 
     def __enter__(self) -> Traffic:
         for thread in self._threads:

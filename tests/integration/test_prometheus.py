@@ -5,8 +5,13 @@ Ray metrics port through deploy/prometheus/prometheus.yml, with only the target 
 file becomes a static target), the intervals (1 s) and the rule file's absolute path changed.
 Two canaries run real traffic meanwhile:
 
-- `prom-good` walks shadow -> 50 -> 100 % on evidence: both variants answer, shadow
-  comparisons feed agreement and divergence, gates are evaluated, the stage advances;
+- `prom-good` is started and paused in its shadow stage before any of its traffic flows, and
+  resumed only once Prometheus holds an increase of every shadow counter (comparisons,
+  agreements, divergence); then it walks shadow -> 50 -> 100 % on evidence, and the shadow
+  comparisons stop (they run only while a rollout is live). Without the pause, a fast machine
+  finished the shadowed stages before Prometheus held two scrapes with an increase between
+  them: the first value it saw already held every comparison, and the agreement and
+  divergence panels were 0/0 (NaN) for good;
 - `prom-fail` has a student that always fails (`student_chaos_error_rate=1.0`) and no gate
   that could roll it back: after start and promote every student call fails over and every
   shadow call fails; once Prometheus has seen the failovers increase, an operator rollback
@@ -65,7 +70,9 @@ GRAFANA_VARIABLES = {
     "$application": "|".join(APPS),
 }
 SELECTOR = re.compile(r"\b(ray_\w+|[a-z_]+:kdcanary_\w+:\w+|up)\b(\{[^}]*\})?")
-FAILOVERS_SEEN = 'increase(ray_kdcanary_failovers_total{application="prom-fail"}[5m]) > 0'
+FAILOVERS_SEEN = {"failovers": 'increase(ray_kdcanary_failovers_total{application="prom-fail"}[5m]) > 0'}
+SHADOW_COUNTERS = ("shadow_comparisons_total", "shadow_agreements_total", "shadow_divergence_count")
+SHADOW_SEEN = {name: f'increase(ray_kdcanary_{name}{{application="prom-good"}}[5m]) > 0' for name in SHADOW_COUNTERS}
 QUIET_WHEN_HEALTHY = {  # nothing in the test stops the controller, the store or the scrape
     "KdcanaryControllerDown",
     "KdcanaryControllerNotTicking",
@@ -315,26 +322,26 @@ def test_every_dashboard_and_rule_expression_returns_data(
 ) -> None:
     expressions = dashboard_expressions() | rule_expressions() | alert_expressions()
     failing = {"rollout": FAIL_SPEC, "student_chaos_error_rate": 1.0}
-    with (
-        deploy("prom-good", rollout=GOOD_SPEC) as good,
-        deploy("prom-fail", **failing) as bad,
-        Traffic(good, reviews, workers=2),
-        Traffic(bad, reviews, workers=2),
-    ):
+    with deploy("prom-good", rollout=GOOD_SPEC) as good, deploy("prom-fail", **failing) as bad:
         for client in (good, bad):
             assert client.post("/v1/predict", json={"inputs": []}).status_code == 422  # a rejected request
             post(client, "start")
-        assert post(bad, "promote")["weight_percent"] == 50.0  # every student call now fails over
-        # rate() sees a counter move only between two scrapes: roll back once Prometheus has
-        # the failovers as an increase, so the windows hold a student error rate, not 0/0.
-        assert not wait_for_data(prometheus, {"failovers": FAILOVERS_SEEN}, within_s=60)
-        assert post(bad, "rollback")["weight_percent"] == 0.0
-        view = wait_for_phase(good, {"completed", "rolled_back"}, within_s=90)
-        assert view["phase"] == "completed", view["last_reasons"]
-        missing = wait_for_data(prometheus, expressions, within_s=60)
-        unparsed = alerts_that_do_not_parse(prometheus)
-        unhealthy = unhealthy_rules(prometheus)
-        active = {(alert["labels"]["alertname"], alert["labels"].get("application")) for alert in alerts(prometheus)}
+        post(good, "pause")  # no traffic yet: it cannot leave the shadow stage before it resumes
+        wait_for_phase(good, {"paused"}, within_s=30)
+        with Traffic(good, reviews, workers=2), Traffic(bad, reviews, workers=2):
+            assert post(bad, "promote")["weight_percent"] == 50.0  # every student call now fails over
+            # rate() sees a counter move only between two scrapes: each rollout moves on only once
+            # Prometheus holds an increase of what its panels divide by, so no window is 0/0.
+            assert not wait_for_data(prometheus, FAILOVERS_SEEN, within_s=120)
+            assert post(bad, "rollback")["weight_percent"] == 0.0
+            assert not wait_for_data(prometheus, SHADOW_SEEN, within_s=120)
+            post(good, "resume")
+            view = wait_for_phase(good, {"completed", "rolled_back"}, within_s=120)
+            assert view["phase"] == "completed", view["last_reasons"]
+            missing = wait_for_data(prometheus, expressions, within_s=90)
+            unparsed = alerts_that_do_not_parse(prometheus)
+            unhealthy = unhealthy_rules(prometheus)
+            active = {(a["labels"]["alertname"], a["labels"].get("application")) for a in alerts(prometheus)}
     kinds = ("panel", "annotation", "variable", "record", "alert")
     counts = {kind: sum(where.startswith(kind) for where in expressions) for kind in kinds}
     print(f"evaluated {len(expressions)} expressions {counts}; active alerts {sorted(active)}")

@@ -1,0 +1,251 @@
+"""The router's core: choose a variant, call it, fail over, shadow, build observations. No Ray.
+
+The Ray Serve shell (serving/router.py) owns HTTP, admission, the admin proxy and the two
+background loops; it hands this class the model calls, a clock, a `random.Random` and a
+metrics facade (DESIGN §4.13), so unit tests and a simulation drive the code that serves.
+
+One request, as the shell drives it:
+
+1. `answer(texts, key)`: take the current routing, choose the variant (sticky by key, else a
+   weighted coin), call it within its timeout. A student that fails (reason "timeout" or
+   "error") gives an error observation of the student and the teacher answers instead. A
+   teacher that fails leaves the observations gathered so far plus its own error observation
+   pending and raises `ModelCallError` (the shell answers 503).
+2. The shell sends the answer; then `after(answered)` does the bookkeeping the client need not
+   wait for: the request metric, and for a `shadow_fraction` of the "ok" answers a shadow call
+   to the other model as a background task (at most `shadow_concurrency` at once; past that
+   the shadow is dropped as "overload"). A shadow that answers records the comparison and puts
+   the verdict (`agreed`) on the student's observation only, so a pair counts once.
+3. Observations wait in `pending` until the shell's flush loop takes them in batches with
+   `take_pending(cap)`; `adopt(routing)` takes the controller's newer routing.
+
+Every time read goes through the injected clock; `drain()` waits for in-flight shadows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from rollout.evidence import Observation, Variant
+from rollout.views import PublishedRouting
+from serving.answer import ModelAnswer
+from serving.config import RouterConfig
+from serving.errors import ModelCallError
+from serving.routing import Chooser, other, top1_agreement, total_variation
+
+log = logging.getLogger("ray.serve")  # a name only (no Ray import): Serve shows it in the replica's log
+
+ModelCall = Callable[[list[str]], Awaitable[ModelAnswer]]
+Outcome = Literal["ok", "failover"]
+KEEP_BATCHES = 20  # controller unreachable for a while: keep only the newest 20 batches' worth
+
+
+class RouterMetricsSink(Protocol):
+    """What the core records; `serving.metrics.RouterMetrics` is the Ray-backed one."""
+
+    def record_request(self, variant: Variant, outcome: str, latency_s: float) -> None: ...
+
+    def record_failover(self, reason: str) -> None: ...
+
+    def record_comparison(self, agreed: int, divergences: list[float]) -> None: ...
+
+    def record_shadow_dropped(self, reason: str) -> None: ...
+
+    def set_weight(self, weight: float) -> None: ...
+
+
+@dataclass
+class RecordingMetrics:
+    """An in-memory `RouterMetricsSink` for tests and simulations: counts what was recorded."""
+
+    requests: Counter[tuple[Variant, str]] = field(default_factory=Counter)
+    latencies_s: list[float] = field(default_factory=list)
+    failovers: Counter[str] = field(default_factory=Counter)
+    shadow_dropped: Counter[str] = field(default_factory=Counter)
+    comparisons: int = 0
+    agreements: int = 0
+    divergences: list[float] = field(default_factory=list)
+    weight: float | None = None
+
+    def record_request(self, variant: Variant, outcome: str, latency_s: float) -> None:
+        self.requests[(variant, outcome)] += 1
+        self.latencies_s.append(latency_s)
+
+    def record_failover(self, reason: str) -> None:
+        self.failovers[reason] += 1
+
+    def record_comparison(self, agreed: int, divergences: list[float]) -> None:
+        self.comparisons += len(divergences)
+        self.agreements += agreed
+        self.divergences.extend(divergences)
+
+    def record_shadow_dropped(self, reason: str) -> None:
+        self.shadow_dropped[reason] += 1
+
+    def set_weight(self, weight: float) -> None:
+        self.weight = weight
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """An answered request, as the after-response bookkeeping needs it."""
+
+    answer: ModelAnswer
+    outcome: Outcome
+    latency_s: float  # from `started` (the request's arrival) to the answer
+    texts: list[str]
+    observations: list[Observation]
+    routing: PublishedRouting  # as it was when the request arrived: its version and shadow fraction apply
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One timed model call: its observation, and the answer or what it failed with."""
+
+    observation: Observation
+    answer: ModelAnswer | None = None
+    error: Exception | None = None
+
+
+class RouterCore:
+    """One router replica's logic (see the module docstring); not thread-safe: one event loop."""
+
+    def __init__(
+        self,
+        models: Mapping[Variant, ModelCall],
+        config: RouterConfig,
+        clock: Callable[[], float],
+        rng: random.Random,
+        metrics: RouterMetricsSink,
+    ) -> None:
+        self._models = dict(models)
+        self._timeouts = {Variant.TEACHER: config.teacher_timeout_s, Variant.STUDENT: config.student_timeout_s}
+        self._shadow_slots = config.shadow_concurrency
+        self._clock = clock
+        self._chooser = Chooser(rng)
+        self._metrics = metrics
+        self._routing = PublishedRouting(
+            weight_percent=config.initial_weight * 100.0, shadow_fraction=config.initial_shadow_fraction, version=0
+        )
+        self._weight = config.initial_weight  # kept apart from the routing: exactly the configured number
+        self._pending: list[Observation] = []
+        self._shadows: set[asyncio.Task[None]] = set()
+        metrics.set_weight(self._weight)
+
+    @property
+    def weight(self) -> float:
+        """The student's share of traffic this core applies (0..1)."""
+        return self._weight
+
+    @property
+    def routing(self) -> PublishedRouting:
+        return self._routing
+
+    def adopt(self, routing: PublishedRouting) -> bool:
+        """Take the controller's routing unless it is older than the current one; True when taken."""
+        if routing.version < self._routing.version:
+            return False
+        self._routing, self._weight = routing, routing.weight_percent / 100.0
+        self._metrics.set_weight(self._weight)
+        return True
+
+    # --- the request path -------------------------------------------------------------------
+
+    async def answer(self, texts: list[str], key: str | None = None, started: float | None = None) -> Answered:
+        """Answer one request. `started` (on this core's clock) is when it arrived; default now.
+
+        Raises ModelCallError when the teacher fails; its observations are pending by then."""
+        started = self._clock() if started is None else started
+        routing = self._routing
+        outcome: Outcome = "ok"
+        observations: list[Observation] = []
+        if self._chooser.choose(self._weight, key) is Variant.STUDENT:
+            student = await self._call(Variant.STUDENT, texts)
+            if student.answer is not None:
+                return Answered(student.answer, "ok", self._clock() - started, texts, [student.observation], routing)
+            self._record_failover(student.error)
+            observations.append(student.observation)
+            outcome = "failover"
+        teacher = await self._call(Variant.TEACHER, texts)
+        if teacher.answer is None:  # the teacher's own errors are evidence too (the error gate compares)
+            log.error("teacher failed: %s", type(teacher.error).__name__)
+            self._pending.extend([*observations, teacher.observation])
+            raise ModelCallError(f"teacher failed: {type(teacher.error).__name__}") from teacher.error
+        observations.append(teacher.observation)
+        return Answered(teacher.answer, outcome, self._clock() - started, texts, observations, routing)
+
+    async def _call(self, variant: Variant, texts: list[str]) -> _Call:
+        """Call `variant` within its timeout; any Exception is a failed call (an error observation)."""
+        started = self._clock()
+        try:
+            async with asyncio.timeout(self._timeouts[variant]):  # unlike wait_for, no extra task per call
+                answer = await self._models[variant](texts)
+        except Exception as exc:
+            return _Call(Observation(variant=variant, latency_s=self._clock() - started, error=True), error=exc)
+        latency = self._clock() - started
+        return _Call(Observation(variant=answer.variant, latency_s=latency, cost=answer.cost_dollars), answer)
+
+    def _record_failover(self, error: Exception | None) -> None:
+        reason = "timeout" if isinstance(error, TimeoutError) else "error"
+        self._metrics.record_failover(reason)
+        log.warning("student failed (%s: %s); failing over to the teacher", reason, type(error).__name__)
+
+    # --- after the answer is sent --------------------------------------------------------------
+
+    async def after(self, answered: Answered) -> None:
+        """The bookkeeping the client need not wait for. Async so that it runs on the event loop
+        (a shadow is a task on it), never in a thread pool."""
+        self._metrics.record_request(answered.answer.variant, answered.outcome, answered.latency_s)
+        if answered.outcome == "ok" and self._chooser.sample(answered.routing.shadow_fraction):
+            self._start_shadow(answered)
+        else:
+            self._pending.extend(answered.observations)
+
+    def _start_shadow(self, answered: Answered) -> None:
+        if len(self._shadows) >= self._shadow_slots:  # shadows never queue: they would lag and pile up
+            self._metrics.record_shadow_dropped("overload")
+            self._pending.extend(answered.observations)
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(answered))
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(self, answered: Answered) -> None:
+        primary = answered.answer
+        shadow = await self._call(other(primary.variant), answered.texts)
+        if shadow.answer is None:
+            self._metrics.record_shadow_dropped("error")
+            self._pending.extend([*answered.observations, shadow.observation])
+            return
+        agree = top1_agreement(primary.probabilities, shadow.answer.probabilities)
+        divergence = total_variation(primary.probabilities, shadow.answer.probabilities)
+        self._metrics.record_comparison(int(agree.sum()), divergence.tolist())
+        agreed = bool(agree.all())  # one verdict per request; it goes on the student's observation
+        for obs in [*answered.observations, shadow.observation]:
+            self._pending.append(obs.model_copy(update={"agreed": agreed}) if obs.variant is Variant.STUDENT else obs)
+
+    async def drain(self) -> None:
+        """Wait until no shadow call is in flight (tests, simulations, shutdown)."""
+        while self._shadows:
+            await asyncio.gather(*self._shadows, return_exceptions=True)
+
+    # --- observations for the controller ----------------------------------------------------
+
+    def take_pending(self, cap: int) -> Iterator[list[Observation]]:
+        """The pending observations in batches of at most `cap`, oldest first, each removed as it
+        is yielded (one lost if its send fails; stop iterating to keep the rest for next time).
+
+        Past KEEP_BATCHES x cap pending (the controller was unreachable) only the newest that
+        many are kept, checked once when iteration starts: observations that arrive while the
+        batches go out join this round and are not trimmed."""
+        if len(self._pending) > KEEP_BATCHES * cap:
+            del self._pending[: len(self._pending) - KEEP_BATCHES * cap]
+        while self._pending:
+            batch, self._pending = self._pending[:cap], self._pending[cap:]
+            yield batch

@@ -1,0 +1,304 @@
+"""serving.router_core: the router's logic without Ray, on fake models, a FakeClock, a seeded
+Random and RecordingMetrics (answer -> after -> drain -> assert observations and metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rollout.clock import FakeClock
+from rollout.evidence import Observation, Variant
+from rollout.views import PublishedRouting
+from serving.answer import ModelAnswer
+from serving.config import RouterConfig
+from serving.errors import ModelCallError
+from serving.router_core import Answered, ModelCall, RecordingMetrics, RouterCore
+from serving.routing import sticky_variant
+
+T, S = Variant.TEACHER, Variant.STUDENT
+POSITIVE, NEGATIVE = [0.2, 0.8], [0.9, 0.1]
+TIMEOUT_S = 0.05  # a hanging model is cut off after this long (real time); nothing asserts on speed
+
+
+class Models:
+    """Fake model calls: each answers a fixed row per input, advancing the clock by `takes_s`,
+    or raises, or hangs past the timeout, or waits for `release` (to hold a call in flight)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.rows = {T: POSITIVE, S: POSITIVE}
+        self.takes_s = {T: 0.5, S: 0.25}  # exact in binary: latencies compare with ==
+        self.failure: dict[Variant, str] = {}  # variant -> "error" | "hang" | "gate"
+        self.release = asyncio.Event()
+        self.calls: list[Variant] = []
+
+    def call(self, variant: Variant) -> ModelCall:
+        async def model(texts: list[str]) -> ModelAnswer:
+            self.calls.append(variant)
+            failure = self.failure.get(variant)
+            if failure == "error":
+                raise RuntimeError("model replica died")
+            if failure == "hang":
+                await asyncio.sleep(10)
+            if failure == "gate":
+                await self.release.wait()
+            self.clock.advance(self.takes_s[variant])
+            probabilities = np.tile(np.array(self.rows[variant], dtype=np.float32), (len(texts), 1))
+            return ModelAnswer(f"{variant.value}-1", variant, ("neg", "pos"), probabilities, 0.001, 0.5)
+
+        return model
+
+
+class Rig:
+    def __init__(self, weight: float = 0.0, shadow: float = 0.0, slots: int = 8, seed: int = 7) -> None:
+        self.clock = FakeClock()
+        self.models = Models(self.clock)
+        self.metrics = RecordingMetrics()
+        config = RouterConfig(
+            initial_weight=weight,
+            initial_shadow_fraction=shadow,
+            student_timeout_s=TIMEOUT_S,
+            teacher_timeout_s=5.0,  # gated teacher calls are released well before this
+            shadow_concurrency=slots,
+        )
+        calls = {v: self.models.call(v) for v in (T, S)}
+        self.core = RouterCore(calls, config, self.clock.now, random.Random(seed), self.metrics)
+
+    async def request(self, texts: list[str] | None = None, key: str | None = None) -> Answered:
+        """One request end to end: answer, then the after-response bookkeeping."""
+        answered = await self.core.answer(texts or ["a fine film"], key)
+        await self.core.after(answered)
+        return answered
+
+    def pending(self, cap: int = 1000) -> list[Observation]:
+        return [obs for batch in self.core.take_pending(cap) for obs in batch]
+
+
+def run(test: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(test, timeout=20))
+
+
+def obs(variant: Variant, latency_s: float, *, error: bool = False, agreed: bool | None = None) -> Observation:
+    cost = 0.0 if error else 0.5
+    return Observation(variant=variant, latency_s=latency_s, error=error, cost=cost, agreed=agreed)
+
+
+def test_the_core_imports_no_ray() -> None:
+    check = "import serving.router_core, sys; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", check], check=True)
+
+
+def test_weight_0_sends_everything_to_the_teacher_and_1_to_the_student() -> None:
+    async def test() -> None:
+        for weight, variant in ((0.0, T), (1.0, S)):
+            rig = Rig(weight=weight)
+            answers = [await rig.request() for _ in range(20)]
+            assert {a.answer.variant for a in answers} == {variant} and rig.models.calls == [variant] * 20
+            assert rig.metrics.requests == {(variant, "ok"): 20} and rig.metrics.weight == weight
+            assert rig.pending() == [obs(variant, rig.models.takes_s[variant])] * 20
+
+    run(test())
+
+
+def test_a_routing_key_sticks_to_its_bucket() -> None:
+    async def test() -> None:
+        rig = Rig(weight=0.5)
+        keys = [f"user-{i}" for i in range(40)]
+        for _ in range(2):
+            chosen = [(await rig.request(key=key)).answer.variant for key in keys]
+            assert chosen == [sticky_variant(key, 0.5) for key in keys]
+        assert {T, S} <= set(chosen)
+
+    run(test())
+
+
+def test_a_failing_student_fails_over_to_the_teacher() -> None:
+    async def test() -> None:
+        rig = Rig(weight=1.0, shadow=1.0)  # a failed-over request is never shadowed
+        rig.models.failure[S] = "error"
+        answered = await rig.request()
+        assert answered.answer.variant is T and answered.outcome == "failover"
+        assert answered.observations == [obs(S, 0.0, error=True), obs(T, 0.5)]
+        assert rig.metrics.failovers == {"error": 1} and rig.metrics.requests == {(T, "failover"): 1}
+        await rig.core.drain()
+        assert rig.pending() == answered.observations and rig.models.calls == [S, T]
+
+    run(test())
+
+
+def test_a_student_past_its_timeout_fails_over_with_reason_timeout() -> None:
+    async def test() -> None:
+        rig = Rig(weight=1.0)
+        rig.models.failure[S] = "hang"
+        answered = await rig.request()
+        assert answered.answer.variant is T and answered.outcome == "failover"
+        assert rig.metrics.failovers == {"timeout": 1}
+        assert [(o.variant, o.error) for o in rig.pending()] == [(S, True), (T, False)]
+
+    run(test())
+
+
+def test_a_failing_teacher_raises_and_leaves_its_observations_pending() -> None:
+    async def test() -> None:
+        rig = Rig(weight=1.0)
+        rig.models.failure = {S: "error", T: "error"}
+        with pytest.raises(ModelCallError, match="teacher failed: RuntimeError"):
+            await rig.core.answer(["a fine film"], None)
+        assert rig.pending() == [obs(S, 0.0, error=True), obs(T, 0.0, error=True)]
+        assert rig.metrics.failovers == {"error": 1} and not rig.metrics.requests  # no answer, no request
+
+        rig = Rig(weight=0.0)
+        rig.models.failure[T] = "error"
+        with pytest.raises(ModelCallError):
+            await rig.core.answer(["a fine film"], None)
+        assert rig.pending() == [obs(T, 0.0, error=True)] and not rig.metrics.failovers
+
+    run(test())
+
+
+def test_a_shadow_records_the_comparison_and_the_verdict_on_the_student_only() -> None:
+    async def test() -> None:
+        for weight, primary in ((1.0, S), (0.0, T)):
+            rig = Rig(weight=weight, shadow=1.0)
+            rig.models.rows[S] = NEGATIVE  # the models disagree on every input
+            rig.models.rows[T] = POSITIVE
+            answered = await rig.request(["first", "second"])
+            assert answered.answer.variant is primary and rig.pending() == []  # the shadow is still out
+            await rig.core.drain()
+            seen = {o.variant: o for o in rig.pending()}
+            assert seen[S].agreed is False and seen[T].agreed is None and len(seen) == 2
+            assert rig.metrics.comparisons == 2 and rig.metrics.agreements == 0
+            assert rig.metrics.divergences == pytest.approx([0.7, 0.7])
+
+    run(test())
+
+
+def test_agreeing_models_mark_the_student_agreed() -> None:
+    async def test() -> None:
+        rig = Rig(weight=1.0, shadow=1.0)
+        await rig.request(["first", "second"])
+        await rig.core.drain()
+        assert rig.pending() == [obs(S, 0.25, agreed=True), obs(T, 0.5)]
+        assert (rig.metrics.comparisons, rig.metrics.agreements, rig.metrics.divergences) == (2, 2, [0.0, 0.0])
+
+    run(test())
+
+
+def test_a_shadow_past_the_free_slots_is_dropped_as_overload() -> None:
+    async def test() -> None:
+        rig = Rig(weight=1.0, shadow=1.0, slots=1)
+        rig.models.failure[T] = "gate"  # the first shadow (to the teacher) holds the only slot
+        first = await rig.request()
+        second = await rig.request()
+        assert rig.metrics.shadow_dropped == {"overload": 1}
+        assert rig.pending() == second.observations  # kept, without a verdict
+        rig.models.release.set()
+        await rig.core.drain()
+        assert rig.pending() == [first.observations[0].model_copy(update={"agreed": True}), obs(T, 0.5)]
+
+    run(test())
+
+
+def test_a_failed_shadow_records_error_and_an_error_observation() -> None:
+    async def test() -> None:
+        rig = Rig(weight=1.0, shadow=1.0)
+        rig.models.failure[T] = "error"
+        await rig.request()
+        await rig.core.drain()
+        assert rig.metrics.shadow_dropped == {"error": 1} and rig.metrics.comparisons == 0
+        assert rig.pending() == [obs(S, 0.25), obs(T, 0.0, error=True)]
+        assert rig.metrics.requests == {(S, "ok"): 1}
+
+    run(test())
+
+
+def test_the_shadow_fraction_samples_requests() -> None:
+    async def test() -> None:
+        rig = Rig(weight=0.0, shadow=0.25, seed=3)
+        for _ in range(400):
+            await rig.request()
+            await rig.core.drain()  # no shadow still out when the next request comes: no overload
+        shadowed = rig.models.calls.count(S)
+        assert 60 < shadowed < 140 and rig.metrics.comparisons == shadowed
+
+    run(test())
+
+
+def test_adopt_takes_newer_or_equal_versions_only() -> None:
+    rig = Rig(weight=0.0)
+    assert rig.core.routing.version == 0 and rig.metrics.weight == 0.0
+    assert rig.core.adopt(PublishedRouting(weight_percent=25.0, shadow_fraction=0.1, version=4))
+    assert rig.core.weight == 0.25 and rig.metrics.weight == 0.25
+    assert not rig.core.adopt(PublishedRouting(weight_percent=100.0, shadow_fraction=0.0, version=3))
+    assert rig.core.weight == 0.25 and rig.core.routing.version == 4 and rig.metrics.weight == 0.25
+    assert rig.core.adopt(PublishedRouting(weight_percent=50.0, shadow_fraction=0.0, version=4))
+    assert rig.core.weight == 0.5
+
+
+def test_a_request_keeps_the_routing_it_arrived_with() -> None:
+    async def test() -> None:
+        rig = Rig(weight=0.0, shadow=1.0)
+        rig.models.failure[T] = "gate"
+        in_flight = asyncio.create_task(rig.core.answer(["a fine film"], None))
+        await asyncio.sleep(0)  # the request has chosen and is waiting on the teacher
+        rig.core.adopt(PublishedRouting(weight_percent=100.0, shadow_fraction=0.0, version=7))
+        rig.models.release.set()
+        answered = await in_flight
+        assert answered.answer.variant is T and answered.routing.version == 0
+        await rig.core.after(answered)  # shadowed at the fraction it arrived with (1), not today's 0
+        await rig.core.drain()
+        assert rig.models.calls == [T, S] and rig.metrics.comparisons == 1
+
+    run(test())
+
+
+def test_latencies_come_from_the_injected_clock() -> None:
+    async def test() -> None:
+        rig = Rig(weight=1.0)
+        rig.models.takes_s[S] = 0.375
+        arrived = rig.clock.now() - 0.125  # admission and parsing, before the core saw the request
+        answered = await rig.core.answer(["a fine film"], None, arrived)
+        assert answered.observations == [obs(S, 0.375)] and answered.latency_s == 0.5
+        await rig.core.after(answered)
+        assert rig.metrics.latencies_s == [answered.latency_s]
+
+    run(test())
+
+
+def test_take_pending_yields_batches_of_at_most_cap() -> None:
+    async def test() -> None:
+        rig = Rig(weight=0.0)
+        for _ in range(5):
+            await rig.request()
+        assert [len(batch) for batch in rig.core.take_pending(2)] == [2, 2, 1]
+        assert list(rig.core.take_pending(2)) == []
+
+        for _ in range(5):
+            await rig.request()
+        for _ in rig.core.take_pending(2):  # the send failed: the rest wait for the next round
+            break
+        assert len(rig.pending()) == 3
+
+    run(test())
+
+
+def test_take_pending_keeps_the_newest_20_batches_when_behind() -> None:
+    async def test() -> None:
+        rig = Rig(weight=0.0)
+        for i in range(45):
+            rig.models.takes_s[T] = float(i)  # number each observation by its latency
+            await rig.request()
+        batches = rig.core.take_pending(2)
+        first = next(batches)
+        await rig.request()  # arrives while the batches go out: joins this round, not trimmed
+        rest = [obs.latency_s for batch in batches for obs in batch]
+        assert [o.latency_s for o in first] == [5.0, 6.0] and rest == [*map(float, range(7, 45)), 44.0]
+
+    run(test())

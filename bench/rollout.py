@@ -1,11 +1,12 @@
-"""Rollout benchmark: simulated rollouts through the real policy and a Flagger-style baseline.
+"""Rollout benchmark: simulated rollouts through the real controller and a Flagger-style baseline.
 
-`rollout.simulate` replays synthetic request streams (seeded, identical for both systems) of
-students drawn from known truths: a good one (agreement 0.99, errors and latency equal to the
-teacher's), a bad one (agreement 0.90), and students with lower agreement, more errors, a
-slower tail, or failures on one slice of traffic only. Each runs through kdcanary (the real
-`rollout.policy` with `SPEC`) and through a Flagger-style analysis (fixed 1-minute interval,
-fixed thresholds, 5 failed checks to roll back) at 50 requests/s of total traffic.
+`bench.simulation` drives the router's own core (`serving.router_core.RouterCore`) with a seeded
+Poisson stream of requests (identical for both systems) to students drawn from known truths: a
+good one (agreement 0.99, errors and latency equal to the teacher's), a bad one (agreement 0.90),
+and students with lower agreement, more errors, a slower tail, or failures on one slice of
+traffic only. Each runs under kdcanary (the real `rollout.controller.RolloutController` with
+`SPEC`) and under a Flagger-style analysis (bench/baseline.py: fixed 1-minute interval, fixed
+thresholds, 5 failed checks to roll back), through the same loop, at 50 requests/s in total.
 
 Targets (issue 4), over at least 1000 rollouts each:
 
@@ -31,18 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from bench.baseline import BaselineSpec, simulate_baseline
 from bench.readme import replace_section
-from rollout.baseline import BaselineSpec, simulate_baseline
-from rollout.simulate import (
-    LatencyProfile,
-    Outcome,
-    Result,
-    Scenario,
-    StudentProfile,
-    TrafficSlice,
-    causes,
-    simulate_kdcanary,
-)
+from bench.simulation import Outcome, Result, Scenario, causes, simulate_kdcanary
+from bench.world import LatencyProfile, StudentProfile, TrafficSlice
 from rollout.spec import RolloutSpec, default_stages
 from rollout.stats import bernoulli_cs
 
@@ -312,10 +305,11 @@ def _update_readme(report: dict[str, Any]) -> None:
     p95 = {s: good[s]["promotion_minutes"]["p95"] for s in SYSTEMS}
     lines = [
         f"{report['runs']} simulated rollouts per target student at {report['scenario']['requests_per_s']:g} "
-        "requests/s, the same request streams (seeds) for both systems; kdcanary is the real `rollout.policy` "
-        "with stages 0/5/10/25/50/100 % (min_requests 1000, min_dwell_s 30, shadow 0.5/1/1/0.5/0.5/0.5) and "
-        "the default gates (alpha 0.05 each, error margin 0.01, p99 ratio 1.5); the baseline is Flagger's "
-        "analysis (1-minute interval, fixed thresholds, rollback after 5 failed checks, no data = failed check).",
+        "requests/s, the same request streams (seeds) for both systems, served by the router's own core; "
+        "kdcanary is the real `RolloutController` with stages 0/5/10/25/50/100 % (min_requests 1000, "
+        "min_dwell_s 30, shadow 0.5/1/1/0.5/0.5/0.5) and the default gates (alpha 0.05 each, error margin "
+        "0.01, p99 ratio 1.5); the baseline is Flagger's analysis (1-minute interval, fixed thresholds, "
+        "rollback after 5 failed checks, no data = failed check).",
         "",
         *_target_table(report),
         "",

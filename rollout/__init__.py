@@ -20,10 +20,9 @@ Controller layer (I/O behind injected Protocols, each with an in-package fake):
     views.py       PublishedRouting (with version), StatusView, ETA, store health
     controller.py  RolloutController: record / tick / routing / admin intents / snapshot / events
 
-Simulation (pure; bench/rollout.py):
-
-    simulate.py    synthetic student streams through the real policy, tick by tick
-    baseline.py    a Flagger-style analysis (fixed interval and thresholds) on the same streams
+The rollout simulation and its Flagger-style baseline live with their benchmark
+(bench/simulation.py, bench/baseline.py): they drive this controller behind serving's router
+core, with no copy of either's rules.
 
 Imports run one way: policy -> gates -> spec -> evidence -> stats -> errors, and
 policy -> status -> errors; controller -> journal -> (store, webhooks, views) -> events ->

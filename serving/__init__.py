@@ -10,7 +10,9 @@
     autoscaling.py Serve's queue-length policy with the lanes' in-flight calls added
     controller.py  RoutingSource (the interface routers use) and the minimal WeightController
     rollout_deployment.py  RolloutDeployment: rollout.controller as a one-replica deployment
-    router.py      Router: the ingress (predict, shadow, failover), lean Starlette hot path
+    router_core.py RouterCore: the router's logic without Ray (choose, call, fail over, shadow,
+                   observations); the Ray shell and bench/simulation.py both drive it
+    router.py      Router: the ingress shell over RouterCore, lean Starlette hot path
     admin.py       bearer-token check for the admin API
     admin_api.py   the admin routes under /admin/rollout (FastAPI: typed bodies, OpenAPI)
     metrics.py     the metrics facade over ray.serve.metrics (names in its docstring)

@@ -1,0 +1,274 @@
+"""Simulated rollouts that drive the shipped code: one `RouterCore`, the real `RolloutController`.
+
+A run is a function of (decision-maker, student profile, scenario, seed): no Ray, no threads,
+no real sleeping, no I/O, so every figure in bench/results/rollout.json can be replayed. Only
+the world around the shipped code is simulated; every rule about routing, failover, shadowing,
+observations, evidence and decisions is the core's or the controller's own (DESIGN §4.14).
+
+The world (bench/world.py). Requests arrive as a Poisson process at
+`Scenario.requests_per_s`, each with its truth drawn from a seeded Generator independently of
+the routing: whether each model fails on it, whether the student's answer agrees with the
+teacher's, both models' lognormal latencies, and whether it falls in the student's weak slice.
+The simulated model calls answer a request as its truth says, so the kdcanary run and the
+baseline run with the same seed see the same requests (common random numbers); only the
+routing the decision-maker publishes, and the router's own coin, differ.
+
+Time. One `FakeClock` is the world's time: the loop advances it to each arrival and to each
+control event, and the controller reads it. A model call cannot advance it: requests overlap
+in reality, and moving the shared clock by a call's latency would serialise them. Instead the
+core gets its own clock, `SimulatedModels.now`: the current request's arrival plus the
+simulated seconds its model calls have spent. Each call adds its latency before it returns
+and never suspends, so the core, timing a call as it always does (clock after minus clock
+before), records the drawn latency (a failover's answer latency is the sum of both calls).
+A request is answered at its arrival instant. Its shadow is a task on the event loop, as in
+serving, and finishes when the loop next drains the core: after at most `shadow_concurrency`
+requests (so none is dropped for overload, as none would be at these rates; draining per
+batch takes fewer event-loop turns than per request) and before every control event, so a
+flush carries everything that arrived before it. The tens of milliseconds that separate a
+request's observations in reality matter to nothing a 0.5 s flush or a 1 s tick sees.
+Drawn latencies stay far below the router's timeouts (2 s and 10 s by default) for the
+profiles the benchmark uses: `asyncio.timeout` runs on the real loop's clock and would not
+fire for a simulated delay.
+
+Control events, as the Ray shells schedule them: the router polls `routing()` at the start and
+every `RouterConfig.poll_interval_s` and adopts it (`RouterCore.adopt`), flushes
+`take_pending(flush_max_observations)` to `record` every `flush_interval_s`, and the
+decision-maker ticks whenever the clock reaches `next_tick_at()` (serving/rollout_deployment.py);
+`record` ticks at once itself when the controller finds it urgent. At one instant the order is
+flush, tick, poll. The loop ends when the decision-maker has finished or at `max_seconds`.
+
+The decision-maker is a `DecisionMaker`: `RolloutController` is one as it is; bench/baseline.py
+has a Flagger-style analysis that is one too and runs through this same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bench.world import Draw, RequestStream, SimulatedModels, StudentProfile
+from rollout.clock import FakeClock
+from rollout.controller import RolloutController
+from rollout.evidence import Observation, Variant
+from rollout.spec import RolloutSpec
+from rollout.status import Phase
+from rollout.store import MemoryStateStore
+from rollout.views import PublishedRouting
+from rollout.webhooks import RecordingWebhookSender
+from serving import router_core
+from serving.config import RouterConfig
+from serving.errors import ModelCallError
+from serving.router_core import RecordingMetrics, RouterCore
+
+_STRICT = ConfigDict(frozen=True, extra="forbid")
+
+
+class Scenario(BaseModel):
+    """The traffic a rollout sees, the router that serves it, and how long the run may last."""
+
+    model_config = _STRICT
+
+    requests_per_s: float = Field(default=50.0, ge=0.0)
+    max_seconds: float = Field(default=1800.0, gt=0.0)
+    router: RouterConfig = RouterConfig()
+
+
+class Result(StrEnum):
+    """How a simulated rollout ended."""
+
+    COMPLETED = "completed"  # the student reached 100 % and was promoted
+    ROLLED_BACK = "rolled_back"  # the student was sent back to 0 %
+    TIMED_OUT = "timed_out"  # still undecided (holding) at `Scenario.max_seconds`
+
+
+class Outcome(BaseModel):
+    """One simulated rollout: how it ended, when, and after how much student evidence."""
+
+    model_config = _STRICT
+
+    system: str
+    seed: int
+    result: Result
+    seconds: float
+    student_observations: int
+    student_served: int
+    comparisons: int
+    cause: str | None = None
+    stage_index: int
+    weight_percent: float
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
+class DecisionMaker(Protocol):
+    """What the loop drives, as the Ray shells drive the controller: routers `record` batches
+    and poll `routing()`, a tick loop calls `tick()` at `next_tick_at()`. `RolloutController`
+    is one as it is."""
+
+    def record(self, observations: Sequence[Observation]) -> object: ...
+
+    def tick(self) -> object: ...
+
+    def next_tick_at(self) -> float: ...
+
+    def routing(self) -> PublishedRouting: ...
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one run measured: simulated seconds, observations the decision-maker received,
+    and from the router's own metrics the requests the student served and the comparisons."""
+
+    seconds: float
+    student_observations: int
+    student_served: int
+    comparisons: int
+
+
+class _Loop:
+    """One run's world around one `RouterCore` (see the module docstring)."""
+
+    def __init__(
+        self, decider: DecisionMaker, profile: StudentProfile, scenario: Scenario, seed: int, clock: FakeClock
+    ) -> None:
+        self.decider, self.clock, self.router = decider, clock, scenario.router
+        self.start = clock.now()
+        self.models = SimulatedModels()
+        self.unsettled = 0  # requests answered since the last drain: an upper bound on shadows in flight
+        self.metrics = RecordingMetrics()
+        self.core = RouterCore(self.models.calls(), self.router, self.models.now, random.Random(seed), self.metrics)
+        self.stream = RequestStream(profile, scenario.requests_per_s, seed)
+        self.student_observations = 0
+
+    async def run(self, finished: Callable[[], bool], max_seconds: float) -> Run:
+        start, end, router = self.start, self.start + max_seconds, self.router
+        polls, flushes, next_tick = 0, 1, self.decider.next_tick_at()
+        while not finished() and self.clock.now() < end:
+            poll_at, flush_at = start + polls * router.poll_interval_s, start + flushes * router.flush_interval_s
+            control = min(poll_at, flush_at, next_tick, end)
+            while start + self.stream.next_at() < control:
+                await self._request(self.stream.pop())
+            await self._settle()
+            self._advance_to(control)
+            if control == flush_at:
+                self._flush()
+                flushes, next_tick = flushes + 1, self.decider.next_tick_at()
+            if self.clock.now() >= next_tick:
+                self.decider.tick()
+                next_tick = self.decider.next_tick_at()
+            if control == poll_at:
+                self.core.adopt(self.decider.routing())
+                polls += 1
+        return self._measured()
+
+    def _advance_to(self, at: float) -> None:
+        self.clock.advance(max(0.0, at - self.clock.now()))
+
+    async def _request(self, draw: Draw) -> None:
+        arrived = self.start + draw.at
+        self._advance_to(arrived)
+        texts = self.models.admit(draw, arrived)
+        try:
+            answered = await self.core.answer(texts)
+        except ModelCallError:  # a 503 to the client; the core has left the observations pending
+            return
+        await self.core.after(answered)
+        self.unsettled += 1
+        if self.unsettled >= self.router.shadow_concurrency:  # never past the cap: none dropped
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Let the shadows in flight finish (their observations join `pending`)."""
+        await self.core.drain()
+        self.models.forget()
+        self.unsettled = 0
+
+    def _flush(self) -> None:
+        for batch in self.core.take_pending(self.router.flush_max_observations):
+            self.student_observations += sum(o.variant is Variant.STUDENT for o in batch)
+            self.decider.record(batch)
+
+    def _measured(self) -> Run:
+        m = self.metrics
+        served = m.requests[(Variant.STUDENT, "ok")] + sum(m.failovers.values())  # every request sent to it
+        return Run(self.clock.now() - self.start, self.student_observations, served, m.comparisons)
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """Simulated failures are the point: the core's log line per failed call is noise here."""
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def run_rollout(
+    decider: DecisionMaker,
+    finished: Callable[[], bool],
+    profile: StudentProfile,
+    scenario: Scenario,
+    seed: int,
+    clock: FakeClock,
+) -> Run:
+    """Drive `decider` (built on `clock`) through one run of `profile`'s world until `finished()`
+    or `scenario.max_seconds`; the request stream and the router's coin are fixed by `seed`."""
+    loop = _Loop(decider, profile, scenario, seed, clock)
+    with _quiet(router_core.log):
+        return asyncio.run(loop.run(finished, scenario.max_seconds))
+
+
+# --- kdcanary: the real controller ----------------------------------------------------------
+
+
+def _result(phase: Phase) -> Result:
+    if phase is Phase.COMPLETED:
+        return Result.COMPLETED
+    return Result.ROLLED_BACK if phase is Phase.ROLLED_BACK else Result.TIMED_OUT
+
+
+def simulate_kdcanary(spec: RolloutSpec, profile: StudentProfile, scenario: Scenario, seed: int) -> Outcome:
+    """One rollout of `profile` under `RolloutController` with `spec`, started at once by an operator."""
+    clock = FakeClock()
+    start = clock.now()
+    controller = RolloutController(spec, MemoryStateStore(), clock, RecordingWebhookSender())
+    controller.start(actor="simulation", reason=f"simulated rollout, seed {seed}")
+
+    def finished() -> bool:
+        status = controller.status()
+        return status is not None and status.terminal
+
+    run = run_rollout(controller, finished, profile, scenario, seed, clock)
+    status = controller.status()
+    assert status is not None  # started above
+    ended = status.last_transition_at if status.terminal else None
+    rolled_back = status.phase is Phase.ROLLED_BACK
+    return Outcome(
+        system="kdcanary",
+        seed=seed,
+        result=_result(status.phase),
+        seconds=run.seconds if ended is None else ended - start,
+        student_observations=run.student_observations,
+        student_served=run.student_served,
+        comparisons=run.comparisons,
+        cause=next(iter(controller.snapshot().counters.rollbacks), None) if rolled_back else None,
+        stage_index=status.stage_index,
+        weight_percent=status.weight_percent,
+    )
+
+
+def causes(outcomes: list[Outcome]) -> dict[str, int]:
+    """How many rollbacks each cause accounts for."""
+    return dict(Counter(o.cause or "none" for o in outcomes if o.result is Result.ROLLED_BACK))

@@ -24,6 +24,8 @@ from compression.registry import Registry
 TEST_REGISTRY_ENV = "KDCANARY_TEST_REGISTRY"
 ADMIN_TOKEN = "integration-test-token"
 STUDENT_NAME = "minilm-l2-pruned-int8"
+METRICS_EXPORT_MS = 2000
+SERVE_STATUS_GAUGE_ENV = "RAY_SERVE_STATUS_GAUGE_REPORT_INTERVAL_S"
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,16 @@ def serve_cluster() -> Iterator[ServeCluster]:
     from ray import serve
 
     os.environ["KDCANARY_ADMIN_TOKEN"] = ADMIN_TOKEN  # workers inherit the driver's environment
+    # Ray exports metrics every 10 s and Serve refreshes its status gauge as often; tests that wait
+    # for Prometheus to see a counter move wait for two exports. A 2 s export (Ray drops a gauge
+    # left unset for 2 exports, so Serve's gauge is refreshed every second) makes those waits
+    # shorter, and changes nothing a test asserts.
+    os.environ[SERVE_STATUS_GAUGE_ENV] = "1"
     metrics_port, http_port = free_port(), free_port()
-    ray.init(num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port, log_to_driver=False)
+    ray.init(
+        num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port, log_to_driver=False,
+        _system_config={"metrics_report_interval_ms": METRICS_EXPORT_MS},
+    )  # fmt: skip
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         yield ServeCluster(f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics", ADMIN_TOKEN)
@@ -73,6 +83,7 @@ def serve_cluster() -> Iterator[ServeCluster]:
         serve.shutdown()
         ray.shutdown()
         os.environ.pop("KDCANARY_ADMIN_TOKEN", None)
+        os.environ.pop(SERVE_STATUS_GAUGE_ENV, None)
 
 
 Deploy = Callable[..., AbstractContextManager[httpx.Client]]

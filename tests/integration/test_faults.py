@@ -3,6 +3,11 @@
 Every test prints its figures (requests, failed, rollback latency, resume time) for the
 closing note; `bench/reliability.py` runs the same drills longer. The rates are modest: the
 machine has 2 cores and the session's other applications share them.
+
+Drills whose verdict is a measurement rather than a yes/no (how many requests were in flight
+on a killed teacher or router replica: `teacher_killed`, `router_killed`) run only in
+`make bench` (bench/results/reliability.json); these tests keep the drills with a crisp
+outcome: no request lost, the rollout rolled back, resumed or held as it must.
 """
 
 from __future__ import annotations
@@ -22,10 +27,8 @@ from serving.drills import (
     DrillResult,
     controller_killed,
     drill_spec,
-    router_killed,
     store_full,
     student_killed,
-    teacher_killed,
     transitions_under_load,
 )
 
@@ -74,23 +77,11 @@ def test_killed_student_fails_over_and_rolls_back(drill: Any) -> None:
     assert result.failed == 0 and result.rollback_latency_s is not None
 
 
-def test_killed_teacher_at_100_percent_recovers(drill: Any) -> None:
-    with drill("teacherkill", drill_spec(HOLD)) as d:
-        result = report(teacher_killed(d))
-    assert result.failed <= 2  # only what was in flight on the teacher (shadow calls never fail a user)
-
-
 def test_killed_controller_resumes_with_its_event_log(drill: Any) -> None:
     with drill("controllerkill", drill_spec(HOLD)) as d:
         result = report(controller_killed(d))
     assert result.failed == 0
     assert "same stage and weight: True" in result.notes and "none lost or duplicated: True" in result.notes
-
-
-def test_killed_router_loses_only_requests_in_flight(drill: Any) -> None:
-    with drill("routerkill", drill_spec(HOLD), routers=2) as d:
-        result = report(router_killed(d))
-    assert result.failed <= 10  # in flight on the dead replica, reported in the closing note
 
 
 def test_full_state_store_holds_then_recovers(drill: Any) -> None:

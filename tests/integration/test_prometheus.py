@@ -15,7 +15,7 @@ Two canaries run real traffic meanwhile:
 - `prom-fail` has a student that always fails (`student_chaos_error_rate=1.0`) and no gate
   that could roll it back: after start and promote every student call fails over and every
   shadow call fails; once Prometheus has seen the failovers increase, an operator rollback
-  sends it to weight 0. (Ray exports every 10 s and a counter's series appears only when first
+  sends it to weight 0. (Ray exports every few seconds and a counter's series appears only when first
   incremented, so a burst that ends before Ray's next export would show no rate at all.)
 
 A 4xx on each gives the rejected counter its series. Then every PromQL expression is run as an

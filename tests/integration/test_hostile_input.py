@@ -170,8 +170,9 @@ def test_rejected_requests_leave_no_evidence_and_no_restart(app: httpx.Client) -
     for body in RAW_BODIES:
         assert app.post("/v1/predict", content=body).status_code >= 400
     after = _evidence_after_a_good_request(app)
-    # one good request: its own answer, and a shadow answer when it was shadowed
-    assert 1 <= _observed(after) - _observed(before) <= 2
+    # The wait above saw the marker arrive, so the count grew; what may not grow with it is anything
+    # from the rejected bodies: only the marker's own answer, and its shadow answer if it had one.
+    assert _observed(after) - _observed(before) <= 2
     unchanged = ("epoch", "student_errors", "teacher_errors", "consecutive_student_errors")
     assert {k: after[k] for k in unchanged} == {k: before[k] for k in unchanged}
     assert _replicas() == replicas

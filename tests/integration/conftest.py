@@ -86,6 +86,16 @@ def serve_cluster() -> Iterator[ServeCluster]:
         os.environ.pop(SERVE_STATUS_GAUGE_ENV, None)
 
 
+@pytest.fixture(scope="session")
+def no_gates() -> dict[str, Any]:
+    """A rollout spec whose stage 0 holds (default min_requests) and that no gate judges: only an
+    admin intent can move it. With the default gates, a few shadowed answers to one repeated input
+    could roll a rollout back before or after a test read its status, depending on how fast the
+    machine was (a fresh clone saw it)."""
+    stages = [{"weight_percent": 0}, {"weight_percent": 100}]
+    return {"stages": stages, "agreement": None, "errors": None, "latency": None}
+
+
 Deploy = Callable[..., AbstractContextManager[httpx.Client]]
 RunApp = Callable[[Any, str], AbstractContextManager[httpx.Client]]
 

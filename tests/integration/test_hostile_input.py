@@ -60,20 +60,11 @@ admin_routes = st.sampled_from(
     + [("PUT", "/admin/rollout/weight"), ("GET", "/admin/rollout"), ("GET", "/admin/rollout/events")]
 )
 
-# Stage 0 holds (default min_requests) and no gate judges: only an admin intent can move the
-# rollout. With the default gates, a few shadowed answers to one repeated input could roll it
-# back before or after the test read the status, depending on how fast the machine was.
-NO_GATES = {
-    "stages": [{"weight_percent": 0}, {"weight_percent": 100}],
-    "agreement": None,
-    "errors": None,
-    "latency": None,
-}
 
 
 @pytest.fixture(scope="module")
-def app(deploy: Deploy) -> Iterator[httpx.Client]:
-    with deploy("hostile", rollout=NO_GATES) as client:
+def app(deploy: Deploy, no_gates: dict[str, Any]) -> Iterator[httpx.Client]:
+    with deploy("hostile", rollout=no_gates) as client:
         yield client
 
 

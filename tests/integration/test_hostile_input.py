@@ -61,7 +61,6 @@ admin_routes = st.sampled_from(
 )
 
 
-
 @pytest.fixture(scope="module")
 def app(deploy: Deploy, no_gates: dict[str, Any]) -> Iterator[httpx.Client]:
     with deploy("hostile", rollout=no_gates) as client:

@@ -19,7 +19,6 @@ TOKEN = "integration-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-
 @pytest.fixture(scope="module")
 def app(deploy: Deploy, no_gates: dict[str, Any]) -> Iterator[httpx.Client]:
     with deploy("secure", rollout=no_gates) as client:

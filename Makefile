@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/kdcanary demo --recipe $(RECIPE)
 
+# Two workers on the 2 cores: most integration time is waiting (dwell times, metrics exports),
+# so two files at a time halve it. TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Pure logic only: no Ray started, no Prometheus, no model built (well under a minute).
 test-unit: $(STAMP)

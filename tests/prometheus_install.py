@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 APT_TIMEOUT_S = 900
+INSTALL_LOCK = Path(tempfile.gettempdir()) / "kdcanary-prometheus-install.lock"
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,18 @@ def _apt(*args: str) -> None:
 
 
 def ensure_prometheus() -> PrometheusTools:
-    """`prometheus` and `promtool` from PATH, installing Debian's package first when absent."""
+    """`prometheus` and `promtool` from PATH, installing Debian's package first when absent.
+
+    One install at a time on this machine: two pytest workers may both find it missing, and
+    a second apt-get would fail on dpkg's lock instead of waiting."""
     found = _which()
     if found:
         return found
+    with FileLock(INSTALL_LOCK):
+        return _which() or _install()
+
+
+def _install() -> PrometheusTools:
     if shutil.which("apt-get") is None or os.geteuid() != 0:
         pytest.fail(
             "prometheus/promtool are not on PATH and cannot be installed here (needs root and apt-get); "

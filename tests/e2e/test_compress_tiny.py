@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 from compression.pipeline import RunSummary, compress
 from compression.recipe import load_recipe
@@ -98,7 +99,8 @@ def test_demo_promotes_one_student_and_rolls_back_the_other(
     """`make demo` on the session's registry: its own Ray cluster, both live rollouts, reports.
     The exit code is 0 only when the good student completed and the bad one was rolled back."""
     registry, _ = first_run
-    demo = kdcanary("demo", "--registry", registry.root, "--out", tmp_path, "--rate", "30")
+    port = str(free_port())  # not the default 8000: the README test's server may hold it meanwhile
+    demo = kdcanary("demo", "--registry", registry.root, "--out", tmp_path, "--rate", "30", "--port", port)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     summary = (tmp_path / "summary.md").read_text()
     assert "**promoted to 100 %**" in summary and "**rolled back**" in summary and "agreement upper bound" in summary

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from ports import free_port
 
 from compression.registry import Registry
 
@@ -52,13 +52,6 @@ def serving_bundles(request: pytest.FixtureRequest) -> Bundles:
     return Bundles(registry.root, summary.teacher.id, summary.students["minilm-l2"][-1].id)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def serve_cluster() -> Iterator[ServeCluster]:
     """Ray (4 logical CPUs, no dashboard, metrics on a free port) and Serve on 127.0.0.1."""
@@ -73,7 +66,7 @@ def serve_cluster() -> Iterator[ServeCluster]:
     os.environ[SERVE_STATUS_GAUGE_ENV] = "1"
     metrics_port, http_port = free_port(), free_port()
     ray.init(
-        num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port, log_to_driver=False,
+        address="local", num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port, log_to_driver=False,
         _system_config={"metrics_report_interval_ms": METRICS_EXPORT_MS},
     )  # fmt: skip
     try:

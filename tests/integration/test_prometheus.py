@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 import random
 import re
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -49,6 +48,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from ports import free_port
 from prometheus_install import PrometheusTools, ensure_prometheus
 from traffic import Traffic
 
@@ -118,13 +118,6 @@ def config_for(metrics_url: str) -> dict[str, Any]:
     job.pop("file_sd_configs")  # Ray's SD file under /tmp/ray is shared by every cluster here
     job["static_configs"] = [{"targets": [httpx.URL(metrics_url).netloc.decode()]}]
     return config
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,8 @@ import numpy as np
 
 from bench.readme import best_student, replace_section
 from compression.registry import Registry
+from serving.admin import TOKEN_ENV, configured_token
+from serving.admin_client import AdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "serving.json"
@@ -126,29 +129,31 @@ def _ingress_base(app: str, proxy_port: int) -> str:
     return f"http://127.0.0.1:{proxy_port}"
 
 
-def _applications(args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
-    """Scenario name -> (Serve application, path under its route prefix)."""
+def _applications(args: argparse.Namespace) -> dict[str, tuple[Any, str, float | None]]:
+    """Scenario name -> (Serve application, path under its route prefix, the student share to
+    pin on its rollout controller; None for the model alone)."""
     from rollout.evidence import Variant
+    from rollout.spec import fixed_share_spec
     from serving.app import MODEL, AppArgs, app_builder
     from serving.config import ModelConfig, Resources, RouterConfig
 
     model, router = Resources(num_cpus=1.0), Resources(num_cpus=0.5, max_ongoing_requests=256)
     config = ModelConfig(registry=args.registry.resolve(), bundle=args.student, variant=Variant.STUDENT)
-    apps = {"direct": (MODEL.options(**model.options("student", 16)).bind(config), "")}
+    apps: dict[str, tuple[Any, str, float | None]] = {
+        "direct": (MODEL.options(**model.options("student", 16)).bind(config), "", None)
+    }
     for name, weight, shadow in ROUTED:
         app_args = AppArgs(
             teacher_id=args.teacher,
             student_id=args.student,
             registry=args.registry,
-            controller="manual",
             router_settings=RouterConfig(model_transport=args.transport),
-            initial_weight=weight,
-            shadow_fraction=shadow,
+            rollout=fixed_share_spec(shadow),
             teacher=model,
             student=model,
             router=router,
         )
-        apps[name] = (app_builder(app_args), "/v1/predict")
+        apps[name] = (app_builder(app_args), "/v1/predict", weight)
     return apps
 
 
@@ -188,8 +193,11 @@ def _rounds(args: argparse.Namespace, floor_url: str, counts: dict[int, int]) ->
             if name == "floor":
                 _measure([Target("floor", "uvicorn", floor_url)], args, counts, runs, r)
                 continue
-            application, path = apps[name]
+            application, path, weight = apps[name]
             serve.run(application, name=name, route_prefix=f"/{name}")
+            if weight is not None:  # the share is an operator intent; warm-up covers the routers' next poll
+                with AdminClient(f"http://127.0.0.1:{args.port}/{name}", configured_token(), actor="bench") as admin:
+                    admin.pin(weight, reason="bench: fixed share")
             _measure(_targets(name, path, args.port), args, counts, runs, r)
             serve.delete(name)
     return runs
@@ -246,6 +254,7 @@ def _measure_all(args: argparse.Namespace, counts: dict[int, int]) -> list[dict[
     # Direct ingress keeps a deleted ingress replica serving 30 s for load balancers to notice;
     # on loopback there are none, and the next scenario should not share the CPU with it.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
+    os.environ.setdefault(TOKEN_ENV, secrets.token_urlsafe(24))  # Ray workers inherit it
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})

@@ -174,6 +174,18 @@ class RolloutSpec(BaseModel):
         return cls.from_mapping(data)
 
 
+HOLD_S = 365 * 24 * 3600.0
+
+
+def fixed_share_spec(shadow_fraction: float = 0.0) -> RolloutSpec:
+    """A spec that judges nothing: no gates, no trip wire, stage 0 held for a year. For serving a
+    fixed share: start the rollout and pin the weight (`set_weight`); routers then send that share
+    to the student and compare `shadow_fraction` of requests on the other model."""
+    hold = Stage(weight_percent=0, min_requests=0, min_dwell_s=HOLD_S, shadow_fraction=shadow_fraction)
+    full = Stage(weight_percent=100, min_requests=0, min_dwell_s=HOLD_S, shadow_fraction=shadow_fraction)
+    return RolloutSpec(stages=[hold, full], agreement=None, errors=None, latency=None, fast_rollback=None)
+
+
 def _describe(error: ValidationError) -> str:
     """One line per problem, each starting with the field path ("stages.2.min_requests: ...")."""
     lines = []

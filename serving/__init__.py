@@ -8,8 +8,8 @@
     stream.py      the stream lane: router -> model replica calls as frames over TCP (Serve's
                    handle discovers the lanes and takes any call whose lane breaks)
     autoscaling.py Serve's queue-length policy with the lanes' in-flight calls added
-    controller.py  RoutingSource (the interface routers use) and the minimal WeightController
-    rollout_deployment.py  RolloutDeployment: rollout.controller as a one-replica deployment
+    rollout_deployment.py  RolloutDeployment: rollout.controller as a one-replica deployment,
+                   the one controller routers poll and the admin API drives
     router_core.py RouterCore: the router's logic without Ray (choose, call, fail over, shadow,
                    observations); the Ray shell and bench/simulation.py both drive it
     router.py      Router: the ingress shell over RouterCore, lean Starlette hot path

@@ -6,8 +6,10 @@ through FastAPI for typed bodies, 4xx answers that name the field, and an OpenAP
 state). Every route under /admin/rollout needs the bearer token (`serving.admin.authorize`:
 constant-time comparison, the token never logged nor echoed).
 
-Endpoints record intents and return the controller's status; the controller's tick acts on
-them. `actor` in a body names who asked (it goes into the event log); the token never does.
+Endpoints record intents and return the controller's status (`StatusView`, declared as each
+route's response model, so it is in the OpenAPI document); the controller's tick acts on them.
+`serving.admin_client.AdminClient` is the typed client. `actor` in a body names who asked (it
+goes into the event log); the token never does.
 
     GET  /admin/rollout                  status: phase, stage, weight, gates, ETA
     GET  /admin/rollout/events           the event log (after=<id>, limit=<n>)
@@ -33,6 +35,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope
 
 from rollout.errors import IntentError
+from rollout.events import Event
+from rollout.views import StatusView
 from serving.admin import authorize
 from serving.errors import AdminAuthError
 from serving.schemas import AdminNote, PromoteRequest, RollbackRequest, WeightUpdate
@@ -54,7 +58,7 @@ def _require_token(request: Request, _: Annotated[HTTPAuthorizationCredentials |
 
 
 def build_admin_app(controller: DeploymentHandle[Any]) -> FastAPI:
-    """The FastAPI app serving the admin routes against `controller` (a RoutingSource)."""
+    """The FastAPI app serving the admin routes against `controller` (the RolloutDeployment's handle)."""
     app = FastAPI(
         title="kdcanary admin API",
         version="1",
@@ -76,35 +80,45 @@ def build_admin_app(controller: DeploymentHandle[Any]) -> FastAPI:
             log.warning("controller call %s failed: %s", method, type(exc).__name__)
             raise HTTPException(503, f"controller unavailable ({type(exc).__name__}); retry") from exc
 
-    @app.get(PREFIX, summary="Rollout status: phase, stage, weight, each gate's numbers, ETA")
+    @app.get(
+        PREFIX, response_model=StatusView, summary="Rollout status: phase, stage, weight, each gate's numbers, ETA"
+    )
     async def status() -> Any:
         return await call("snapshot")
 
-    @app.get(f"{PREFIX}/events", summary="The append-only event log, oldest first")
+    @app.get(f"{PREFIX}/events", response_model=list[Event], summary="The append-only event log, oldest first")
     async def events(after: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Any:
         return await call("events", after, limit)
 
-    @app.post(f"{PREFIX}/start", summary="Begin a rollout at stage 0 (shadow) with fresh evidence")
+    @app.post(
+        f"{PREFIX}/start", response_model=StatusView, summary="Begin a rollout at stage 0 (shadow) with fresh evidence"
+    )
     async def start(note: AdminNote) -> Any:
         return await call("start", actor=note.actor, reason=note.reason)
 
-    @app.post(f"{PREFIX}/pause", summary="Hold the current weight (automatic rollbacks still fire)")
+    @app.post(
+        f"{PREFIX}/pause", response_model=StatusView, summary="Hold the current weight (automatic rollbacks still fire)"
+    )
     async def pause(note: AdminNote) -> Any:
         return await call("pause", actor=note.actor, reason=note.reason)
 
-    @app.post(f"{PREFIX}/resume", summary="Withdraw a pause or a manual weight")
+    @app.post(f"{PREFIX}/resume", response_model=StatusView, summary="Withdraw a pause or a manual weight")
     async def resume(note: AdminNote) -> Any:
         return await call("resume", actor=note.actor, reason=note.reason)
 
-    @app.post(f"{PREFIX}/promote", summary="Skip to the next stage, or to 100 % with {'to': 100}")
+    @app.post(
+        f"{PREFIX}/promote", response_model=StatusView, summary="Skip to the next stage, or to 100 % with {'to': 100}"
+    )
     async def promote(body: PromoteRequest) -> Any:
         return await call("promote", body.to == 100, actor=body.actor, reason=body.reason)
 
-    @app.post(f"{PREFIX}/rollback", summary="Send the student back to 0 % now")
+    @app.post(f"{PREFIX}/rollback", response_model=StatusView, summary="Send the student back to 0 % now")
     async def rollback(body: RollbackRequest) -> Any:
         return await call("rollback", body.reason, actor=body.actor)
 
-    @app.put(f"{PREFIX}/weight", summary="Pin the student's weight (pauses automatic progression)")
+    @app.put(
+        f"{PREFIX}/weight", response_model=StatusView, summary="Pin the student's weight (pauses automatic progression)"
+    )
     async def weight(body: WeightUpdate) -> Any:
         log.info("admin %s sets student weight to %.4f: %s", body.actor, body.weight, body.reason)
         return await call("set_weight", body.weight * 100.0, actor=body.actor, reason=body.reason)

@@ -1,10 +1,10 @@
 """The application builder: teacher + student ModelDeployments, a controller and the Router
 ingress, wired from typed arguments.
 
-The controller is the rollout controller (`controller: rollout`, the default: the weight walks
-the spec's stages on evidence, state in `<state_dir>/<teacher id>-<student id>.sqlite`) or the
-manual one (`controller: manual`: the weight is `initial_weight` until an operator sets another).
-The rollout spec is inline (`rollout: {stages: ..., agreement: ...}`) or a YAML file path; it
+The controller is the rollout controller: the weight walks the spec's stages on evidence, state
+in `<state_dir>/<teacher id>-<student id>.sqlite`. A fixed share is an operator intent on it
+(`kdcanary rollout start`, then `kdcanary rollout set-weight W`), not another controller. The
+rollout spec is inline (`rollout: {stages: ..., agreement: ...}`) or a YAML file path; it
 reaches the controller as its `user_config`, so `serve deploy` with a new spec reconfigures the
 live controller without restarting it.
 
@@ -17,22 +17,20 @@ config file); `AppArgs` validates it, so a bad argument fails the deploy with th
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Self, cast
+from typing import Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from ray.serve import Application, Deployment
 
 from compression.registry import Registry, default_root
 from rollout.evidence import Variant
 from rollout.spec import RolloutSpec
 from serving.config import Batching, ModelConfig, Resources, RouterConfig, Runtime
-from serving.controller import WeightController
 from serving.model import ModelDeployment
 from serving.rollout_deployment import ControllerConfig, RolloutDeployment
 from serving.router import Router
 
 MODEL = cast(Deployment, ModelDeployment)
-MANUAL_CONTROLLER = cast(Deployment, WeightController)
 ROLLOUT_CONTROLLER = cast(Deployment, RolloutDeployment)
 ROUTER = cast(Deployment, Router)
 STATE_DIR_ENV = "KDCANARY_STATE_DIR"
@@ -51,8 +49,6 @@ class AppArgs(BaseModel):
     registry: Path = Field(default_factory=default_root)
     teacher_runtime: Runtime = "onnx"  # "torch" serves an FP32 bundle's torch weights
     student_runtime: Runtime = "onnx"
-    initial_weight: float = Field(default=0.0, ge=0.0, le=1.0)
-    shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     price_per_cpu_hour: float = Field(default=0.05, ge=0.0)
     batching: Batching = Batching()
     teacher: Resources = Resources()
@@ -61,19 +57,9 @@ class AppArgs(BaseModel):
     router_settings: RouterConfig = RouterConfig()
     student_chaos_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     student_chaos_delay_s: float = Field(default=0.0, ge=0.0, le=60.0)
-    controller: Literal["rollout", "manual"] = "rollout"
     rollout: RolloutSpec | Path = Field(default_factory=RolloutSpec, description="inline spec or a YAML file")
     state_dir: Path = Field(default_factory=default_state_dir)
     webhooks: tuple[HttpUrl, ...] = ()
-
-    @model_validator(mode="after")
-    def _weights_belong_to_the_manual_controller(self) -> Self:
-        if self.controller == "rollout" and (self.initial_weight or self.shadow_fraction):
-            raise ValueError(
-                "initial_weight and shadow_fraction apply to controller: manual; the rollout controller "
-                "starts at stage 0 (shadow) and takes both from the rollout spec"
-            )
-        return self
 
     def rollout_spec(self) -> RolloutSpec:
         """The spec, read from its YAML file when given as a path (SpecError names the problem)."""
@@ -103,19 +89,12 @@ def app_builder(args: AppArgs | dict[str, Any]) -> Application:
         )
         options = resources.options(variant.value, at_least_ongoing=args.batching.max_batch_size)
         models[variant] = MODEL.options(**options).bind(config)
-    controller = _controller(args)
-    settings = args.router_settings.model_copy(
-        update={"initial_weight": args.initial_weight, "initial_shadow_fraction": args.shadow_fraction}
+    return ROUTER.options(**args.router.options("router")).bind(
+        models[Variant.TEACHER], models[Variant.STUDENT], _controller(args), args.router_settings
     )
-    router = ROUTER.options(**args.router.options("router")).bind(
-        models[Variant.TEACHER], models[Variant.STUDENT], controller, settings
-    )
-    return router
 
 
 def _controller(args: AppArgs) -> Application:
-    if args.controller == "manual":
-        return MANUAL_CONTROLLER.bind(args.initial_weight, args.shadow_fraction)
     registry = Registry(args.registry)
     teacher, student = registry.get(args.teacher_id).id, registry.get(args.student_id).id
     config = ControllerConfig(

@@ -7,8 +7,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from serving.rollout_cli import add_rollout_commands
+
+if TYPE_CHECKING:
+    from serving.app import AppArgs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,13 +71,8 @@ def _parser() -> argparse.ArgumentParser:
         )
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8000)
-    serve_cmd.add_argument(
-        "--controller", choices=("rollout", "manual"), default="rollout", help="evidence-driven rollout or fixed weight"
-    )
     serve_cmd.add_argument("--spec", type=Path, default=None, help="rollout spec YAML (default: the built-in stages)")
     serve_cmd.add_argument("--state-dir", type=Path, default=None, help="rollout state (default: ./rollout-state)")
-    serve_cmd.add_argument("--weight", type=float, default=0.0, help="manual controller: student share, 0..1")
-    serve_cmd.add_argument("--shadow", type=float, default=0.0, help="manual controller: fraction compared on both")
     serve_cmd.add_argument("--model-cpus", type=float, default=0.5, help="CPUs per model replica (may be fractional)")
     _registry_flag(serve_cmd)
     serve_cmd.set_defaults(run=_serve)
@@ -151,9 +150,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from serving.app import AppArgs, app_builder
+    from serving.app import app_builder
     from serving.classifier import load_bundle
-    from serving.config import Resources
 
     registry = _registry(args)
     # Fail fast, before Ray: a missing or tampered bundle, or no model for the runtime asked.
@@ -161,21 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
     student = load_bundle(registry.root, args.student, args.student_runtime)
 
     try:
-        app_args = AppArgs(
-            teacher_id=teacher.id,
-            student_id=student.id,
-            registry=registry.root,
-            teacher_runtime=args.teacher_runtime,
-            student_runtime=args.student_runtime,
-            controller=args.controller,
-            initial_weight=args.weight,
-            shadow_fraction=args.shadow,
-            **({"rollout": args.spec} if args.spec else {}),
-            **({"state_dir": args.state_dir} if args.state_dir else {}),
-            teacher=Resources(num_cpus=args.model_cpus),
-            student=Resources(num_cpus=args.model_cpus),
-            router=Resources(num_cpus=0.1, max_ongoing_requests=256),
-        )
+        app_args = serve_app_args(args, teacher.id, student.id, registry.root)
     except ValidationError as exc:
         print(f"kdcanary: error: {exc}", file=sys.stderr)
         return 2
@@ -191,8 +175,7 @@ def _serve(args: argparse.Namespace) -> int:
         url = f"http://{args.host}:{args.port}"
         print(f"kdcanary serving {teacher.manifest.name} ({teacher.id}) and {student.manifest.name} ({student.id})")
         print(f"  predict: POST {url}/v1/predict   admin: {url}/admin/rollout   docs: {url}/docs", flush=True)
-        if args.controller == "rollout":
-            print(f"  start the rollout: KDCANARY_URL={url} kdcanary rollout start   (Ctrl-C stops)", flush=True)
+        print(f"  start the rollout: KDCANARY_URL={url} kdcanary rollout start   (Ctrl-C stops)", flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
         print("kdcanary: stopping")
@@ -200,6 +183,25 @@ def _serve(args: argparse.Namespace) -> int:
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+def serve_app_args(args: argparse.Namespace, teacher_id: str, student_id: str, registry: Path) -> AppArgs:
+    """The application `kdcanary serve` deploys, from its parsed flags (ValidationError if bad)."""
+    from serving.app import AppArgs
+    from serving.config import Resources
+
+    return AppArgs(
+        teacher_id=teacher_id,
+        student_id=student_id,
+        registry=registry,
+        teacher_runtime=args.teacher_runtime,
+        student_runtime=args.student_runtime,
+        **({"rollout": args.spec} if args.spec else {}),
+        **({"state_dir": args.state_dir} if args.state_dir else {}),
+        teacher=Resources(num_cpus=args.model_cpus),
+        student=Resources(num_cpus=args.model_cpus),
+        router=Resources(num_cpus=0.1, max_ongoing_requests=256),
+    )
 
 
 def _print_bundles(bundles: list) -> None:  # type: ignore[type-arg]

@@ -85,12 +85,13 @@ class ModelConfig(BaseModel):
 
 
 class RouterConfig(BaseModel):
-    """Router behaviour: timeouts, shadow concurrency, how often it polls and reports."""
+    """Router behaviour: timeouts, shadow concurrency, how often it polls and reports.
+
+    A router starts at weight 0 with no shadow (teacher only, the safe side) and takes the
+    controller's routing at its first poll."""
 
     model_config = _CONFIG
 
-    initial_weight: float = Field(default=0.0, ge=0.0, le=1.0)
-    initial_shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     student_timeout_s: float = Field(default=2.0, gt=0.0)
     teacher_timeout_s: float = Field(default=10.0, gt=0.0)
     shadow_concurrency: int = Field(default=8, ge=1)

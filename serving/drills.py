@@ -17,9 +17,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict
 
+from rollout.events import EventKind
+from rollout.status import TERMINAL_PHASES, Phase
+from rollout.views import StatusView
+from serving.admin_client import AdminCallError, AdminClient
 from serving.demo.load import LoadGenerator
 
 
@@ -57,7 +60,7 @@ class Drill:
 
     def __init__(self, base_url: str, app: str, token: str, texts: list[str], rate: float) -> None:
         self.app = app
-        self.admin = httpx.Client(base_url=base_url, headers={"authorization": f"Bearer {token}"}, timeout=30.0)
+        self.admin = AdminClient(base_url, token, actor="drill", timeout_s=30.0)
         self.load = LoadGenerator(f"{base_url}/v1/predict", texts, rate)
         self.started = time.monotonic()
 
@@ -69,34 +72,21 @@ class Drill:
         self.load.stop()
         self.admin.close()
 
-    def intent(self, action: str, **body: Any) -> dict[str, Any]:
-        method = "PUT" if action == "weight" else "POST"
-        response = self.admin.request(method, f"/admin/rollout/{action}", json={"actor": "drill", **body})
-        if response.status_code != 200:
-            raise RuntimeError(f"{action}: {response.status_code} {response.text[:300]}")
-        view: dict[str, Any] = response.json()
-        return view
-
-    def status(self) -> dict[str, Any] | None:
+    def status(self) -> StatusView | None:
         """GET status, or None while the controller cannot answer."""
         try:
-            response = self.admin.get("/admin/rollout")
-        except httpx.HTTPError:
+            return self.admin.status()
+        except AdminCallError:
             return None
-        return response.json() if response.status_code == 200 else None
 
-    def events(self) -> list[dict[str, Any]]:
-        body: list[dict[str, Any]] = self.admin.get("/admin/rollout/events", params={"limit": 1000}).json()
-        return body
-
-    def wait(self, done: Callable[[dict[str, Any]], bool], within_s: float) -> dict[str, Any]:
+    def wait(self, done: Callable[[StatusView], bool], within_s: float) -> StatusView:
         deadline = time.monotonic() + within_s
         while True:
             view = self.status()
             if view is not None and done(view):
                 return view
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.app}: not there after {within_s} s: {view and view.get('message')}")
+                raise TimeoutError(f"{self.app}: not there after {within_s} s: {view and view.message}")
             time.sleep(0.1)
 
     def replicas(self, deployment: str) -> list[Any]:
@@ -129,13 +119,13 @@ class Drill:
 
 def transitions_under_load(drill: Drill, within_s: float = 240.0) -> DrillResult:
     """A whole rollout to 100 %, with a manual weight and a resume on the way: 0 failures."""
-    drill.intent("start", reason="drill: transitions under load")
-    drill.wait(lambda v: v["stage_index"] >= 1, within_s)
-    drill.intent("weight", weight=0.3, reason="drill: manual weight under load")
+    drill.admin.start("drill: transitions under load")
+    drill.wait(lambda v: v.stage_index >= 1, within_s)
+    drill.admin.set_weight(0.3, "drill: manual weight under load")
     time.sleep(2.0)
-    drill.intent("resume", reason="drill: back to evidence")
-    final = drill.wait(lambda v: v["phase"] in ("completed", "rolled_back"), within_s)
-    return drill.result("transitions_under_load", notes=f"ended {final['phase']}")
+    drill.admin.resume("drill: back to evidence")
+    final = drill.wait(lambda v: v.phase in TERMINAL_PHASES, within_s)
+    return drill.result("transitions_under_load", notes=f"ended {final.phase.value}")
 
 
 def student_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
@@ -144,30 +134,29 @@ def student_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
     `rollback_latency_s` runs from the first student failure the controller heard of (the
     kill shows as errors or timeouts at the router first) to the rollback decision.
     """
-    drill.intent("start", reason="drill: student killed")
-    drill.intent("promote", reason="drill: to the first live stage")
-    errors_before = drill.wait(lambda v: v["evidence"]["student_requests"] >= 20, within_s)["evidence"][
-        "student_errors"
-    ]
+    drill.admin.start("drill: student killed")
+    drill.admin.promote(reason="drill: to the first live stage")
+    errors_before = drill.wait(lambda v: v.evidence.student_requests >= 20, within_s).evidence.student_errors
     killed_at = time.time()
     drill.kill("student")
     first_error = drill.wait(
-        lambda v: v["evidence"]["student_errors"] > errors_before or v["phase"] == "rolled_back", within_s
+        lambda v: v.evidence.student_errors > errors_before or v.phase is Phase.ROLLED_BACK, within_s
     )
-    drill.wait(lambda v: v["phase"] == "rolled_back", within_s)
-    rollback = next(e for e in drill.events() if e["kind"] == "decision" and e["action"] == "rollback")
+    drill.wait(lambda v: v.phase is Phase.ROLLED_BACK, within_s)
+    events = drill.admin.events(limit=1000)
+    rollback = next(e for e in events if e.kind is EventKind.DECISION and e.action == "rollback")
     time.sleep(1.0)
-    heard_at = min(first_error["now"], rollback["at"])
+    heard_at = min(first_error.now, rollback.at)
     notes = (
-        f"kill -> first failure heard {heard_at - killed_at:.2f} s; kill -> weight 0 {rollback['at'] - killed_at:.2f} s"
+        f"kill -> first failure heard {heard_at - killed_at:.2f} s; kill -> weight 0 {rollback.at - killed_at:.2f} s"
     )
-    return drill.result("student_killed", rollback_latency_s=round(rollback["at"] - heard_at, 3), notes=notes)
+    return drill.result("student_killed", rollback_latency_s=round(rollback.at - heard_at, 3), notes=notes)
 
 
 def teacher_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
     """The teacher's replica dies with the student at 100 %: nothing fails, Serve recovers."""
-    drill.intent("start", reason="drill: teacher killed")
-    drill.intent("promote", to=100, reason="drill: student at 100 %")
+    drill.admin.start("drill: teacher killed")
+    drill.admin.promote(to_full=True, reason="drill: student at 100 %")
     time.sleep(2.0)
     drill.kill("teacher")
     _wait_healthy(drill.app, within_s)
@@ -177,26 +166,26 @@ def teacher_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
 
 def controller_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
     """The controller dies: routers keep the weight; it resumes with its stage and event log."""
-    drill.intent("start", reason="drill: controller killed")
-    before = drill.intent("promote", reason="drill: a live stage")
-    drill.wait(lambda v: v["evidence"]["student_requests"] >= 20, within_s)
-    ids_before = [e["id"] for e in drill.events()]
+    drill.admin.start("drill: controller killed")
+    before = drill.admin.promote(reason="drill: a live stage")
+    drill.wait(lambda v: v.evidence.student_requests >= 20, within_s)
+    ids_before = [e.id for e in drill.admin.events(limit=1000)]
     killed_at = time.monotonic()
     drill.kill("controller")
     time.sleep(0.2)
-    after = drill.wait(lambda v: v["epoch"] == before["epoch"], within_s)
+    after = drill.wait(lambda v: v.epoch == before.epoch, within_s)
     resume_s = time.monotonic() - killed_at
-    ids = [e["id"] for e in drill.events()]
+    ids = [e.id for e in drill.admin.events(limit=1000)]
     intact = ids[: len(ids_before)] == ids_before and ids == list(range(1, len(ids) + 1))
-    same = (after["stage_index"], after["weight_percent"]) == (before["stage_index"], before["weight_percent"])
+    same = (after.stage_index, after.weight_percent) == (before.stage_index, before.weight_percent)
     notes = f"same stage and weight: {same}; event ids contiguous, none lost or duplicated: {intact}"
     return drill.result("controller_killed", resume_s=round(resume_s, 3), notes=notes)
 
 
 def router_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
     """One of two router replicas dies: only requests in flight on it may fail."""
-    drill.intent("start", reason="drill: router killed")
-    drill.intent("promote", reason="drill: a live stage")
+    drill.admin.start("drill: router killed")
+    drill.admin.promote(reason="drill: a live stage")
     time.sleep(2.0)
     drill.kill("router")
     _wait_healthy(drill.app, within_s)
@@ -207,22 +196,22 @@ def router_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
 def store_full(drill: Drill, within_s: float = 60.0) -> DrillResult:
     """The controller's process may no longer grow any file (RLIMIT_FSIZE = 0, i.e. a full
     disk for SQLite): it must hold, say so in its status, then recover when space returns."""
-    drill.intent("start", reason="drill: store full")
-    drill.wait(lambda v: v["store"]["last_saved_at"] is not None, within_s)
+    drill.admin.start("drill: store full")
+    drill.wait(lambda v: v.store.last_saved_at is not None, within_s)
     pid = drill.pid("controller")
     limits = resource.prlimit(pid, resource.RLIMIT_FSIZE)
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (0, limits[1]))
     try:
-        failing = drill.wait(lambda v: not v["store"]["healthy"], within_s)
-        held = failing["stage_index"]
+        failing = drill.wait(lambda v: not v.store.healthy, within_s)
+        held = failing.stage_index
         time.sleep(3.0)
-        still = drill.status() or {}
+        still = drill.status()
     finally:
         resource.prlimit(pid, resource.RLIMIT_FSIZE, limits)
-    recovered = drill.wait(lambda v: v["store"]["healthy"], within_s)
+    recovered = drill.wait(lambda v: v.store.healthy, within_s)
     notes = (
-        f"held at stage {held} while failing: {still.get('stage_index') == held}; "
-        f"recovered after {recovered['store']['failures_total']} failed saves"
+        f"held at stage {held} while failing: {still is not None and still.stage_index == held}; "
+        f"recovered after {recovered.store.failures_total} failed saves"
     )
     return drill.result("store_full", notes=notes)
 

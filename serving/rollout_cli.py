@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import os
 import sys
 from typing import Any
 
-import httpx
+from pydantic import ValidationError
 
+from rollout.views import StatusView
 from serving.admin import configured_token
+from serving.admin_client import AdminCallError, AdminClient
+from serving.schemas import first_error
 
 URL_ENV = "KDCANARY_URL"
 DEFAULT_URL = "http://127.0.0.1:8000"
-PREFIX = "/admin/rollout"
-
-
-class AdminCallError(Exception):
-    """The admin API answered with an error, or could not be reached."""
 
 
 def add_rollout_commands(sub: Any) -> None:
@@ -70,47 +67,42 @@ def _guarded(run: Any, args: argparse.Namespace) -> int:
     except AdminCallError as exc:
         print(f"kdcanary: error: {exc}", file=sys.stderr)
         return 2
+    except ValidationError as exc:  # a bad value for a body field, caught before any call
+        field, message = first_error(exc)
+        print(f"kdcanary: error: {field}: {message}", file=sys.stderr)
+        return 2
 
 
-def call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
-    """One admin call; AdminCallError with the API's own message on any failure."""
-    token = args.token or configured_token()
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.request(method, args.url.rstrip("/") + path, headers=headers, timeout=10.0, **kwargs)
-    except httpx.HTTPError as exc:
-        raise AdminCallError(f"cannot reach {args.url}: {exc}") from exc
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail")
-        except ValueError:
-            detail = response.text[:200]
-        raise AdminCallError(f"{method} {path} answered {response.status_code}: {detail}")
-    return response.json()
+def _client(args: argparse.Namespace) -> AdminClient:
+    return AdminClient(args.url, args.token or configured_token(), actor=args.actor or _user())
 
 
 def _intent(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"reason": args.reason, "actor": args.actor or _user()}
-    if args.action == "set-weight":
-        view = call(args, "PUT", f"{PREFIX}/weight", json={**body, "weight": args.weight})
-    else:
-        if args.action == "promote" and args.to_full:
-            body["to"] = 100
-        view = call(args, "POST", f"{PREFIX}/{args.action}", json=body)
+    with _client(args) as admin:
+        if args.action == "set-weight":
+            view = admin.set_weight(args.weight, args.reason)
+        elif args.action == "promote":
+            view = admin.promote(args.to_full, args.reason)
+        elif args.action == "rollback":
+            view = admin.rollback(args.reason)
+        else:
+            view = getattr(admin, args.action)(args.reason)
     print(render_status(view))
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    view = call(args, "GET", PREFIX)
-    print(json.dumps(view, indent=2) if args.json else render_status(view))
+    with _client(args) as admin:
+        view = admin.status()
+    print(view.model_dump_json(indent=2) if args.json else render_status(view))
     return 0
 
 
 def _events(args: argparse.Namespace) -> int:
-    for event in call(args, "GET", f"{PREFIX}/events", params={"after": args.after, "limit": args.limit}):
-        actor = f" by {event['actor']}" if event.get("actor") else ""
-        print(f"#{event['id']:<5} {event['kind']:<10} {event['action']:<10}{actor}: {event['reason']}")
+    with _client(args) as admin:
+        for event in admin.events(args.after, args.limit):
+            actor = f" by {event.actor}" if event.actor else ""
+            print(f"#{event.id:<5} {event.kind.value:<10} {event.action:<10}{actor}: {event.reason}")
     return 0
 
 
@@ -121,30 +113,28 @@ def _user() -> str:
         return "cli"
 
 
-def render_status(view: dict[str, Any]) -> str:
-    """A readable table of GET status (the rollout controller's; the manual one's is short)."""
-    if "stage_count" not in view:  # the manual weight controller
-        return f"manual controller: student weight {view['weight']:.3f} (set by {view['actor']}: {view['reason']})"
+def render_status(view: StatusView) -> str:
+    """A readable table of GET status."""
+    routing, eta = view.routing, view.eta
     lines = [
-        f"phase {view['phase']}   stage {view['stage_index']}/{view['stage_count'] - 1}   "
-        f"weight {view['routing']['weight_percent']:g} %   shadow {view['routing']['shadow_fraction']:g}   "
-        f"epoch {view['epoch']}",
-        f"student requests {view['evidence']['student_requests']}   at {view['student_rate_per_s']:.1f}/s",
+        f"phase {view.phase.value}   stage {view.stage_index}/{view.stage_count - 1}   "
+        f"weight {routing.weight_percent:g} %   shadow {routing.shadow_fraction:g}   epoch {view.epoch}",
+        f"student requests {view.evidence.student_requests}   at {view.student_rate_per_s:.1f}/s",
     ]
-    if view["gates"]:
+    if view.gates:
         lines.append(f"{'gate':<14}{'verdict':<14}{'n':>8}{'estimate':>10}{'lower':>10}{'upper':>10}{'threshold':>11}")
         lines += [
-            f"{g['name']:<14}{g['verdict']:<14}{g['n']:>8}{_num(g['estimate'])}{_num(g['lower'])}"
-            f"{_num(g['upper'])}{_num(g['threshold'], 11)}"
-            for g in view["gates"]
+            f"{g.name:<14}{g.verdict.value:<14}{g.n:>8}{_num(g.estimate)}{_num(g.lower)}{_num(g.upper)}"
+            f"{_num(g.threshold, 11)}"
+            for g in view.gates
         ]
-    eta = view["eta"]
-    when = "unknown" if eta["seconds"] is None else f"in {eta['seconds']:.0f} s"
-    lines.append(f"next: {when} ({eta['basis']})")
-    if view["last_reasons"]:
-        lines.append(f"last decision: {view['last_action']}: {'; '.join(view['last_reasons'])}")
-    if view["rollback_reason"]:
-        lines.append(f"rolled back: {view['rollback_reason']}")
+    when = "unknown" if eta.seconds is None else f"in {eta.seconds:.0f} s"
+    lines.append(f"next: {when} ({eta.basis})")
+    if view.last_reasons:
+        action = view.last_action.value if view.last_action else None
+        lines.append(f"last decision: {action}: {'; '.join(view.last_reasons)}")
+    if view.rollback_reason:
+        lines.append(f"rolled back: {view.rollback_reason}")
     return "\n".join(lines)
 
 

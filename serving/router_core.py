@@ -130,10 +130,8 @@ class RouterCore:
         self._clock = clock
         self._chooser = Chooser(rng)
         self._metrics = metrics
-        self._routing = PublishedRouting(
-            weight_percent=config.initial_weight * 100.0, shadow_fraction=config.initial_shadow_fraction, version=0
-        )
-        self._weight = config.initial_weight  # kept apart from the routing: exactly the configured number
+        self._routing = PublishedRouting(weight_percent=0.0, shadow_fraction=0.0, version=0)
+        self._weight = 0.0  # teacher only until the controller's routing is adopted
         self._pending: list[Observation] = []
         self._shadows: set[asyncio.Task[None]] = set()
         metrics.set_weight(self._weight)

@@ -4,10 +4,10 @@ one PNG per rollout charting weight, agreement with its bounds, latency and cost
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from rollout.events import Event
 from serving.demo.view import VARIANTS, Sample
 
 
@@ -22,7 +22,7 @@ class ScenarioResult(BaseModel):
     seconds: float
     rollback_reason: str | None
     samples: list[Sample]
-    events: list[dict[str, Any]]
+    events: list[Event]
 
 
 def write_report(results: list[ScenarioResult], out: Path) -> Path:
@@ -47,12 +47,12 @@ def _section(result: ScenarioResult, chart: str) -> str:
         lines.append(f"\nReason: {result.rollback_reason}")
     lines += ["", f"![{result.name}]({chart})", "", "| t (s) | event | by | weight | reasons and evidence |"]
     lines.append("|---|---|---|---|---|")
-    start = result.events[0]["at"] if result.events else 0.0
+    start = result.events[0].at if result.events else 0.0
     for event in result.events:
-        weight = event["payload"].get("to", event["payload"].get("status", {})).get("weight_percent", "")
-        reason = event["reason"].replace("|", "/")
+        weight = event.payload.get("to", event.payload.get("status", {})).get("weight_percent", "")
+        reason = event.reason.replace("|", "/")
         lines.append(
-            f"| {event['at'] - start:.1f} | {event['kind']}: {event['action']} | {event.get('actor') or 'controller'} "
+            f"| {event.at - start:.1f} | {event.kind.value}: {event.action} | {event.actor or 'controller'} "
             f"| {weight} | {reason} |"
         )
     return "\n".join(lines) + "\n"

@@ -24,17 +24,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from compression.registry import Bundle, Registry
 from rollout.spec import RolloutSpec, Stage
+from rollout.status import TERMINAL_PHASES
+from rollout.views import StatusView
 from serving.admin import TOKEN_ENV, configured_token
+from serving.admin_client import AdminClient
 from serving.demo.load import LoadGenerator
 from serving.demo.report import ScenarioResult, write_report
-from serving.demo.view import render, sample, scrape_costs
-
-TERMINAL = ("completed", "rolled_back")
+from serving.demo.view import Sample, render, sample, scrape_costs
 
 
 class DemoOptions(BaseModel):
@@ -140,38 +140,39 @@ def _scenario(
     state = options.out / "state" / name
     shutil.rmtree(state, ignore_errors=True)  # each demo run starts its rollouts afresh
     serve.run(_application(teacher, student, registry, state, options.realistic), name=name, route_prefix=f"/{name}")
-    admin = httpx.Client(base_url=f"{http_url}/{name}", headers={"authorization": f"Bearer {configured_token()}"})
+    admin = AdminClient(f"{http_url}/{name}", configured_token(), actor="kdcanary-demo")
     load = LoadGenerator(f"{http_url}/{name}/v1/predict", texts, options.rate).start()
     try:
         time.sleep(2.0)  # the teacher's evidence starts flowing before the rollout does
-        _check(admin.post("/admin/rollout/start", json={"actor": "kdcanary-demo", "reason": title}))
+        admin.start(title)
         samples, status, started = _watch(title, admin, load, metrics_url, name, options)
-        events = _check(admin.get("/admin/rollout/events", params={"limit": 1000}))
+        events = admin.events(limit=1000)
     finally:
         load.stop()
         admin.close()
         serve.delete(name)
     return ScenarioResult(
-        name=name, title=title, student=student.manifest.name, student_id=student.id, phase=status["phase"],
-        seconds=time.monotonic() - started, rollback_reason=status.get("rollback_reason"), samples=samples,
+        name=name, title=title, student=student.manifest.name, student_id=student.id, phase=status.phase.value,
+        seconds=time.monotonic() - started, rollback_reason=status.rollback_reason, samples=samples,
         events=events,
     )  # fmt: skip
 
 
 def _watch(
-    title: str, admin: httpx.Client, load: LoadGenerator, metrics_url: str, app: str, options: DemoOptions
-) -> tuple[list[Any], dict[str, Any], float]:
+    title: str, admin: AdminClient, load: LoadGenerator, metrics_url: str, app: str, options: DemoOptions
+) -> tuple[list[Sample], StatusView, float]:
     """Sample once a second until the rollout ends (plus a few seconds) or time runs out."""
-    started, costs, samples, ended_at = time.monotonic(), scrape_costs(metrics_url, app), [], None
+    started, costs, ended_at = time.monotonic(), scrape_costs(metrics_url, app), None
+    samples: list[Sample] = []
     show = _live_printer() if options.live else _line_printer()
     while True:
-        status = _check(admin.get("/admin/rollout"))
+        status = admin.status()
         now = time.monotonic() - started
         if int(now) % 3 == 0:
             costs = scrape_costs(metrics_url, app)
         samples.append(sample(now, status, load.window(10.0), costs))
         show(render(title, samples[-1]))
-        if status["phase"] in TERMINAL and ended_at is None:
+        if status.phase in TERMINAL_PHASES and ended_at is None:
             ended_at = now
         if (ended_at is not None and now - ended_at > 3.0) or now > options.max_scenario_s:
             return samples, status, started
@@ -193,12 +194,6 @@ def _application(teacher: Bundle, student: Bundle, registry: Registry, state: Pa
         state_dir=state,
     )
     return app_builder(args)
-
-
-def _check(response: httpx.Response) -> Any:
-    if response.status_code >= 400:
-        raise RuntimeError(f"{response.request.method} {response.request.url.path}: {response.text[:300]}")
-    return response.json()
 
 
 def _live_printer() -> Callable[[str], None]:

@@ -9,12 +9,11 @@ against the teacher, per scored input.
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
 
+from rollout.views import StatusView
 from serving.demo.load import Window
 
 VARIANTS = ("teacher", "student")
@@ -61,18 +60,18 @@ def scrape_costs(metrics_url: str, application: str) -> dict[str, float | None]:
     return out
 
 
-def sample(t: float, status: dict[str, Any], window: Window, costs: dict[str, float | None]) -> Sample:
-    gates = {g["name"]: g for g in status.get("gates", [])}
-    agreement = gates.get("agreement", {})
+def sample(t: float, status: StatusView, window: Window, costs: dict[str, float | None]) -> Sample:
+    gates = {g.name: g for g in status.gates}
+    agreement = gates["agreement"].model_dump() if "agreement" in gates else {}
     teacher, student = costs.get("teacher"), costs.get("student")
     return Sample(
         t=t,
-        phase=status["phase"],
-        stage_index=status["stage_index"],
-        stage_count=status["stage_count"],
-        weight_percent=status["routing"]["weight_percent"],
+        phase=status.phase.value,
+        stage_index=status.stage_index,
+        stage_count=status.stage_count,
+        weight_percent=status.routing.weight_percent,
         agreement={k: agreement.get(k) for k in ("estimate", "lower", "upper", "threshold", "n")},
-        gates={name: g["verdict"] for name, g in gates.items()},
+        gates={name: g.verdict.value for name, g in gates.items()},
         rate_per_s=window.rate_per_s,
         student_share=window.share("student"),
         errors=window.errors,
@@ -80,7 +79,7 @@ def sample(t: float, status: dict[str, Any], window: Window, costs: dict[str, fl
         p99_ms={v: window.variants[v].p99_ms for v in VARIANTS},
         cost_per_1k=costs,
         saving=1.0 - student / teacher if teacher and student is not None else None,
-        message=status.get("message", ""),
+        message=status.message,
     )
 
 

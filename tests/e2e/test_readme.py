@@ -78,12 +78,13 @@ def _start_server(words: list[str], env: dict[str, str], log: Path) -> subproces
 
 
 def _check_serve_arguments(words: list[str], env: dict[str, str]) -> None:
-    from serving.app import AppArgs
-    from serving.cli import _parser
+    """The flags parse and become the application `kdcanary serve` would deploy."""
+    from compression.registry import Registry
+    from serving.cli import _parser, serve_app_args
 
     args = _parser().parse_args(words[1:])
-    built = AppArgs(
-        teacher_id=args.teacher, student_id=args.student, controller=args.controller,
-        initial_weight=args.weight, shadow_fraction=args.shadow,
-    )  # fmt: skip
-    assert built.controller == args.controller
+    registry = Registry(Path(env["KDCANARY_REGISTRY"]))
+    teacher, student = registry.get(args.teacher), registry.get(args.student)
+    built = serve_app_args(args, teacher.id, student.id, registry.root)
+    assert (built.teacher_id, built.student_id) == (teacher.id, student.id)
+    assert (built.teacher_runtime, built.teacher.num_cpus) == (args.teacher_runtime, args.model_cpus)

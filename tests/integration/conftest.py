@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 import pytest
 from ports import free_port
+from rollout_admin import ADMIN_TOKEN, admin_client, pin_weight
 
 from compression.registry import Registry
 
 TEST_REGISTRY_ENV = "KDCANARY_TEST_REGISTRY"
-ADMIN_TOKEN = "integration-test-token"
 STUDENT_NAME = "minilm-l2-pruned-int8"
 METRICS_EXPORT_MS = 2000
 SERVE_STATUS_GAUGE_ENV = "RAY_SERVE_STATUS_GAUGE_REPORT_INTERVAL_S"
@@ -114,13 +114,19 @@ def run_app(serve_cluster: ServeCluster) -> RunApp:
 @pytest.fixture(scope="session")
 def deploy(run_app: RunApp, serving_bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Deploy:
     """`with deploy(name, **app_args) as client:` runs app_builder's application at /<name> on
-    small replicas (the AppArgs given override the defaults), through `run_app`."""
+    small replicas (the AppArgs given override the defaults), through `run_app`.
+
+    `weight=W` (and `shadow=S`) serve a fixed share as an operator would: a spec that judges
+    nothing (`fixed_share_spec(S)`), the rollout started and W pinned through the admin client."""
+    from rollout.spec import fixed_share_spec
     from serving.app import AppArgs, app_builder
     from serving.config import Batching, Resources, RouterConfig
 
     @contextlib.contextmanager
-    def run(name: str, **overrides: Any) -> Iterator[httpx.Client]:
+    def run(name: str, weight: float | None = None, shadow: float = 0.0, **overrides: Any) -> Iterator[httpx.Client]:
         small = Resources(num_cpus=0.25)
+        if weight is not None:
+            overrides["rollout"] = fixed_share_spec(shadow)
         args = AppArgs(
             **{
                 "teacher_id": serving_bundles.teacher_id,
@@ -136,6 +142,9 @@ def deploy(run_app: RunApp, serving_bundles: Bundles, tmp_path_factory: pytest.T
             }
         )
         with run_app(app_builder(args), name) as client:
+            if weight is not None:
+                with admin_client(client) as admin:
+                    pin_weight(client, admin, weight)
             yield client
 
     return run

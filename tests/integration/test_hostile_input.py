@@ -172,7 +172,7 @@ def test_the_request_rate_limit_answers_429_and_keeps_serving(deploy: Deploy) ->
     from serving.config import RouterConfig
 
     limited = RouterConfig(poll_interval_s=0.2, flush_interval_s=0.2, max_requests_per_s=5.0, burst_s=1.0)
-    with deploy("limited", controller="manual", router_settings=limited) as client:
+    with deploy("limited", router_settings=limited) as client:
         first = client.post("/v1/predict", json={"inputs": ["x"]})
         with ThreadPoolExecutor(8) as pool:  # far over 5/s however slow the machine is today
             codes = list(pool.map(lambda _: client.post("/v1/predict", json={"inputs": ["x"]}), range(60)))
@@ -214,14 +214,13 @@ def test_a_broken_bundle_does_not_replace_a_serving_one(deploy: Deploy, serving_
     from serving.config import Resources
 
     copy, bundle_id = _copy(serving_bundles, tmp_path)
-    with deploy("steady", controller="manual", initial_weight=1.0) as client:
+    with deploy("steady", weight=1.0) as client:
         assert client.post("/v1/predict", json={"inputs": ["fine"]}).json()["variant"] == "student"
         shutil.copytree(load_bundle(serving_bundles.registry, serving_bundles.teacher_id).path,
                         tmp_path / "models" / serving_bundles.teacher_id)  # fmt: skip
         (copy / "model.onnx").write_bytes(b"not a model")
         broken = AppArgs(
             teacher_id=serving_bundles.teacher_id, student_id=bundle_id, registry=tmp_path,
-            controller="manual", initial_weight=1.0,
             teacher=Resources(num_cpus=0.25), student=Resources(num_cpus=0.25), router=Resources(num_cpus=0.1),
         )  # fmt: skip
         with pytest.raises(RuntimeError, match=r"(?i)refusing to serve|deploy"):

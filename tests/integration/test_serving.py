@@ -1,8 +1,9 @@
 """Serving end to end on a real Ray Serve: real ONNX Runtime, real bundles from the tiny recipe.
 
-Three applications share one Ray session: `kd` (weight driven through the admin API, two
-router replicas), `shadow` (weight 0, every request mirrored to the student) and `faulty`
-(weight 1, the student raises on every call).
+Three applications share one Ray session, each a fixed share pinned on the rollout controller
+(a spec that judges nothing): `kd` (weight changed through the admin API, two router replicas),
+`shadow` (weight 0, every request mirrored to the student) and `faulty` (weight 1, the student
+raises on every call).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from rollout_admin import admin_client, pin_weight
 
+from rollout.events import EvidenceSummary
 from serving.routing import sticky_variant
 
 Bundles = Any  # tests/integration/conftest.py: registry, teacher_id, student_id
@@ -30,7 +33,7 @@ TEXTS = ["a moving, beautifully acted film", "dull, lifeless and far too long", 
 @pytest.fixture(scope="module")
 def kd(serve_cluster: ServeCluster, deploy: Deploy) -> Iterator[httpx.Client]:
     assert serve_cluster.admin_token == ADMIN_TOKEN
-    with deploy("kd", controller="manual", routers=2) as client:
+    with deploy("kd", weight=0.0, routers=2) as client:
         yield client
 
 
@@ -38,13 +41,13 @@ def kd(serve_cluster: ServeCluster, deploy: Deploy) -> Iterator[httpx.Client]:
 def shadow(deploy: Deploy) -> Iterator[httpx.Client]:
     """Weight 0, every request also asked of the student; its teacher runs on torch (the FP32
     bundle's own weights), so its answers also show torch serving matching kd's ONNX teacher."""
-    with deploy("shadow", controller="manual", shadow_fraction=1.0, teacher_runtime="torch") as client:
+    with deploy("shadow", weight=0.0, shadow=1.0, teacher_runtime="torch") as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def faulty(deploy: Deploy) -> Iterator[httpx.Client]:
-    with deploy("faulty", controller="manual", initial_weight=1.0, student_chaos_error_rate=1.0) as client:
+    with deploy("faulty", weight=1.0, student_chaos_error_rate=1.0) as client:
         yield client
 
 
@@ -57,17 +60,10 @@ def predict(client: httpx.Client, texts: list[str] | None = None, **extra: Any) 
     return body
 
 
-def set_weight(client: httpx.Client, weight: float, settle: int = 12, within_s: float = 60.0) -> None:
-    """PUT the weight, then wait until `settle` consecutive answers come from routers that have it
-    (how fast routers adopt a weight is a benchmark figure, not a verdict here)."""
-    started = time.monotonic()
-    response = client.put("/admin/rollout/weight", json={"weight": weight, "reason": "test"}, headers=AUTH)
-    assert response.status_code == 200, response.text
-    version = response.json()["version"]
-    streak = 0
-    while streak < settle:
-        assert time.monotonic() - started < within_s, f"routers did not adopt weight {weight} in {within_s} s"
-        streak = streak + 1 if predict(client)["_version"] >= version else 0
+def set_weight(client: httpx.Client, weight: float) -> None:
+    """Pin the weight through the admin client and wait for the routers to apply it."""
+    with admin_client(client) as admin:
+        pin_weight(client, admin, weight)
 
 
 def many(client: httpx.Client, count: int, workers: int = 8, **extra: Any) -> list[dict[str, Any]]:
@@ -125,7 +121,7 @@ def test_admin_refuses_missing_or_wrong_token(kd: httpx.Client) -> None:
         assert kd.get("/admin/rollout", headers=headers).status_code == 401
         put = kd.put("/admin/rollout/weight", json={"weight": 1.0, "reason": "x"}, headers=headers)
         assert put.status_code == 401 and ADMIN_TOKEN not in put.text
-    assert kd.get("/admin/rollout", headers=AUTH).json()["weight"] == 0.0
+    assert kd.get("/admin/rollout", headers=AUTH).json()["routing"]["weight_percent"] == 0.0
     bad = kd.put("/admin/rollout/weight", json={"weight": 1.5, "reason": "x"}, headers=AUTH)
     assert bad.status_code == 422 and bad.json()["field"] == "weight"
     assert kd.put("/admin/rollout/weight", json={"weight": 0.5}, headers=AUTH).json()["field"] == "reason"
@@ -134,7 +130,7 @@ def test_admin_refuses_missing_or_wrong_token(kd: httpx.Client) -> None:
 def test_weight_change_through_admin_reaches_every_router(kd: httpx.Client) -> None:
     set_weight(kd, 1.0)
     assert {body["variant"] for body in many(kd, 40)} == {"student"}
-    assert kd.get("/admin/rollout", headers=AUTH).json()["weight"] == 1.0
+    assert kd.get("/admin/rollout", headers=AUTH).json()["routing"]["weight_percent"] == 100.0
     set_weight(kd, 0.0)
     assert {body["variant"] for body in many(kd, 40)} == {"teacher"}
 
@@ -164,8 +160,8 @@ def test_sticky_routing_is_stable_and_monotone(kd: httpx.Client) -> None:
 def test_failover_to_teacher_when_student_raises(faulty: httpx.Client, serving_bundles: Bundles) -> None:
     bodies = many(faulty, 20, workers=4)
     assert {(b["variant"], b["model_id"]) for b in bodies} == {("teacher", serving_bundles.teacher_id)}
-    tallies = _wait_for_tallies(faulty, lambda t: t["student"]["errors"] >= 20)
-    assert tallies["teacher"]["observations"] >= 20
+    evidence = _wait_for_evidence(faulty, lambda e: e.student_errors >= 20)
+    assert evidence.teacher_requests >= 20
 
 
 def test_shadow_does_not_change_the_answer(kd: httpx.Client, shadow: httpx.Client) -> None:
@@ -183,8 +179,8 @@ def test_shadow_does_not_change_the_answer(kd: httpx.Client, shadow: httpx.Clien
         for got, want in zip(body["predictions"], plain["predictions"], strict=True):
             assert got["label_id"] == want["label_id"]
             assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-4)
-    tallies = _wait_for_tallies(shadow, lambda t: t["student"]["compared"] >= 10)
-    assert tallies["student"]["observations"] >= 10
+    evidence = _wait_for_evidence(shadow, lambda e: e.agreement_compared >= 10)
+    assert evidence.student_requests >= 10
 
 
 def test_custom_metrics_reach_rays_metrics_endpoint(
@@ -235,11 +231,11 @@ def _scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return out
 
 
-def _wait_for_tallies(client: httpx.Client, done: Any, within_s: float = 60.0) -> dict[str, Any]:
+def _wait_for_evidence(client: httpx.Client, done: Any, within_s: float = 60.0) -> EvidenceSummary:
+    """The controller's evidence counts once `done(counts)` holds (routers report in batches)."""
     deadline = time.monotonic() + within_s
-    while True:
-        tallies: dict[str, Any] = client.get("/admin/rollout", headers=AUTH).json()["tallies"]
-        if done(tallies) or time.monotonic() > deadline:
-            assert done(tallies), f"controller tallies never got there: {tallies}"
-            return tallies
-        time.sleep(0.3)
+    with admin_client(client) as admin:
+        while not done(evidence := admin.status().evidence):
+            assert time.monotonic() < deadline, f"controller evidence never got there: {evidence}"
+            time.sleep(0.3)
+    return evidence

@@ -29,9 +29,7 @@ def _student_replicas(app: str) -> int:
 def test_stream_lane_load_scales_the_student_up(deploy: Deploy) -> None:
     scaling = Autoscaling(min_replicas=1, max_replicas=2, target_ongoing_requests=1, upscale_delay_s=1)
     student = Resources(num_cpus=0.25, autoscaling=scaling)
-    with deploy(
-        "scaling", controller="manual", initial_weight=1.0, student=student, student_chaos_delay_s=0.3
-    ) as client:
+    with deploy("scaling", weight=1.0, student=student, student_chaos_delay_s=0.3) as client:
         stop = threading.Event()
 
         def keep_asking(_: int) -> int:

@@ -3,8 +3,7 @@
 The student of the `slow` application sleeps `chaos_delay_s` (far past the router's
 `student_timeout_s`) before every answer, at weight 1: each request must still get a normal 200
 from the teacher, and the router must count each failover as a timeout. Each answer must be the
-request's own, also when the router joined concurrent requests into one teacher call. The graph
-is bound here rather than through `app_builder` because AppArgs has no field for the delay hook.
+request's own, also when the router joined concurrent requests into one teacher call.
 """
 
 from __future__ import annotations
@@ -12,22 +11,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from ray.serve import Application, Deployment
+from rollout_admin import SETTLE, admin_client
 
-from rollout.evidence import Variant
-from serving.config import Batching, ModelConfig, Resources, RouterConfig
-from serving.controller import WeightController
-from serving.model import ModelDeployment
-from serving.router import Router
+from serving.config import RouterConfig
 
 Bundles = Any  # tests/integration/conftest.py: registry, teacher_id, student_id
 ServeCluster = Any  # tests/integration/conftest.py: http_url, metrics_url, admin_token
-RunApp = Any  # tests/integration/conftest.py: run_app(application, name) -> context of an httpx.Client
+Deploy = Any  # tests/integration/conftest.py: deploy(name, **app_args) -> context of an httpx.Client
 APP = "slow"
 STUDENT_TIMEOUT_S = 0.3
 STUDENT_DELAY_S = 5.0  # an order of magnitude past the timeout: no request can sneak in under it
@@ -42,30 +37,11 @@ TEXTS = [  # distinct inputs, one or two per request
 REQUESTS = 2 * len(TEXTS)  # each asked concurrently, then alone
 
 
-def _model(bundles: Bundles, variant: Variant, ref: str, delay_s: float) -> Application:
-    batching = Batching(max_batch_size=8, batch_wait_timeout_s=0.002)
-    config = ModelConfig(
-        registry=bundles.registry, bundle=ref, variant=variant, cpus=0.25, batching=batching, chaos_delay_s=delay_s
-    )
-    options = Resources(num_cpus=0.25).options(variant.value, at_least_ongoing=batching.max_batch_size)
-    return cast(Deployment, ModelDeployment).options(**options).bind(config)
-
-
-def _slow_student_app(bundles: Bundles) -> Application:
-    """What app_builder binds with controller=manual, weight 1 and a student slower than its timeout."""
-    teacher = _model(bundles, Variant.TEACHER, bundles.teacher_id, 0.0)
-    student = _model(bundles, Variant.STUDENT, bundles.student_id, STUDENT_DELAY_S)
-    controller = cast(Deployment, WeightController).bind(1.0, 0.0)
-    settings = RouterConfig(
-        initial_weight=1.0, student_timeout_s=STUDENT_TIMEOUT_S, poll_interval_s=0.2, flush_interval_s=0.2
-    )
-    router = cast(Deployment, Router).options(**Resources(num_cpus=0.1).options("router"))
-    return router.bind(teacher, student, controller, settings)
-
-
 @pytest.fixture(scope="module")
-def slow(run_app: RunApp, serving_bundles: Bundles) -> Iterator[httpx.Client]:
-    with run_app(_slow_student_app(serving_bundles), APP) as client:
+def slow(deploy: Deploy) -> Iterator[httpx.Client]:
+    """Weight 1 pinned, a student slower than its timeout."""
+    settings = RouterConfig(student_timeout_s=STUDENT_TIMEOUT_S, poll_interval_s=0.2, flush_interval_s=0.2)
+    with deploy(APP, weight=1.0, student_chaos_delay_s=STUDENT_DELAY_S, router_settings=settings) as client:
         yield client
 
 
@@ -89,16 +65,17 @@ def test_student_timeout_fails_over_to_the_teacher(
         for got, want in zip(body["predictions"], alone["predictions"], strict=True):
             assert got["label_id"] == want["label_id"]
             assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-4)
-    tallies = _wait_for(lambda: _tallies(slow, serve_cluster), lambda t: t["student"]["errors"] >= REQUESTS)
-    assert tallies["teacher"]["observations"] >= REQUESTS
-    timeouts = _wait_for(lambda: _failovers(serve_cluster.metrics_url), lambda n: n >= REQUESTS)
-    assert timeouts >= REQUESTS
+    # Pinning the weight already asked SETTLE requests of routers at weight 1: each timed out too.
+    timed_out = REQUESTS + SETTLE
+    evidence = _wait_for(lambda: _evidence(slow), lambda e: e.student_errors >= timed_out)
+    assert evidence.teacher_requests >= timed_out
+    timeouts = _wait_for(lambda: _failovers(serve_cluster.metrics_url), lambda n: n >= timed_out)
+    assert timeouts >= timed_out
 
 
-def _tallies(client: httpx.Client, cluster: ServeCluster) -> dict[str, Any]:
-    auth = {"Authorization": f"Bearer {cluster.admin_token}"}
-    tallies: dict[str, Any] = client.get("/admin/rollout", headers=auth).json()["tallies"]
-    return tallies
+def _evidence(client: httpx.Client) -> Any:
+    with admin_client(client) as admin:
+        return admin.status().evidence
 
 
 def _failovers(metrics_url: str) -> float:

@@ -256,7 +256,7 @@ def test_rayservice_serves_the_same_application_as_serve_config() -> None:
     schema = ServeDeploySchema.model_validate(yaml.safe_load(serve_config))
     (app,) = schema.applications
     args = AppArgs.model_validate(app.args)
-    assert app.import_path == "serving.app:app_builder" and args.controller == "rollout"
+    assert app.import_path == "serving.app:app_builder"
 
 
 def ray_pods() -> list[dict[str, Any]]:

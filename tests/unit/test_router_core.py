@@ -62,14 +62,13 @@ class Rig:
         self.models = Models(self.clock)
         self.metrics = RecordingMetrics()
         config = RouterConfig(
-            initial_weight=weight,
-            initial_shadow_fraction=shadow,
             student_timeout_s=TIMEOUT_S,
             teacher_timeout_s=5.0,  # gated teacher calls are released well before this
             shadow_concurrency=slots,
         )
         calls = {v: self.models.call(v) for v in (T, S)}
         self.core = RouterCore(calls, config, self.clock.now, random.Random(seed), self.metrics)
+        self.core.adopt(PublishedRouting(weight_percent=weight * 100, shadow_fraction=shadow, version=0))
 
     async def request(self, texts: list[str] | None = None, key: str | None = None) -> Answered:
         """One request end to end: answer, then the after-response bookkeeping."""

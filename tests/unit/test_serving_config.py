@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
 from rollout.errors import SpecError
-from rollout.spec import RolloutSpec
+from rollout.spec import RolloutSpec, fixed_share_spec
 from serving.app import AppArgs
 from serving.config import Autoscaling, Resources
 from serving.routing import cost_dollars
@@ -23,15 +23,13 @@ def test_serve_config_is_a_valid_ray_serve_config() -> None:
     (app,) = schema.applications
     assert app.import_path == "serving.app:app_builder" and app.route_prefix == "/"
     args = AppArgs.model_validate(app.args)
-    assert args.controller == "rollout" and args.student.num_cpus > 0
+    assert args.student.num_cpus > 0
     assert args.rollout_spec() == RolloutSpec()  # the file spells out the defaults
 
 
 def test_app_args_accept_strings_like_serve_run_passes() -> None:
-    args = AppArgs.model_validate(
-        {"teacher_id": "abc", "student_id": "def", "controller": "manual", "initial_weight": "0.05"}
-    )
-    assert args.initial_weight == 0.05
+    args = AppArgs.model_validate({"teacher_id": "abc", "student_id": "def", "price_per_cpu_hour": "0.05"})
+    assert args.price_per_cpu_hour == 0.05
 
 
 def test_rollout_spec_from_a_yaml_file(tmp_path: Path) -> None:
@@ -44,14 +42,22 @@ def test_rollout_spec_from_a_yaml_file(tmp_path: Path) -> None:
         args.rollout_spec()
 
 
-def test_initial_weight_belongs_to_the_manual_controller() -> None:
-    with pytest.raises(ValidationError, match="controller: manual"):
-        AppArgs.model_validate({"teacher_id": "a", "student_id": "b", "initial_weight": 0.5})
+@pytest.mark.parametrize("removed", ["controller", "initial_weight", "shadow_fraction"])
+def test_there_is_one_controller_and_a_fixed_share_is_an_intent(removed: str) -> None:
+    """The manual controller is gone: its arguments are refused by name, not ignored."""
+    with pytest.raises(ValidationError, match=removed):
+        AppArgs.model_validate({"teacher_id": "a", "student_id": "b", removed: "manual"})
+
+
+def test_a_fixed_share_spec_judges_nothing_and_holds_stage_0() -> None:
+    spec = fixed_share_spec(0.25)
+    assert (spec.agreement, spec.errors, spec.latency, spec.cost, spec.fast_rollback) == (None,) * 5
+    assert spec.stages[0].shadow_fraction == 0.25 and spec.stages[0].min_dwell_s >= 24 * 3600
 
 
 def test_app_args_name_the_bad_field() -> None:
-    with pytest.raises(ValidationError, match="shadow_fraction"):
-        AppArgs.model_validate({"teacher_id": "a", "student_id": "b", "controller": "manual", "shadow_fraction": 2})
+    with pytest.raises(ValidationError, match="price_per_cpu_hour"):
+        AppArgs.model_validate({"teacher_id": "a", "student_id": "b", "price_per_cpu_hour": -1})
     with pytest.raises(ValidationError, match="student_id"):
         AppArgs.model_validate({"teacher_id": "a"})
 

@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from rollout.evidence import Observation, Variant
 from serving.admin import TOKEN_ENV, TOKEN_FILE_ENV, authorize, configured_token
-from serving.controller import ManualWeights
 from serving.errors import AdminAuthError
 from serving.schemas import MAX_INPUT_CHARS, MAX_INPUTS, PredictRequest, WeightUpdate, first_error
 
@@ -77,23 +75,3 @@ def test_admin_token_from_file(tmp_path: Path) -> None:
     path.write_text("from-file\n")
     authorize("Bearer from-file", env={TOKEN_FILE_ENV: str(path)})
     assert configured_token({TOKEN_ENV: "env-wins", TOKEN_FILE_ENV: str(path)}) == "env-wins"
-
-
-def test_manual_weights_versions_and_tallies() -> None:
-    clock = iter([100.0, 105.0]).__next__
-    weights = ManualWeights(0.0, 0.1, clock=clock)
-    assert (weights.routing().weight_percent, weights.routing().version) == (0.0, 1)
-    view = weights.set_weight(25.0, actor="ops", reason="first canary")
-    assert (view.weight, view.version, view.reason, view.updated_at) == (0.25, 2, "first canary", 105.0)
-    weights.record(
-        [
-            Observation(variant=Variant.TEACHER, latency_s=0.01, cost=1e-6),
-            Observation(variant=Variant.STUDENT, latency_s=0.002, agreed=True),
-            Observation(variant=Variant.STUDENT, latency_s=0.5, error=True),
-        ]
-    )
-    tallies = weights.snapshot().tallies
-    assert (tallies["student"].observations, tallies["student"].errors, tallies["student"].agreed) == (2, 1, 1)
-    assert tallies["teacher"].cost == pytest.approx(1e-6)
-    with pytest.raises(ValueError, match="within"):
-        weights.set_weight(150.0, actor="ops", reason="typo")

@@ -1,0 +1,31 @@
+"""The admin side of test applications: the typed admin client with the session's token, and a
+fixed student share set the way an operator sets one, then applied by every router."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from serving.admin_client import AdminClient
+
+ADMIN_TOKEN = "integration-test-token"  # what the serve_cluster fixture configures
+VERSION_HEADER = "x-kdcanary-routing-version"
+SETTLE = 12  # answers in a row from routers holding a pinned weight before it counts as applied
+
+
+def admin_client(app: httpx.Client) -> AdminClient:
+    """The typed admin client for an application served at `app.base_url`."""
+    return AdminClient(str(app.base_url), ADMIN_TOKEN, actor="pytest")
+
+
+def pin_weight(app: httpx.Client, admin: AdminClient, weight: float, within_s: float = 60.0) -> None:
+    """`admin.pin(weight)`, then wait until SETTLE answers in a row came from routers holding it
+    (how fast routers adopt a weight is a benchmark figure, not a verdict here)."""
+    version = admin.pin(weight, reason="fixed share for a test", within_s=within_s).routing.version
+    deadline, streak = time.monotonic() + within_s, 0
+    while streak < SETTLE:
+        assert time.monotonic() < deadline, f"routers did not adopt weight {weight} in {within_s} s"
+        response = app.post("/v1/predict", json={"inputs": ["a pinned share"]})
+        assert response.status_code == 200, response.text
+        streak = streak + 1 if int(response.headers[VERSION_HEADER]) >= version else 0

@@ -41,7 +41,7 @@ class BaselineSpec(BaseModel):
     model_config = _STRICT
 
     interval_s: float = Field(default=60.0, gt=0.0)
-    step_weights: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 100.0)
+    step_weights: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)  # fractions of traffic
     threshold: int = Field(default=5, ge=1)
     min_agreement: float = Field(default=0.97, ge=0.0, le=1.0)
     max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
@@ -83,9 +83,9 @@ class FlaggerBaseline:
         self._iterations = 0
 
     @property
-    def weight_percent(self) -> float:
+    def weight(self) -> float:
         if self.result is Result.COMPLETED:
-            return 100.0
+            return 1.0
         if self.result is Result.ROLLED_BACK or self.step < 0:
             return 0.0
         return self.spec.step_weights[self.step]
@@ -96,9 +96,7 @@ class FlaggerBaseline:
 
     def routing(self) -> PublishedRouting:
         """Weight and shadow fraction for routers; the version counts iterations (never falls)."""
-        return PublishedRouting(
-            weight_percent=self.weight_percent, shadow_fraction=self.shadow_fraction, version=self._iterations
-        )
+        return PublishedRouting(weight=self.weight, shadow_fraction=self.shadow_fraction, version=self._iterations)
 
     def record(self, observations: Sequence[Observation]) -> None:
         """Add a router batch's student observations and comparisons to the current window."""
@@ -170,5 +168,5 @@ def simulate_baseline(spec: BaselineSpec, profile: StudentProfile, scenario: Sce
         comparisons=run.comparisons,
         cause=",".join(flagger.last_failures) if flagger.result is Result.ROLLED_BACK else None,
         stage_index=max(flagger.step, 0),
-        weight_percent=flagger.weight_percent,
+        weight=flagger.weight,
     )

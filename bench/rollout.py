@@ -36,14 +36,14 @@ from bench.baseline import BaselineSpec, simulate_baseline
 from bench.readme import replace_section
 from bench.simulation import Outcome, Result, Scenario, causes, simulate_kdcanary
 from bench.world import LatencyProfile, StudentProfile, TrafficSlice
-from rollout.spec import RolloutSpec, default_stages
+from rollout.spec import RolloutSpec, default_stages, percent
 from rollout.stats import bernoulli_cs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "rollout.json"
 SYSTEMS = ("kdcanary", "baseline")
 
-WEIGHTS = (0, 5, 10, 25, 50, 100)
+WEIGHTS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 SHADOW = (0.5, 1.0, 1.0, 0.5, 0.5, 0.5)
 """Shadow fractions per stage. Mirroring costs compute on the model that answers the shadow:
 up to 10 % that is the student (about 7x cheaper than the teacher); above, the teacher, which
@@ -53,7 +53,7 @@ once per tick, so a faster stream there only adds observations between look and 
 SPEC = RolloutSpec.from_mapping(
     {
         "stages": [
-            {"weight_percent": w, "min_requests": 1000, "min_dwell_s": 30, "shadow_fraction": s}
+            {"weight": w, "min_requests": 1000, "min_dwell_s": 30, "shadow_fraction": s}
             for w, s in zip(WEIGHTS, SHADOW, strict=True)
         ],
         "agreement": {"threshold": 0.97, "alpha": 0.05},
@@ -76,7 +76,7 @@ DEFAULT_SHADOW_SPEC = SPEC.model_copy(
 TEACHER = LatencyProfile(p50_s=0.015, p99_s=0.030)
 BASELINE = BaselineSpec(
     interval_s=60,
-    step_weights=(5, 10, 25, 50, 100),
+    step_weights=(0.05, 0.1, 0.25, 0.5, 1.0),
     threshold=5,
     min_agreement=0.97,
     max_error_rate=0.01,
@@ -294,7 +294,7 @@ def _no_traffic_text(outcomes: dict[str, dict[str, Any]]) -> str:
     kd, base = outcomes["kdcanary"], outcomes["baseline"]
     return (
         f"Missing data (no traffic for {kd['seconds']:g} s): kdcanary {kd['result'].replace('_', ' ')} at stage "
-        f"{kd['stage_index']} ({kd['weight_percent']:g} %), its gates inconclusive, never a verdict; the baseline "
+        f"{kd['stage_index']} ({percent(kd['weight'])}), its gates inconclusive, never a verdict; the baseline "
         f"{base['result'].replace('_', ' ')} after {base['seconds']:g} s, each empty analysis a failed check "
         '(Flagger\'s "no values found").'
     )

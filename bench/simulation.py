@@ -104,7 +104,7 @@ class Outcome(BaseModel):
     comparisons: int
     cause: str | None = None
     stage_index: int
-    weight_percent: float
+    weight: float
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ def simulate_kdcanary(spec: RolloutSpec, profile: StudentProfile, scenario: Scen
         comparisons=run.comparisons,
         cause=next(iter(controller.snapshot().counters.rollbacks), None) if rolled_back else None,
         stage_index=status.stage_index,
-        weight_percent=status.weight_percent,
+        weight=status.weight,
     )
 
 

@@ -48,7 +48,7 @@ from rollout.gates import GateResult
 from rollout.journal import Draft, Journal
 from rollout.policy import Action, Decision, apply, decide, urgent
 from rollout.policy import routing as policy_routing
-from rollout.spec import RolloutSpec
+from rollout.spec import RolloutSpec, percent
 from rollout.status import (
     PromoteTarget,
     RolloutStatus,
@@ -84,7 +84,7 @@ class _Operator(BaseModel):
 
 
 def _position(status: RolloutStatus) -> dict[str, Any]:
-    return {"phase": status.phase.value, "stage_index": status.stage_index, "weight_percent": status.weight_percent}
+    return {"phase": status.phase.value, "stage_index": status.stage_index, "weight": status.weight}
 
 
 class RolloutController:
@@ -129,7 +129,7 @@ class RolloutController:
         self._dirty = True
         reason = (
             f"controller resumed a {status.phase.value} rollout at stage {status.stage_index} "
-            f"({status.weight_percent:g} %), epoch {status.epoch}, student n={self._evidence.student.requests}, "
+            f"({percent(status.weight)}), epoch {status.epoch}, student n={self._evidence.student.requests}, "
             f"last event id {state.last_event_id}"
         )
         payload = {**_position(status), "evidence": summarize(self._evidence).model_dump()}
@@ -196,7 +196,7 @@ class RolloutController:
             action=Action.HOLD,
             phase=RolloutStatus().phase,
             stage_index=0,
-            weight_percent=0.0,
+            weight=0.0,
             reasons=("no rollout started: waiting for an operator start",),
             next_check_at=self._after(now),
         )
@@ -236,7 +236,7 @@ class RolloutController:
             action=Action.HOLD,
             phase=status.phase,
             stage_index=status.stage_index,
-            weight_percent=status.weight_percent,
+            weight=status.weight,
             gates=decision.gates,
             reasons=(reason, *decision.reasons),
             next_check_at=self._after(now),
@@ -272,7 +272,7 @@ class RolloutController:
             if old is not None and not old.terminal:
                 raise IntentError(
                     f"cannot start: a rollout is already {old.phase.value} at stage {old.stage_index} "
-                    f"({old.weight_percent:g} %)"
+                    f"({percent(old.weight)})"
                 )
             epoch = 0 if old is None else old.epoch + 1  # keeps the routing version rising
             self._status, self._evidence = RolloutStatus(epoch=epoch), Evidence(epoch=epoch)
@@ -300,12 +300,12 @@ class RolloutController:
         _require_reason("rollback", operator)
         return self._intent("rollback", operator, lambda status: request_rollback(status, operator.reason), {})
 
-    def set_weight(self, weight_percent: float | None, *, actor: str, reason: str) -> RolloutStatus:
+    def set_weight(self, weight: float | None, *, actor: str, reason: str) -> RolloutStatus:
         """Pin the student's weight, pausing progression; None withdraws the override."""
         operator = _Operator(actor=actor, reason=reason)
         _require_reason("set a manual weight", operator)
-        change = lambda status: request_manual_weight(status, weight_percent)  # noqa: E731
-        return self._intent("set_weight", operator, change, {"weight_percent": weight_percent})
+        change = lambda status: request_manual_weight(status, weight)  # noqa: E731
+        return self._intent("set_weight", operator, change, {"weight": weight})
 
     def _intent(
         self,
@@ -339,7 +339,7 @@ class RolloutController:
         """The weight and shadow fraction routers should use, with a never-decreasing version."""
         with self._lock:
             if self._status is None:
-                return PublishedRouting(weight_percent=0.0, shadow_fraction=0.0, version=0)
+                return PublishedRouting(weight=0.0, shadow_fraction=0.0, version=0)
             current = policy_routing(self._spec, self._status)
             return PublishedRouting(**current.model_dump(), version=routing_version(self._status))
 
@@ -370,7 +370,7 @@ class RolloutController:
                 phase=status.phase,
                 stage_index=status.stage_index,
                 stage_count=len(self._spec.stages),
-                weight_percent=status.weight_percent,
+                weight=status.weight,
                 routing=self.routing(),
                 epoch=status.epoch,
                 ticks=status.ticks,

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from rollout.errors import SpecError
 from rollout.evidence import Evidence, rollover
 from rollout.gates import GateResult, Verdict, evaluate_gates, fast_rollback_check
-from rollout.spec import RolloutSpec
+from rollout.spec import RolloutSpec, percent
 from rollout.status import TERMINAL_PHASES, Intents, Phase, PromoteTarget, RolloutStatus
 
 _RECORD = ConfigDict(frozen=True, extra="forbid")
@@ -40,7 +40,7 @@ class Action(StrEnum):
     START = "start"  # pending -> progressing at stage 0 (shadow)
     HOLD = "hold"  # nothing changes: conditions unmet, evidence inconclusive, or terminal
     ADVANCE = "advance"  # to the next stage: all conditions met, or an operator promote
-    COMPLETE = "complete"  # the last stage is done (or promote to 100): weight 100, terminal
+    COMPLETE = "complete"  # the last stage is done (or promote to full): weight 1, terminal
     ROLLBACK = "rollback"  # a gate failed, the trip wire fired, or an operator aborted: weight 0
     PAUSE = "pause"  # an operator pause or manual weight took effect
     RESUME = "resume"  # the pause was withdrawn: back to the stage's weight
@@ -54,7 +54,7 @@ class Decision(BaseModel):
     action: Action
     phase: Phase
     stage_index: int
-    weight_percent: float
+    weight: float
     gates: tuple[GateResult, ...] = ()
     reasons: tuple[str, ...] = ()
     next_check_at: float | None = None
@@ -66,12 +66,12 @@ class Routing(BaseModel):
 
     model_config = _RECORD
 
-    weight_percent: float
+    weight: float
     shadow_fraction: float
 
 
 def _stage_text(spec: RolloutSpec, index: int) -> str:
-    return f"stage {index} ({spec.stages[index].weight_percent:g} %)"
+    return f"stage {index} ({percent(spec.stages[index].weight)})"
 
 
 def _rollback(status: RolloutStatus, gates: tuple[GateResult, ...], reasons: tuple[str, ...]) -> Decision:
@@ -79,7 +79,7 @@ def _rollback(status: RolloutStatus, gates: tuple[GateResult, ...], reasons: tup
         action=Action.ROLLBACK,
         phase=Phase.ROLLED_BACK,
         stage_index=status.stage_index,
-        weight_percent=0.0,
+        weight=0.0,
         gates=gates,
         reasons=reasons,
     )
@@ -95,7 +95,7 @@ def _stay(
         action=Action.HOLD,
         phase=status.phase,
         stage_index=status.stage_index,
-        weight_percent=status.weight_percent,
+        weight=status.weight,
         gates=gates,
         reasons=reasons,
         next_check_at=next_check_at,
@@ -128,7 +128,7 @@ def decide(spec: RolloutSpec, status: RolloutStatus, evidence: Evidence, now: fl
         return _rollback(status, gates + fast, failed)
     if status.intents.promote is not None:
         return _promote(spec, status, gates + fast, now)
-    if status.intents.pause or status.intents.manual_weight_percent is not None:
+    if status.intents.pause or status.intents.manual_weight is not None:
         return _pause(spec, status, gates + fast, now)
     if status.phase is Phase.PAUSED:
         index, recorded = status.stage_index, gates + fast
@@ -156,7 +156,7 @@ def _move(
         action=action,
         phase=Phase.PROGRESSING,
         stage_index=index,
-        weight_percent=spec.stages[index].weight_percent,
+        weight=spec.stages[index].weight,
         gates=gates,
         reasons=(f"{reason} at {_stage_text(spec, index)}",),
         next_check_at=now + spec.tick_interval_s,
@@ -168,7 +168,7 @@ def _complete(gates: tuple[GateResult, ...], stage_index: int, reasons: tuple[st
         action=Action.COMPLETE,
         phase=Phase.COMPLETED,
         stage_index=stage_index,
-        weight_percent=100.0,
+        weight=1.0,
         gates=gates,
         reasons=reasons,
         promote_consumed=promoted,
@@ -182,13 +182,13 @@ def _promote(spec: RolloutSpec, status: RolloutStatus, gates: tuple[GateResult, 
         return _complete(gates, last, (reason,), promoted=True)
     target = status.stage_index + 1
     target_text = _stage_text(spec, target)
-    held = status.intents.pause or status.intents.manual_weight_percent is not None
-    manual = status.intents.manual_weight_percent
+    held = status.intents.pause or status.intents.manual_weight is not None
+    manual = status.intents.manual_weight
     return Decision(
         action=Action.ADVANCE,
         phase=Phase.PAUSED if held else Phase.PROGRESSING,
         stage_index=target,
-        weight_percent=manual if manual is not None else spec.stages[target].weight_percent,
+        weight=manual if manual is not None else spec.stages[target].weight,
         gates=gates,
         reasons=(f"operator promote: {_stage_text(spec, status.stage_index)} -> {target_text}",),
         next_check_at=now + spec.tick_interval_s,
@@ -197,19 +197,19 @@ def _promote(spec: RolloutSpec, status: RolloutStatus, gates: tuple[GateResult, 
 
 
 def _pause(spec: RolloutSpec, status: RolloutStatus, gates: tuple[GateResult, ...], now: float) -> Decision:
-    manual = status.intents.manual_weight_percent
+    manual = status.intents.manual_weight
     stage = _stage_text(spec, status.stage_index)
-    weight = manual if manual is not None else spec.stages[status.stage_index].weight_percent
+    weight = manual if manual is not None else spec.stages[status.stage_index].weight
     if manual is not None:
-        reason = f"manual weight {manual:g} % at {stage}: progression paused"
+        reason = f"manual weight {percent(manual)} at {stage}: progression paused"
     else:
         reason = f"paused by operator at {stage}"
-    unchanged = status.phase is Phase.PAUSED and weight == status.weight_percent
+    unchanged = status.phase is Phase.PAUSED and weight == status.weight
     return Decision(
         action=Action.HOLD if unchanged else Action.PAUSE,
         phase=Phase.PAUSED,
         stage_index=status.stage_index,
-        weight_percent=weight,
+        weight=weight,
         gates=gates,
         reasons=(reason,),
         next_check_at=now + spec.tick_interval_s,
@@ -255,7 +255,7 @@ def _progress(
         action=Action.ADVANCE,
         phase=Phase.PROGRESSING,
         stage_index=index + 1,
-        weight_percent=spec.stages[index + 1].weight_percent,
+        weight=spec.stages[index + 1].weight,
         gates=gates + fast,
         reasons=(f"{summary}: advancing to {_stage_text(spec, index + 1)}", *passed),
         next_check_at=now + spec.tick_interval_s,
@@ -265,7 +265,7 @@ def _progress(
 def apply(status: RolloutStatus, decision: Decision, now: float) -> RolloutStatus:
     """The status after `decision` at `now`: bumps the epoch when the weight or stage moved,
     restarts the dwell clock with it, consumes acted-on intents, records the rollback reason."""
-    moved = decision.weight_percent != status.weight_percent or decision.stage_index != status.stage_index
+    moved = decision.weight != status.weight or decision.stage_index != status.stage_index
     changed = moved or decision.phase is not status.phase
     intents = status.intents
     if decision.promote_consumed:
@@ -277,7 +277,7 @@ def apply(status: RolloutStatus, decision: Decision, now: float) -> RolloutStatu
         update={
             "phase": decision.phase,
             "stage_index": decision.stage_index,
-            "weight_percent": decision.weight_percent,
+            "weight": decision.weight,
             "epoch": status.epoch + 1 if moved else status.epoch,
             "stage_started_at": now if moved or started is None else started,
             "last_transition_at": now if changed else status.last_transition_at,
@@ -317,4 +317,4 @@ def routing(spec: RolloutSpec, status: RolloutStatus) -> Routing:
     """What to publish to routers; shadow comparisons run only while the rollout is live."""
     live = status.phase in (Phase.PROGRESSING, Phase.PAUSED)
     shadow = spec.stages[status.stage_index].shadow_fraction if live else 0.0
-    return Routing(weight_percent=status.weight_percent, shadow_fraction=shadow)
+    return Routing(weight=status.weight, shadow_fraction=shadow)

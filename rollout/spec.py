@@ -34,21 +34,28 @@ class Stage(BaseModel):
 
     model_config = _STRICT
 
-    weight_percent: float = Field(ge=0.0, le=100.0)
+    weight: float = Field(ge=0.0, le=1.0, description="the student's share of live traffic, 0..1")
     min_requests: int = Field(default=1000, ge=0)
     min_dwell_s: float = Field(default=300.0, ge=0.0)
     shadow_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _weight_is_a_fraction(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "weight_percent" in data:
+            raise ValueError("weight_percent is now weight, a fraction 0..1 (5 % is weight: 0.05)")
+        return data
 
 
 def default_stages() -> list[Stage]:
     """0 (shadow) -> 5 -> 10 -> 25 -> 50 -> 100 %, heavier stages asking for more evidence."""
     return [
-        Stage(weight_percent=0, min_requests=1000, min_dwell_s=300, shadow_fraction=0.25),
-        Stage(weight_percent=5, min_requests=1000, min_dwell_s=300, shadow_fraction=0.1),
-        Stage(weight_percent=10, min_requests=1000, min_dwell_s=300, shadow_fraction=0.1),
-        Stage(weight_percent=25, min_requests=2000, min_dwell_s=600, shadow_fraction=0.1),
-        Stage(weight_percent=50, min_requests=2000, min_dwell_s=600, shadow_fraction=0.1),
-        Stage(weight_percent=100, min_requests=2000, min_dwell_s=600, shadow_fraction=0.05),
+        Stage(weight=0.0, min_requests=1000, min_dwell_s=300, shadow_fraction=0.25),
+        Stage(weight=0.05, min_requests=1000, min_dwell_s=300, shadow_fraction=0.1),
+        Stage(weight=0.1, min_requests=1000, min_dwell_s=300, shadow_fraction=0.1),
+        Stage(weight=0.25, min_requests=2000, min_dwell_s=600, shadow_fraction=0.1),
+        Stage(weight=0.5, min_requests=2000, min_dwell_s=600, shadow_fraction=0.1),
+        Stage(weight=1.0, min_requests=2000, min_dwell_s=600, shadow_fraction=0.05),
     ]
 
 
@@ -131,26 +138,26 @@ class RolloutSpec(BaseModel):
 
     @field_validator("stages")
     @classmethod
-    def _stages_climb_from_0_to_100(cls, stages: list[Stage]) -> list[Stage]:
+    def _stages_climb_from_0_to_1(cls, stages: list[Stage]) -> list[Stage]:
         if len(stages) < 2:
-            raise ValueError(f"stages: need at least 2 stages (0 and 100), got {len(stages)}")
-        if stages[0].weight_percent != 0:
-            got = stages[0].weight_percent
-            raise ValueError(f"stages[0].weight_percent must be 0 (the shadow stage), got {got}")
+            raise ValueError(f"stages: need at least 2 stages (weights 0 and 1), got {len(stages)}")
+        if stages[0].weight != 0:
+            got = stages[0].weight
+            raise ValueError(f"stages[0].weight must be 0 (the shadow stage), got {got}")
         last = len(stages) - 1
-        if stages[last].weight_percent != 100:
-            got = stages[last].weight_percent
-            raise ValueError(f"stages[{last}].weight_percent must be 100, got {got}")
+        if stages[last].weight != 1:
+            got = stages[last].weight
+            raise ValueError(f"stages[{last}].weight must be 1 (all traffic), got {got}")
         if stages[0].shadow_fraction == 0 and stages[0].min_requests > 0:
             raise ValueError(
                 "stages[0].shadow_fraction is 0 but min_requests > 0: at weight 0 the student sees only "
                 "shadow traffic, so the shadow stage could never be left (set a shadow fraction, or min_requests 0)"
             )
         for index in range(1, len(stages)):
-            before, after = stages[index - 1].weight_percent, stages[index].weight_percent
+            before, after = stages[index - 1].weight, stages[index].weight
             if after <= before:
                 raise ValueError(
-                    f"stages[{index}].weight_percent must be greater than stages[{index - 1}]'s {before}, got {after}"
+                    f"stages[{index}].weight must be greater than stages[{index - 1}]'s {before}, got {after}"
                 )
         return stages
 
@@ -174,6 +181,12 @@ class RolloutSpec(BaseModel):
         return cls.from_mapping(data)
 
 
+def percent(weight: float) -> str:
+    """A share of traffic for people to read: 0.05 -> "5 %". Every model, body, metric and store
+    holds the fraction; only text meant for people shows a percentage."""
+    return f"{weight * 100:g} %"
+
+
 HOLD_S = 365 * 24 * 3600.0
 
 
@@ -181,8 +194,8 @@ def fixed_share_spec(shadow_fraction: float = 0.0) -> RolloutSpec:
     """A spec that judges nothing: no gates, no trip wire, stage 0 held for a year. For serving a
     fixed share: start the rollout and pin the weight (`set_weight`); routers then send that share
     to the student and compare `shadow_fraction` of requests on the other model."""
-    hold = Stage(weight_percent=0, min_requests=0, min_dwell_s=HOLD_S, shadow_fraction=shadow_fraction)
-    full = Stage(weight_percent=100, min_requests=0, min_dwell_s=HOLD_S, shadow_fraction=shadow_fraction)
+    hold = Stage(weight=0.0, min_requests=0, min_dwell_s=HOLD_S, shadow_fraction=shadow_fraction)
+    full = Stage(weight=1.0, min_requests=0, min_dwell_s=HOLD_S, shadow_fraction=shadow_fraction)
     return RolloutSpec(stages=[hold, full], agreement=None, errors=None, latency=None, fast_rollback=None)
 
 

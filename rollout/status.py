@@ -3,7 +3,7 @@
 The controller stores `RolloutStatus` as JSON after each tick and reloads it on restart
 (restart = reload and continue). Admin endpoints never act: they write an intent with the
 `request_*` helpers below and the next tick acts on it (`policy.decide`), so every change of
-weight goes through one deterministic function. Level intents (`pause`, `manual_weight_percent`)
+weight goes through one deterministic function. Level intents (`pause`, `manual_weight`)
 hold until withdrawn; edge intents (`promote`, `abort`) are consumed by the tick that acts.
 """
 
@@ -25,7 +25,7 @@ class Phase(StrEnum):
     PROGRESSING = "progressing"  # gates evaluated every tick; a satisfied stage advances
     PAUSED = "paused"  # operator pause or manual weight: no advancing, rollbacks still fire
     ROLLED_BACK = "rolled_back"  # terminal: weight 0, `rollback_reason` says why
-    COMPLETED = "completed"  # terminal: weight 100, the student serves all traffic
+    COMPLETED = "completed"  # terminal: weight 1, the student serves all traffic
 
 
 TERMINAL_PHASES = frozenset({Phase.ROLLED_BACK, Phase.COMPLETED})
@@ -35,7 +35,7 @@ class PromoteTarget(StrEnum):
     """How far an operator promote goes."""
 
     NEXT = "next"  # to the next stage, skipping its gates, dwell and request count
-    FULL = "full"  # straight to 100 % and completed (the admin API's `to=100`)
+    FULL = "full"  # straight to all traffic and completed (the admin API's `"to": "full"`)
 
 
 class Intents(BaseModel):
@@ -47,7 +47,7 @@ class Intents(BaseModel):
     abort: bool = False
     abort_reason: str | None = None
     promote: PromoteTarget | None = None
-    manual_weight_percent: float | None = Field(default=None, ge=0.0, le=100.0)
+    manual_weight: float | None = Field(default=None, ge=0.0, le=1.0)  # a fraction, like every weight
 
 
 class RolloutStatus(BaseModel):
@@ -61,7 +61,7 @@ class RolloutStatus(BaseModel):
 
     phase: Phase = Phase.PENDING
     stage_index: int = Field(default=0, ge=0)
-    weight_percent: float = Field(default=0.0, ge=0.0, le=100.0)
+    weight: float = Field(default=0.0, ge=0.0, le=1.0)  # the student's share of traffic, 0..1
     epoch: int = Field(default=0, ge=0)
     stage_started_at: float | None = None
     last_transition_at: float | None = None
@@ -89,7 +89,7 @@ def request_pause(status: RolloutStatus) -> RolloutStatus:
 
 def request_resume(status: RolloutStatus) -> RolloutStatus:
     """Withdraw a pause and any manual weight: progression continues from the current stage."""
-    return _with_intents(status, "resume", pause=False, manual_weight_percent=None)
+    return _with_intents(status, "resume", pause=False, manual_weight=None)
 
 
 def request_promote(status: RolloutStatus, target: PromoteTarget = PromoteTarget.NEXT) -> RolloutStatus:
@@ -102,6 +102,6 @@ def request_rollback(status: RolloutStatus, reason: str) -> RolloutStatus:
     return _with_intents(status, "roll back", abort=True, abort_reason=reason)
 
 
-def request_manual_weight(status: RolloutStatus, weight_percent: float | None) -> RolloutStatus:
+def request_manual_weight(status: RolloutStatus, weight: float | None) -> RolloutStatus:
     """Pin the student's weight (pausing progression); None withdraws the override."""
-    return _with_intents(status, "set a manual weight", manual_weight_percent=weight_percent)
+    return _with_intents(status, "set a manual weight", manual_weight=weight)

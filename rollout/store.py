@@ -36,7 +36,10 @@ from rollout.status import RolloutStatus
 
 __all__ = ["Event", "EventKind", "MemoryStateStore", "SqliteStateStore", "StateStore", "StoredState"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1 -> 2: weights became fractions (`weight`, `intents.manual_weight`) instead of percents;
+a version-1 file is migrated in place when opened (event payloads keep the words they were
+written with: the log is history)."""
 MAX_EVENTS_PAGE = 1000
 """The most events one `events()` call returns, whatever `limit` asks."""
 
@@ -143,6 +146,20 @@ def _event(row: _EventRow) -> Event:
     )
 
 
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Percent weights to fractions in the status record, inside the opening transaction."""
+    row = db.execute("SELECT status FROM state WHERE id = 1").fetchone()
+    if row is not None:
+        status = json.loads(row[0])
+        status["weight"] = status.pop("weight_percent") / 100.0
+        intents = status.get("intents", {})
+        if "manual_weight_percent" in intents:
+            manual = intents.pop("manual_weight_percent")
+            intents["manual_weight"] = None if manual is None else manual / 100.0
+        db.execute("UPDATE state SET status = ? WHERE id = 1", (json.dumps(status),))
+    db.execute("UPDATE schema_version SET version = 2")
+
+
 class SqliteStateStore:
     """The durable store: one SQLite file (plus its -wal and -shm) at `path`.
 
@@ -162,6 +179,8 @@ class SqliteStateStore:
             found = [row[0] for row in db.execute("SELECT version FROM schema_version")]
             if not found:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif found == [1]:
+                _migrate_1_to_2(db)
             elif found != [SCHEMA_VERSION]:
                 raise StoreError(
                     f"state store {self.location}: schema version {found} on disk, this code reads "

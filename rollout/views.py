@@ -147,7 +147,7 @@ class StatusView(BaseModel):
     phase: Phase
     stage_index: int
     stage_count: int
-    weight_percent: float
+    weight: float
     routing: PublishedRouting
     epoch: int
     ticks: int

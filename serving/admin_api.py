@@ -16,7 +16,7 @@ goes into the event log); the token never does.
     POST /admin/rollout/start            begin a rollout at stage 0 (shadow)
     POST /admin/rollout/pause            hold the weight; rollbacks still fire
     POST /admin/rollout/resume           withdraw a pause or a manual weight
-    POST /admin/rollout/promote          next stage, or {"to": 100}
+    POST /admin/rollout/promote          next stage, or {"to": "full"}
     POST /admin/rollout/rollback         weight 0 now; a reason is required
     PUT  /admin/rollout/weight           manual weight (0..1), pauses progression; reason required
 """
@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope
 
 from rollout.errors import IntentError
 from rollout.events import Event
+from rollout.status import PromoteTarget
 from rollout.views import StatusView
 from serving.admin import authorize
 from serving.errors import AdminAuthError
@@ -110,7 +111,7 @@ def build_admin_app(controller: DeploymentHandle[Any]) -> FastAPI:
         f"{PREFIX}/promote", response_model=StatusView, summary="Skip to the next stage, or to 100 % with {'to': 100}"
     )
     async def promote(body: PromoteRequest) -> Any:
-        return await call("promote", body.to == 100, actor=body.actor, reason=body.reason)
+        return await call("promote", body.to is PromoteTarget.FULL, actor=body.actor, reason=body.reason)
 
     @app.post(f"{PREFIX}/rollback", response_model=StatusView, summary="Send the student back to 0 % now")
     async def rollback(body: RollbackRequest) -> Any:
@@ -121,7 +122,7 @@ def build_admin_app(controller: DeploymentHandle[Any]) -> FastAPI:
     )
     async def weight(body: WeightUpdate) -> Any:
         log.info("admin %s sets student weight to %.4f: %s", body.actor, body.weight, body.reason)
-        return await call("set_weight", body.weight * 100.0, actor=body.actor, reason=body.reason)
+        return await call("set_weight", body.weight, actor=body.actor, reason=body.reason)
 
     return app
 

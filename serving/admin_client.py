@@ -22,7 +22,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from rollout.events import Event
-from rollout.status import TERMINAL_PHASES, Phase
+from rollout.status import TERMINAL_PHASES, Phase, PromoteTarget
 from rollout.views import StatusView
 from serving.schemas import AdminNote, PromoteRequest, RollbackRequest, WeightUpdate
 
@@ -85,7 +85,7 @@ class AdminClient:
         return self._intent("POST", "resume", AdminNote(reason=reason, actor=self.actor))
 
     def promote(self, to_full: bool = False, reason: str = "") -> StatusView:
-        body = PromoteRequest(reason=reason, actor=self.actor, to=100 if to_full else None)
+        body = PromoteRequest(reason=reason, actor=self.actor, to=PromoteTarget.FULL if to_full else PromoteTarget.NEXT)
         return self._intent("POST", "promote", body)
 
     def rollback(self, reason: str) -> StatusView:
@@ -131,4 +131,4 @@ class AdminClient:
 
 
 def _pinned(view: StatusView, weight: float) -> bool:
-    return view.phase is Phase.PAUSED and math.isclose(view.routing.weight_percent, weight * 100.0)
+    return view.phase is Phase.PAUSED and math.isclose(view.routing.weight, weight)

@@ -31,7 +31,7 @@ def drill_spec(min_requests: int = 30) -> dict[str, Any]:
     a trip wire of 3 consecutive student errors. A huge `min_requests` holds each stage."""
     stage = {"min_requests": min_requests, "min_dwell_s": 0.5, "shadow_fraction": 0.5}
     return {
-        "stages": [{"weight_percent": w, **stage} for w in (0, 25, 50, 100)],
+        "stages": [{"weight": w, **stage} for w in (0.0, 0.25, 0.5, 1.0)],
         "agreement": {"threshold": 0.5},
         "errors": {"margin": 0.2},
         "latency": None,
@@ -177,7 +177,7 @@ def controller_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
     resume_s = time.monotonic() - killed_at
     ids = [e.id for e in drill.admin.events(limit=1000)]
     intact = ids[: len(ids_before)] == ids_before and ids == list(range(1, len(ids) + 1))
-    same = (after.stage_index, after.weight_percent) == (before.stage_index, before.weight_percent)
+    same = (after.stage_index, after.weight) == (before.stage_index, before.weight)
     notes = f"same stage and weight: {same}; event ids contiguous, none lost or duplicated: {intact}"
     return drill.result("controller_killed", resume_s=round(resume_s, 3), notes=notes)
 

@@ -175,7 +175,7 @@ class ControllerMetrics:
             for phase in Phase:
                 self._phase.set(float(phase is view.phase), {"phase": phase.value})
             self._stage.set(float(view.stage_index))
-            self._weight.set(view.routing.weight_percent / 100.0)
+            self._weight.set(view.routing.weight)
             self._store_healthy.set(float(view.store.healthy))
             for result in view.gates:
                 self._show_gate(result)

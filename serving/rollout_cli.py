@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rollout.spec import percent
 from rollout.views import StatusView
 from serving.admin import configured_token
 from serving.admin_client import AdminCallError, AdminClient
@@ -118,7 +119,7 @@ def render_status(view: StatusView) -> str:
     routing, eta = view.routing, view.eta
     lines = [
         f"phase {view.phase.value}   stage {view.stage_index}/{view.stage_count - 1}   "
-        f"weight {routing.weight_percent:g} %   shadow {routing.shadow_fraction:g}   epoch {view.epoch}",
+        f"weight {percent(routing.weight)}   shadow {routing.shadow_fraction:g}   epoch {view.epoch}",
         f"student requests {view.evidence.student_requests}   at {view.student_rate_per_s:.1f}/s",
     ]
     if view.gates:

@@ -142,8 +142,8 @@ class RolloutDeployment:
         self.controller.rollback(reason, actor=actor)
         return self._shown()
 
-    def set_weight(self, weight_percent: float | None, *, actor: str, reason: str) -> dict[str, Any]:
-        self.controller.set_weight(weight_percent, actor=actor, reason=reason)
+    def set_weight(self, weight: float | None, *, actor: str, reason: str) -> dict[str, Any]:
+        self.controller.set_weight(weight, actor=actor, reason=reason)
         return self._shown()
 
     def _shown(self) -> dict[str, Any]:

@@ -130,7 +130,7 @@ class RouterCore:
         self._clock = clock
         self._chooser = Chooser(rng)
         self._metrics = metrics
-        self._routing = PublishedRouting(weight_percent=0.0, shadow_fraction=0.0, version=0)
+        self._routing = PublishedRouting(weight=0.0, shadow_fraction=0.0, version=0)
         self._weight = 0.0  # teacher only until the controller's routing is adopted
         self._pending: list[Observation] = []
         self._shadows: set[asyncio.Task[None]] = set()
@@ -149,7 +149,7 @@ class RouterCore:
         """Take the controller's routing unless it is older than the current one; True when taken."""
         if routing.version < self._routing.version:
             return False
-        self._routing, self._weight = routing, routing.weight_percent / 100.0
+        self._routing, self._weight = routing, routing.weight
         self._metrics.set_weight(self._weight)
         return True
 

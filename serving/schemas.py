@@ -8,9 +8,11 @@ names the field (`inputs.3`, `routing_key`, `weight`).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from rollout.status import PromoteTarget
 
 MAX_INPUTS = 64
 MAX_INPUT_CHARS = 2_000
@@ -62,9 +64,9 @@ class RollbackRequest(AdminNote):
 
 
 class PromoteRequest(AdminNote):
-    """`POST /admin/rollout/promote`: the next stage, or `"to": 100` for full."""
+    """`POST /admin/rollout/promote`: the next stage, or `"to": "full"` for all traffic at once."""
 
-    to: Literal[100] | None = Field(default=None, description="100 promotes to full; omit for the next stage")
+    to: PromoteTarget = Field(default=PromoteTarget.NEXT, description="next stage, or full: all traffic, completed")
 
 
 class WeightUpdate(AdminNote):

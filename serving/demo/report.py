@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from rollout.events import Event
+from rollout.spec import percent
 from serving.demo.view import VARIANTS, Sample
 
 
@@ -49,11 +50,11 @@ def _section(result: ScenarioResult, chart: str) -> str:
     lines.append("|---|---|---|---|---|")
     start = result.events[0].at if result.events else 0.0
     for event in result.events:
-        weight = event.payload.get("to", event.payload.get("status", {})).get("weight_percent", "")
+        weight = event.payload.get("to", event.payload.get("status", {})).get("weight")
         reason = event.reason.replace("|", "/")
         lines.append(
             f"| {event.at - start:.1f} | {event.kind.value}: {event.action} | {event.actor or 'controller'} "
-            f"| {weight} | {reason} |"
+            f"| {'' if weight is None else percent(weight)} | {reason} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -67,7 +68,7 @@ def _chart(result: ScenarioResult, path: Path) -> None:
     s = result.samples
     t = [x.t for x in s]
     fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
-    axes[0].step(t, [x.weight_percent for x in s], where="post", label="weight (set)")
+    axes[0].step(t, [100 * x.weight for x in s], where="post", label="weight (set)")
     axes[0].plot(t, [100 * x.student_share for x in s], alpha=0.6, label="student share (observed, 10 s)")
     axes[0].set_ylabel("% of traffic")
     estimate = [_nan(x.agreement["estimate"]) for x in s]

@@ -63,9 +63,9 @@ def demo_spec(realistic: bool) -> RolloutSpec:
     if realistic:
         return RolloutSpec()
     stages = [
-        Stage(weight_percent=0, min_requests=200, min_dwell_s=5, shadow_fraction=1.0),
-        *(Stage(weight_percent=w, min_requests=100, min_dwell_s=5, shadow_fraction=0.5) for w in (5, 10, 25, 50)),
-        Stage(weight_percent=100, min_requests=100, min_dwell_s=5, shadow_fraction=0.25),
+        Stage(weight=0.0, min_requests=200, min_dwell_s=5, shadow_fraction=1.0),
+        *(Stage(weight=w, min_requests=100, min_dwell_s=5, shadow_fraction=0.5) for w in (0.05, 0.1, 0.25, 0.5)),
+        Stage(weight=1.0, min_requests=100, min_dwell_s=5, shadow_fraction=0.25),
     ]
     return RolloutSpec.model_validate(
         {

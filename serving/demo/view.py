@@ -26,7 +26,7 @@ class Sample(BaseModel):
     phase: str
     stage_index: int
     stage_count: int
-    weight_percent: float
+    weight: float
     agreement: dict[str, float | None]  # estimate, lower, upper, threshold, n
     gates: dict[str, str]  # gate name -> verdict
     rate_per_s: float
@@ -69,7 +69,7 @@ def sample(t: float, status: StatusView, window: Window, costs: dict[str, float 
         phase=status.phase.value,
         stage_index=status.stage_index,
         stage_count=status.stage_count,
-        weight_percent=status.routing.weight_percent,
+        weight=status.routing.weight,
         agreement={k: agreement.get(k) for k in ("estimate", "lower", "upper", "threshold", "n")},
         gates={name: g.verdict.value for name, g in gates.items()},
         rate_per_s=window.rate_per_s,
@@ -88,7 +88,7 @@ def render(title: str, s: Sample) -> str:
     bounds = "n/a" if a["estimate"] is None else f"{a['estimate']:.3f} [{_f(a['lower'])}, {_f(a['upper'])}]"
     lines = [
         f"── {title} ── {s.t:5.0f} s ──",
-        f"phase {s.phase:<12} stage {s.stage_index}/{s.stage_count - 1}   weight {s.weight_percent:5.1f} %   "
+        f"phase {s.phase:<12} stage {s.stage_index}/{s.stage_count - 1}   weight {s.weight:6.1%}   "
         f"observed student share {s.student_share:6.1%}",
         f"agreement {bounds}  threshold {_f(a['threshold'])}  n={int(a['n'] or 0)}   "
         + "  ".join(f"{name}: {verdict}" for name, verdict in s.gates.items()),

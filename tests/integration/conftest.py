@@ -85,7 +85,7 @@ def no_gates() -> dict[str, Any]:
     admin intent can move it. With the default gates, a few shadowed answers to one repeated input
     could roll a rollout back before or after a test read its status, depending on how fast the
     machine was (a fresh clone saw it)."""
-    stages = [{"weight_percent": 0}, {"weight_percent": 100}]
+    stages = [{"weight": 0}, {"weight": 1}]
     return {"stages": stages, "agreement": None, "errors": None, "latency": None}
 
 

@@ -181,8 +181,8 @@ def wait_for_phase(client: httpx.Client, phases: set[str], within_s: float) -> d
 
 
 def stages(first_shadow: float, min_requests: int) -> list[dict[str, Any]]:
-    first = {"weight_percent": 0, "min_requests": min_requests if first_shadow else 0, "min_dwell_s": 0.5}
-    later = [{"weight_percent": w, "min_requests": min_requests, "min_dwell_s": 0.5} for w in (50, 100)]
+    first = {"weight": 0, "min_requests": min_requests if first_shadow else 0, "min_dwell_s": 0.5}
+    later = [{"weight": w, "min_requests": min_requests, "min_dwell_s": 0.5} for w in (0.5, 1.0)]
     return [first | {"shadow_fraction": first_shadow}, *[s | {"shadow_fraction": 1.0} for s in later]]
 
 
@@ -322,11 +322,11 @@ def test_every_dashboard_and_rule_expression_returns_data(
         post(good, "pause")  # no traffic yet: it cannot leave the shadow stage before it resumes
         wait_for_phase(good, {"paused"}, within_s=30)
         with Traffic(good, reviews, workers=2), Traffic(bad, reviews, workers=2):
-            assert post(bad, "promote")["weight_percent"] == 50.0  # every student call now fails over
+            assert post(bad, "promote")["weight"] == 0.5  # every student call now fails over
             # rate() sees a counter move only between two scrapes: each rollout moves on only once
             # Prometheus holds an increase of what its panels divide by, so no window is 0/0.
             assert not wait_for_data(prometheus, FAILOVERS_SEEN | SHADOW_SEEN, within_s=120)
-            assert post(bad, "rollback")["weight_percent"] == 0.0
+            assert post(bad, "rollback")["weight"] == 0.0
             post(good, "resume")
             view = wait_for_phase(good, {"completed", "rolled_back"}, within_s=120)
             assert view["phase"] == "completed", view["last_reasons"]

@@ -35,9 +35,9 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 def spec(threshold: float, *, min_requests: int = 40, stage0_shadow: float = 1.0) -> dict[str, Any]:
     first = min_requests if stage0_shadow else 0  # no shadow traffic: only a promote leaves stage 0
     stages = [
-        {"weight_percent": 0, "min_requests": first, "min_dwell_s": 0.5, "shadow_fraction": stage0_shadow},
-        {"weight_percent": 50, "min_requests": min_requests, "min_dwell_s": 0.5, "shadow_fraction": 1.0},
-        {"weight_percent": 100, "min_requests": min_requests, "min_dwell_s": 0.5, "shadow_fraction": 1.0},
+        {"weight": 0, "min_requests": first, "min_dwell_s": 0.5, "shadow_fraction": stage0_shadow},
+        {"weight": 0.5, "min_requests": min_requests, "min_dwell_s": 0.5, "shadow_fraction": 1.0},
+        {"weight": 1.0, "min_requests": min_requests, "min_dwell_s": 0.5, "shadow_fraction": 1.0},
     ]
     return {
         "stages": stages,
@@ -102,7 +102,7 @@ ROUTES = [
     ("POST", "/admin/rollout/start", {"reason": "x"}),
     ("POST", "/admin/rollout/pause", {"reason": "x"}),
     ("POST", "/admin/rollout/resume", {"reason": "x"}),
-    ("POST", "/admin/rollout/promote", {"reason": "x", "to": 100}),
+    ("POST", "/admin/rollout/promote", {"reason": "x", "to": "full"}),
     ("POST", "/admin/rollout/rollback", {"reason": "x"}),
     ("PUT", "/admin/rollout/weight", {"weight": 1.0, "reason": "x"}),
 ]
@@ -131,7 +131,7 @@ def test_admin_intents_are_validated_and_refused_with_reasons(held: httpx.Client
     assert refused.status_code == 409 and "start one first" in refused.json()["detail"]
     no_reason = held.post("/admin/rollout/rollback", json={}, headers=AUTH)
     assert no_reason.status_code == 422 and no_reason.json()["field"] == "reason"
-    typo = held.post("/admin/rollout/promote", json={"to": 90, "reason": "x"}, headers=AUTH)
+    typo = held.post("/admin/rollout/promote", json={"to": 100, "reason": "x"}, headers=AUTH)
     assert typo.status_code == 422 and typo.json()["field"] == "to"
 
 
@@ -140,7 +140,7 @@ def test_killed_controller_resumes_at_the_same_stage_and_weight(held: httpx.Clie
 
     post(held, "start", reason="integration test")
     view = post(held, "promote", reason="skip the shadow stage")
-    assert (view["stage_index"], view["weight_percent"]) == (1, 50.0)
+    assert (view["stage_index"], view["weight"]) == (1, 0.5)
     with Traffic(held, reviews) as traffic:
         wait_for(held, lambda v: v["evidence"]["student_requests"] >= 20, within_s=30)
         (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "held#controller" in a["name"]]
@@ -148,7 +148,7 @@ def test_killed_controller_resumes_at_the_same_stage_and_weight(held: httpx.Clie
         during = len(traffic.answers)
         view = wait_for(held, lambda v: v["phase"] == "progressing", within_s=60)
         later = traffic.answered_since(during, 40)  # routers kept the last weight while the controller was away
-    assert (view["stage_index"], view["weight_percent"]) == (1, 50.0)
+    assert (view["stage_index"], view["weight"]) == (1, 0.5)
     assert view["evidence"]["student_requests"] > 0  # evidence came back from the store
     resumed = [e for e in events(held) if e["action"] == "resumed"]
     assert resumed and resumed[-1]["payload"]["stage_index"] == 1
@@ -201,7 +201,7 @@ def test_good_student_is_promoted_to_100_percent(
         url = str(client.base_url).rstrip("/")
         assert kdcanary(["rollout", "start", "--url", url, "--token", ADMIN_TOKEN, "--reason", "ship it"]) == 0
         view = wait_for(client, lambda v: v["phase"] in ("completed", "rolled_back"), within_s=120)
-        assert view["phase"] == "completed" and view["weight_percent"] == 100.0, view["last_reasons"]
+        assert view["phase"] == "completed" and view["weight"] == 1.0, view["last_reasons"]
         assert kdcanary(["rollout", "status", "--url", url, "--token", ADMIN_TOKEN]) == 0
         log = events(client)
         metrics = _wait_for_metrics(serve_cluster.metrics_url, "good")
@@ -234,7 +234,7 @@ def test_disagreeing_student_is_rolled_back_with_the_numbers(deploy: Deploy, rev
         post(client, "start", reason="integration test")
         view = wait_for(client, lambda v: v["phase"] == "rolled_back", within_s=120)
         log = events(client)
-    assert view["weight_percent"] == 0.0 and view["routing"]["weight_percent"] == 0.0
+    assert view["weight"] == 0.0 and view["routing"]["weight"] == 0.0
     (rollback,) = [e for e in log if e["action"] == "rollback"]
     gate = next(g for g in rollback["payload"]["decision"]["gates"] if g["name"] == "agreement")
     assert gate["verdict"] == "fail" and gate["upper"] < 0.95 and gate["n"] > 0
@@ -245,7 +245,7 @@ def test_hard_failing_student_is_rolled_back_by_the_trip_wire(deploy: Deploy, re
     with deploy("failing", **failing) as client, Traffic(client, reviews, workers=4) as traffic:
         post(client, "start", reason="integration test")
         promoted = post(client, "promote", reason="straight to 50 %")
-        assert promoted["weight_percent"] == 50.0
+        assert promoted["weight"] == 0.5
         view = wait_for(client, lambda v: v["phase"] == "rolled_back", within_s=30)
         log = events(client)
         after = traffic.answered_since(len(traffic.answers), 20)
@@ -253,8 +253,8 @@ def test_hard_failing_student_is_rolled_back_by_the_trip_wire(deploy: Deploy, re
     rollback = next(e for e in log if e["kind"] == "decision" and e["action"] == "rollback")
     # How fast is a benchmark figure (bench/results/reliability.json, student_killed), not a
     # test verdict: here the trip wire must be what fired, on the first streak of failures.
-    print(f"weight 50 -> 0 took {rollback['at'] - promote_at:.2f} s after the promote")
+    print(f"weight 0.5 -> 0 took {rollback['at'] - promote_at:.2f} s after the promote")
     tripped = [g["name"] for g in rollback["payload"]["decision"]["gates"] if g["verdict"] == "fail"]
-    assert view["weight_percent"] == 0.0 and tripped == ["fast_rollback"]
+    assert view["weight"] == 0.0 and tripped == ["fast_rollback"]
     assert not traffic.failures  # failover answered every request meanwhile
     assert after and {a["variant"] for a in after} == {"teacher"}

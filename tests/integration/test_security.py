@@ -50,8 +50,8 @@ def test_predict_cannot_steer_the_rollout(app: httpx.Client) -> None:
     assert {a["variant"] for a in answers} == {"teacher"}  # stage 0: every user is on the teacher
     assert all(set(a) == {"predictions", "variant", "model_id", "request_id"} for a in answers)
     after = app.get("/admin/rollout", headers=AUTH).json()
-    assert (after["phase"], after["weight_percent"], after["epoch"]) == (
+    assert (after["phase"], after["weight"], after["epoch"]) == (
         before["phase"],
-        before["weight_percent"],
+        before["weight"],
         before["epoch"],
     )

@@ -44,7 +44,7 @@ class Api:
             if action == "start":
                 c.start(**who)
             elif action == "weight":
-                c.set_weight(body["weight"] * 100.0, **who)
+                c.set_weight(body["weight"], **who)
             elif action:
                 raise AssertionError(f"unexpected route {action}")
             elif c.snapshot().started:
@@ -73,7 +73,7 @@ def test_pin_starts_a_rollout_and_waits_for_the_controller_to_publish_it() -> No
     api = Api()
     with client(api) as admin:
         view = admin.pin(0.25, reason="hold a quarter")
-    assert view.phase is Phase.PAUSED and view.routing.weight_percent == 25.0
+    assert view.phase is Phase.PAUSED and view.routing.weight == 0.25
     assert view.routing.shadow_fraction == 0.5  # stage 0's, from the fixed-share spec
     assert [path for _, path, _ in api.seen if path != PREFIX] == [f"{PREFIX}/start", f"{PREFIX}/weight"]
 

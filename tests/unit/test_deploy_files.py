@@ -255,7 +255,7 @@ def test_rayservice_serves_the_same_application_as_serve_config() -> None:
     assert yaml.safe_load(serve_config) == load_yaml(SERVE_CONFIG)
     schema = ServeDeploySchema.model_validate(yaml.safe_load(serve_config))
     (app,) = schema.applications
-    args = AppArgs.model_validate(app.args)
+    AppArgs.model_validate(app.args)  # the file's arguments are valid
     assert app.import_path == "serving.app:app_builder"
 
 

@@ -24,13 +24,9 @@ from rollout.status import (
     request_rollback,
 )
 
-WEIGHTS = (0, 5, 10, 25, 50, 100)
+WEIGHTS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 SPEC = RolloutSpec.from_mapping(
-    {
-        "stages": [
-            {"weight_percent": w, "min_requests": 1000, "min_dwell_s": 60, "shadow_fraction": 0.2} for w in WEIGHTS
-        ]
-    }
+    {"stages": [{"weight": w, "min_requests": 1000, "min_dwell_s": 60, "shadow_fraction": 0.2} for w in WEIGHTS]}
 )
 T0 = 1_000_000.0
 
@@ -103,7 +99,7 @@ class Controller:
 
 def test_good_student_walks_every_stage_and_completes() -> None:
     c = Controller().started()
-    assert (c.status.phase, c.status.weight_percent) == (Phase.PROGRESSING, 0)
+    assert (c.status.phase, c.status.weight) == (Phase.PROGRESSING, 0)
     moves = []
     for _ in range(40):
         c.advance(30)
@@ -118,13 +114,13 @@ def test_good_student_walks_every_stage_and_completes() -> None:
             assert started is not None and c.now - started >= SPEC.stages[stage].min_dwell_s
             assert n >= SPEC.stages[stage].min_requests
             assert all(g.verdict is not Verdict.FAIL for g in decision.gates)
-            moves.append((decision.action, c.status.weight_percent))
+            moves.append((decision.action, c.status.weight))
         else:
             assert decision.action is Action.HOLD
         if c.status.terminal:
             break
-    assert moves == [(Action.ADVANCE, w) for w in WEIGHTS[1:]] + [(Action.COMPLETE, 100)]
-    assert c.status.phase is Phase.COMPLETED and c.status.weight_percent == 100
+    assert moves == [(Action.ADVANCE, w) for w in WEIGHTS[1:]] + [(Action.COMPLETE, 1.0)]
+    assert c.status.phase is Phase.COMPLETED and c.status.weight == 1
     assert c.status.epoch == 5 and c.status.rollback_reason is None
 
 
@@ -150,12 +146,12 @@ def test_bad_agreement_rolls_back_with_the_numbers_in_the_reason() -> None:
     c.observe(traffic(1000, disagree_every=10))  # 90 % agreement against a 0.97 threshold
     decision = c.tick()
     assert decision.action is Action.ROLLBACK
-    assert (c.status.phase, c.status.weight_percent) == (Phase.ROLLED_BACK, 0)
+    assert (c.status.phase, c.status.weight) == (Phase.ROLLED_BACK, 0)
     reason = c.status.rollback_reason or ""
     assert "agreement upper bound < threshold 0.9700: estimate 0.9000 (900/1000)" in reason
     agreement = next(g for g in decision.gates if g.name == "agreement")
     assert agreement.upper is not None and f"{agreement.upper:.4f}" in reason
-    assert routing(SPEC, c.status) == Routing(weight_percent=0, shadow_fraction=0)
+    assert routing(SPEC, c.status) == Routing(weight=0, shadow_fraction=0)
 
 
 def test_agreement_pools_across_stages_so_a_later_collapse_is_caught() -> None:
@@ -178,7 +174,7 @@ def test_no_data_holds_and_every_gate_is_inconclusive() -> None:
         c.advance(600)
         decision = c.tick()
         assert decision.action is Action.HOLD and c.status.phase is Phase.PROGRESSING
-        assert c.status.weight_percent == 0
+        assert c.status.weight == 0
     stage_gates = [g for g in decision.gates if g.name != "fast_rollback"]
     assert all(g.verdict is Verdict.INCONCLUSIVE for g in stage_gates)
     assert "min_requests: student n=0 < 1000" in decision.reasons
@@ -199,7 +195,7 @@ def test_min_dwell_holds_until_it_elapses_and_says_when_to_look() -> None:
 
 
 def test_min_requests_holds_until_enough_student_observations() -> None:
-    stages = [{"weight_percent": w, "min_requests": 5000, "min_dwell_s": 0} for w in WEIGHTS]
+    stages = [{"weight": w, "min_requests": 5000, "min_dwell_s": 0} for w in WEIGHTS]
     c = Controller(RolloutSpec.from_mapping({"stages": stages})).started()
     c.observe(traffic(3000))
     decision = c.tick()
@@ -230,7 +226,7 @@ def test_slow_student_rolls_back_on_p99_latency() -> None:
 
 def test_error_burst_takes_the_weight_to_zero_within_a_second() -> None:
     c = Controller().at_stage(2)
-    assert c.status.weight_percent == 10
+    assert c.status.weight == 0.1
     decision = c.tick()
     assert decision.next_check_at is not None and decision.next_check_at - c.now <= 1.0
     c.advance(0.3)
@@ -238,7 +234,7 @@ def test_error_burst_takes_the_weight_to_zero_within_a_second() -> None:
     burst_at = c.now
     assert urgent(c.spec, c.status, c.evidence, c.now)  # so it ticks now, not at next_check_at
     decision = c.tick()
-    assert decision.action is Action.ROLLBACK and c.status.weight_percent == 0
+    assert decision.action is Action.ROLLBACK and c.status.weight == 0
     assert c.status.last_transition_at is not None and c.status.last_transition_at - burst_at <= 1.0
     assert "fast rollback: 25 student errors in a row >= limit 20" in (c.status.rollback_reason or "")
 
@@ -275,13 +271,13 @@ def test_pause_holds_the_weight_and_resume_continues_the_stage() -> None:
     c.status = request_pause(c.status)
     decision = c.tick()
     assert decision.action is Action.PAUSE and decision.reasons == ("paused by operator at stage 1 (5 %)",)
-    assert (c.status.phase, c.status.weight_percent) == (Phase.PAUSED, 5)
+    assert (c.status.phase, c.status.weight) == (Phase.PAUSED, 0.05)
     c.observe(traffic(2000))
     c.advance(600)
     assert c.tick().action is Action.HOLD and c.status.stage_index == 1  # satisfied, but paused
     c.status = request_resume(c.status)
     assert c.tick().action is Action.RESUME and c.status.phase is Phase.PROGRESSING
-    assert c.tick().action is Action.ADVANCE and c.status.weight_percent == 10
+    assert c.tick().action is Action.ADVANCE and c.status.weight == 0.1
 
 
 def test_promote_next_skips_the_conditions_once() -> None:
@@ -291,7 +287,7 @@ def test_promote_next_skips_the_conditions_once() -> None:
     decision = c.tick()
     assert decision.action is Action.ADVANCE and decision.promote_consumed
     assert decision.reasons == ("operator promote: stage 0 (0 %) -> stage 1 (5 %)",)
-    assert (c.status.stage_index, c.status.weight_percent, c.status.intents.promote) == (1, 5, None)
+    assert (c.status.stage_index, c.status.weight, c.status.intents.promote) == (1, 0.05, None)
     assert c.tick().action is Action.HOLD
 
 
@@ -300,39 +296,39 @@ def test_promote_full_completes_at_100() -> None:
     c.status = request_promote(c.status, PromoteTarget.FULL)
     decision = c.tick()
     assert decision.action is Action.COMPLETE
-    assert (c.status.phase, c.status.weight_percent, c.status.stage_index) == (
+    assert (c.status.phase, c.status.weight, c.status.stage_index) == (
         Phase.COMPLETED,
-        100,
+        1.0,
         5,
     )
-    assert routing(SPEC, c.status) == Routing(weight_percent=100, shadow_fraction=0)
+    assert routing(SPEC, c.status) == Routing(weight=1.0, shadow_fraction=0)
 
 
 def test_promote_while_paused_moves_the_stage_but_stays_paused() -> None:
     c = Controller().at_stage(1)
     c.status = request_promote(request_pause(c.status))
     assert c.tick().action is Action.ADVANCE
-    assert (c.status.phase, c.status.stage_index, c.status.weight_percent) == (Phase.PAUSED, 2, 10)
+    assert (c.status.phase, c.status.stage_index, c.status.weight) == (Phase.PAUSED, 2, 0.1)
 
 
 def test_manual_weight_overrides_pauses_and_restarts_stage_evidence() -> None:
     c = Controller().at_stage(1)
     c.observe(traffic(500))
     epoch = c.status.epoch
-    c.status = request_manual_weight(c.status, 30.0)
+    c.status = request_manual_weight(c.status, 0.3)
     decision = c.tick()
     assert decision.action is Action.PAUSE
     assert decision.reasons == ("manual weight 30 % at stage 1 (5 %): progression paused",)
-    assert (c.status.phase, c.status.weight_percent, c.status.epoch) == (
+    assert (c.status.phase, c.status.weight, c.status.epoch) == (
         Phase.PAUSED,
-        30,
+        0.3,
         epoch + 1,
     )
     assert c.evidence.student.requests == 0 and c.evidence.agreement.compared == 500
-    assert routing(SPEC, c.status) == Routing(weight_percent=30, shadow_fraction=0.2)
+    assert routing(SPEC, c.status) == Routing(weight=0.3, shadow_fraction=0.2)
     c.status = request_manual_weight(c.status, None)  # withdrawn: nothing else holds the pause
     assert c.tick().action is Action.RESUME
-    assert (c.status.phase, c.status.weight_percent) == (Phase.PROGRESSING, 5)
+    assert (c.status.phase, c.status.weight) == (Phase.PROGRESSING, 0.05)
 
 
 def test_operator_rollback_records_the_reason_and_ends_the_rollout() -> None:
@@ -342,7 +338,7 @@ def test_operator_rollback_records_the_reason_and_ends_the_rollout() -> None:
     decision = c.tick()
     assert decision.action is Action.ROLLBACK
     assert c.status.rollback_reason == "operator rollback: support tickets up 4x"
-    assert (c.status.phase, c.status.weight_percent, c.status.intents.abort) == (
+    assert (c.status.phase, c.status.weight, c.status.intents.abort) == (
         Phase.ROLLED_BACK,
         0,
         False,
@@ -389,7 +385,7 @@ def test_decisions_serialise_with_unbounded_bounds_as_null() -> None:
 
 
 def test_a_status_past_the_specs_stages_is_a_spec_error() -> None:
-    status = RolloutStatus(phase=Phase.PROGRESSING, stage_index=9, weight_percent=50)
+    status = RolloutStatus(phase=Phase.PROGRESSING, stage_index=9, weight=0.5)
     with pytest.raises(SpecError, match="stage_index 9 is beyond the spec's 6 stages"):
         decide(SPEC, status, Evidence(), T0)
 

@@ -20,13 +20,9 @@ from rollout.store import MemoryStateStore
 from rollout.views import PublishedRouting
 from rollout.webhooks import RecordingWebhookSender
 
-WEIGHTS = (0, 5, 10, 25, 50, 100)
+WEIGHTS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 SPEC = RolloutSpec.from_mapping(
-    {
-        "stages": [
-            {"weight_percent": w, "min_requests": 1000, "min_dwell_s": 60, "shadow_fraction": 0.2} for w in WEIGHTS
-        ]
-    }
+    {"stages": [{"weight": w, "min_requests": 1000, "min_dwell_s": 60, "shadow_fraction": 0.2} for w in WEIGHTS]}
 )
 T0 = 1_000_000.0
 OPS = {"actor": "alice@example.com", "reason": "canary for student v2"}
@@ -65,13 +61,13 @@ class Rig:
         self.c.start(**OPS)
         for _ in range(index):
             self.c.promote(actor="alice@example.com", reason="skip ahead for the test")
-        assert self.c.routing().weight_percent == WEIGHTS[index]
+        assert self.c.routing().weight == WEIGHTS[index]
         return self
 
 
 def test_before_start_nothing_routes_and_ticks_hold() -> None:
     rig = Rig()
-    assert rig.c.routing() == PublishedRouting(weight_percent=0, shadow_fraction=0, version=0)
+    assert rig.c.routing() == PublishedRouting(weight=0, shadow_fraction=0, version=0)
     decision = rig.c.tick()
     assert decision.action is Action.HOLD and decision.reasons == ("no rollout started: waiting for an operator start",)
     assert rig.c.status() is None and rig.store.load() is None and rig.hooks.sent == []
@@ -82,7 +78,7 @@ def test_before_start_nothing_routes_and_ticks_hold() -> None:
 def test_good_student_walks_every_stage_and_completes_with_a_webhook_per_change() -> None:
     rig = Rig()
     status = rig.c.start(**OPS)  # pending -> the start intent is urgent: the tick runs inside the call
-    assert (status.phase, status.weight_percent) == (Phase.PROGRESSING, 0)
+    assert (status.phase, status.weight) == (Phase.PROGRESSING, 0)
     versions = [rig.c.routing().version]
     for _ in range(40):
         action = rig.step()
@@ -92,16 +88,16 @@ def test_good_student_walks_every_stage_and_completes_with_a_webhook_per_change(
         if rig.c.status().terminal:  # type: ignore[union-attr]
             break
     final = rig.c.status()
-    assert final is not None and (final.phase, final.weight_percent) == (Phase.COMPLETED, 100)
+    assert final is not None and (final.phase, final.weight) == (Phase.COMPLETED, 1)
     decisions = [e for e in rig.hooks.sent if e.kind is EventKind.DECISION]
-    assert [(e.action, e.payload["to"]["weight_percent"]) for e in decisions] == [
+    assert [(e.action, e.payload["to"]["weight"]) for e in decisions] == [
         ("start", 0),
-        ("advance", 5),
-        ("advance", 10),
-        ("advance", 25),
-        ("advance", 50),
-        ("advance", 100),
-        ("complete", 100),
+        ("advance", 0.05),
+        ("advance", 0.1),
+        ("advance", 0.25),
+        ("advance", 0.5),
+        ("advance", 1.0),
+        ("complete", 1.0),
     ]
     assert versions == sorted(set(versions))  # strictly rising with each change
     advance = decisions[1]
@@ -109,7 +105,7 @@ def test_good_student_walks_every_stage_and_completes_with_a_webhook_per_change(
     assert gates["agreement"]["verdict"] == "pass" and gates["agreement"]["n"] >= 1000
     assert advance.payload["evidence"]["student_requests"] >= 1000  # the evidence it stood on
     assert rig.store.events() == rig.hooks.sent  # the log and the webhooks saw the same events
-    assert rig.c.routing() == PublishedRouting(weight_percent=100, shadow_fraction=0, version=versions[-1])
+    assert rig.c.routing() == PublishedRouting(weight=1.0, shadow_fraction=0, version=versions[-1])
     rig.step()  # a terminal hold evaluates nothing; status still shows the gates that completed it
     assert {g.name for g in rig.c.snapshot().gates} >= {"agreement", "errors"}
 
@@ -121,7 +117,7 @@ def test_a_hard_failure_burst_reaches_weight_zero_inside_record() -> None:
     decision = rig.c.record(failures(25))  # no tick() call anywhere below
     assert decision is not None and decision.action is Action.ROLLBACK
     after = rig.c.routing()
-    assert after.weight_percent == 0 and after.shadow_fraction == 0 and after.version > before.version
+    assert after.weight == 0 and after.shadow_fraction == 0 and after.version > before.version
     rollback = rig.hooks.sent[-1]
     assert (rollback.kind, rollback.action, rollback.at) == (EventKind.DECISION, "rollback", T0 + 0.2)
     assert rollback.reason.startswith("fast rollback: 25 student errors in a row >= limit 20")
@@ -151,7 +147,7 @@ def test_no_traffic_holds_and_the_eta_is_unknown() -> None:
         rig.clock.advance(600)
         assert rig.c.tick().action is Action.HOLD
     view = rig.c.snapshot()
-    assert (view.stage_index, view.weight_percent) == (0, 0)
+    assert (view.stage_index, view.weight) == (0, 0)
     assert view.eta.seconds is None and view.eta.basis.startswith("unknown: 1000 more student requests needed")
     assert {g.name: g.verdict.value for g in view.gates}["agreement"] == "inconclusive"
 
@@ -202,12 +198,12 @@ def test_operator_actions_are_intents_recorded_with_actor_and_reason() -> None:
     for _ in range(4):
         assert rig.step() is Action.HOLD  # good evidence, but paused: no advance
     assert rig.c.snapshot().eta.seconds is None
-    rig.c.set_weight(2.5, actor="carol", reason="student p99 alarm in eu-west")
-    assert rig.step() is Action.PAUSE and rig.c.routing().weight_percent == 2.5
+    rig.c.set_weight(0.025, actor="carol", reason="student p99 alarm in eu-west")
+    assert rig.step() is Action.PAUSE and rig.c.routing().weight == 0.025
     rig.c.resume(actor="bob", reason="launch done")
-    assert rig.step() is Action.RESUME and rig.c.routing().weight_percent == 5
+    assert rig.step() is Action.RESUME and rig.c.routing().weight == 0.05
     final = rig.c.promote(to_full=True, actor="dave", reason="exec sign-off")  # urgent: acts inside the call
-    assert (final.phase, final.weight_percent) == (Phase.COMPLETED, 100)
+    assert (final.phase, final.weight) == (Phase.COMPLETED, 1)
     operator = [(e.action, e.actor, e.reason) for e in rig.hooks.sent if e.kind is EventKind.OPERATOR]
     assert operator == [
         ("start", "alice", "ship v2"),
@@ -217,7 +213,7 @@ def test_operator_actions_are_intents_recorded_with_actor_and_reason() -> None:
         ("promote", "dave", "exec sign-off"),
     ]
     set_weight = next(e for e in rig.hooks.sent if e.action == "set_weight")
-    assert set_weight.payload["weight_percent"] == 2.5 and set_weight.payload["intents"]["pause"] is True
+    assert set_weight.payload["weight"] == 0.025 and set_weight.payload["intents"]["pause"] is True
     assert rig.store.events() == rig.hooks.sent
 
 
@@ -225,14 +221,14 @@ def test_operator_rollback_acts_inside_the_call_and_start_begins_a_new_rollout()
     rig = Rig().at_stage(2)
     before = rig.c.routing().version
     status = rig.c.rollback("p99 alarms in region eu", actor="erin")
-    assert (status.phase, status.weight_percent) == (Phase.ROLLED_BACK, 0)
+    assert (status.phase, status.weight) == (Phase.ROLLED_BACK, 0)
     assert status.rollback_reason == "operator rollback: p99 alarms in region eu"
     assert [e.action for e in rig.hooks.sent[-2:]] == ["rollback", "rollback"]  # operator, then decision
     assert rig.c.snapshot().counters.rollbacks == {"operator": 1}
     with pytest.raises(IntentError, match="cannot pause: rollout is already rolled_back"):
         rig.c.pause(**OPS)
     again = rig.c.start(actor="erin", reason="fixed tokenizer, second try")
-    assert (again.phase, again.stage_index, again.weight_percent) == (Phase.PROGRESSING, 0, 0)
+    assert (again.phase, again.stage_index, again.weight) == (Phase.PROGRESSING, 0, 0)
     assert rig.c.routing().version > before and rig.c.snapshot().evidence.student_requests == 0
     with pytest.raises(IntentError, match=r"cannot start: a rollout is already progressing at stage 0 \(0 %\)"):
         rig.c.start(**OPS)
@@ -244,8 +240,8 @@ def test_admin_input_is_validated_and_rollback_needs_a_reason() -> None:
         rig.c.rollback("   ", actor="erin")
     with pytest.raises(ValidationError, match="actor"):
         rig.c.pause(actor="", reason="x")
-    with pytest.raises(ValidationError, match="manual_weight_percent"):
-        rig.c.set_weight(150.0, actor="erin", reason="typo")
+    with pytest.raises(ValidationError, match="manual_weight"):
+        rig.c.set_weight(1.5, actor="erin", reason="typo")
     assert rig.c.status().intents.pause is False  # type: ignore[union-attr]  # nothing half-applied
     assert [e.action for e in rig.hooks.sent if e.kind is EventKind.OPERATOR] == ["start", "promote"]
 

@@ -24,13 +24,9 @@ from rollout.status import Phase, RolloutStatus
 from rollout.store import MemoryStateStore, SqliteStateStore, StateStore
 from rollout.webhooks import RecordingWebhookSender
 
-WEIGHTS = (0, 5, 10, 25, 50, 100)
+WEIGHTS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 SPEC = RolloutSpec.from_mapping(
-    {
-        "stages": [
-            {"weight_percent": w, "min_requests": 1000, "min_dwell_s": 60, "shadow_fraction": 0.2} for w in WEIGHTS
-        ]
-    }
+    {"stages": [{"weight": w, "min_requests": 1000, "min_dwell_s": 60, "shadow_fraction": 0.2} for w in WEIGHTS]}
 )
 T0 = 1_000_000.0
 
@@ -79,7 +75,7 @@ def test_store_outage_holds_buffers_events_and_flushes_them_exactly_once() -> No
         decision.reasons[0]
         == "state store unavailable (5 failed saves in a row): holding instead of advance until a save succeeds"
     )
-    assert (c.routing().weight_percent, c.status().stage_index) == (0, 0)  # type: ignore[union-attr]
+    assert (c.routing().weight, c.status().stage_index) == (0, 0)  # type: ignore[union-attr]
     c.pause(actor="bob", reason="store is sick")  # accepted in memory; the PAUSE itself waits
     c.resume(actor="bob", reason="never mind")
     view = c.snapshot()
@@ -123,7 +119,7 @@ def test_a_rollback_does_not_wait_for_the_store() -> None:
     clock.advance(1)
     decision = c.record([Observation(variant=Variant.STUDENT, latency_s=5.0, error=True)] * 25)
     assert decision is not None and decision.action is Action.ROLLBACK
-    assert c.routing().weight_percent == 0 and c.status().phase is Phase.ROLLED_BACK  # type: ignore[union-attr]
+    assert c.routing().weight == 0 and c.status().phase is Phase.ROLLED_BACK  # type: ignore[union-attr]
     assert [e.action for e in hooks.sent[-2:]] == ["rollback", "write_failed"]  # alerting is not delayed
     store.outage = None
     clock.advance(1)
@@ -144,7 +140,7 @@ def test_an_urgent_intent_does_not_spin_the_tick_loop_during_an_outage() -> None
     store.outage = None
     clock.advance(1)
     assert c.next_tick_at() == T0 + 1  # healthy again: an urgent intent means tick now
-    assert c.tick().action is Action.ADVANCE and c.routing().weight_percent == 5
+    assert c.tick().action is Action.ADVANCE and c.routing().weight == 0.05
 
 
 class CommitsThenFails(MemoryStateStore):
@@ -235,22 +231,20 @@ def test_restart_over_the_same_sqlite_file_continues_with_nothing_lost_or_repeat
     again.record(traffic(800))
     assert again.tick().action is Action.HOLD  # the dwell clock did not restart with the process
     clock.advance(1)
-    assert again.tick().action is Action.ADVANCE and again.routing().weight_percent == 25
+    assert again.tick().action is Action.ADVANCE and again.routing().weight == 0.25
     while not again.status().terminal:  # type: ignore[union-attr]
         step(again, clock)
     assert again.status().phase is Phase.COMPLETED  # type: ignore[union-attr]
     store = SqliteStateStore(path)
     assert_log_is_whole(store, hooks)
-    moves = [
-        (e.action, e.payload["to"]["weight_percent"]) for e in store.events(limit=1000) if e.kind is EventKind.DECISION
-    ]
-    assert moves == [("start", 0)] + [("advance", w) for w in WEIGHTS[1:]] + [("complete", 100)]
+    moves = [(e.action, e.payload["to"]["weight"]) for e in store.events(limit=1000) if e.kind is EventKind.DECISION]
+    assert moves == [("start", 0)] + [("advance", w) for w in WEIGHTS[1:]] + [("complete", 1.0)]
 
 
 def test_restart_with_a_spec_that_lost_the_stored_stage_is_refused() -> None:
     store = MemoryStateStore()
-    store.save(RolloutStatus(phase=Phase.PROGRESSING, stage_index=4, weight_percent=50.0), Evidence(), [])
-    short = RolloutSpec.from_mapping({"stages": [{"weight_percent": 0}, {"weight_percent": 100}]})
+    store.save(RolloutStatus(phase=Phase.PROGRESSING, stage_index=4, weight=0.5), Evidence(), [])
+    short = RolloutSpec.from_mapping({"stages": [{"weight": 0}, {"weight": 1}]})
     with pytest.raises(SpecError, match=r"stored status\.stage_index 4 is beyond the spec's 2 stages"):
         RolloutController(short, store, FakeClock(T0), RecordingWebhookSender())
 

@@ -10,12 +10,12 @@ from rollout.spec import LatencyGate, RolloutSpec, Stage
 
 
 def _stages(*weights: float) -> list[dict[str, float]]:
-    return [{"weight_percent": weight} for weight in weights]
+    return [{"weight": weight} for weight in weights]
 
 
-def test_defaults_climb_0_5_10_25_50_100_with_all_gates_but_cost() -> None:
+def test_defaults_climb_0_5_10_25_50_100_percent_with_all_gates_but_cost() -> None:
     spec = RolloutSpec()
-    assert [stage.weight_percent for stage in spec.stages] == [0, 5, 10, 25, 50, 100]
+    assert [stage.weight for stage in spec.stages] == [0, 0.05, 0.1, 0.25, 0.5, 1]
     assert spec.agreement is not None and spec.agreement.threshold == 0.97
     assert spec.errors is not None and spec.latency is not None and spec.fast_rollback is not None
     assert spec.cost is None
@@ -25,18 +25,26 @@ def test_defaults_climb_0_5_10_25_50_100_with_all_gates_but_cost() -> None:
 @pytest.mark.parametrize(
     ("stages", "needle"),
     [
-        (_stages(5, 100), "stages[0].weight_percent must be 0 (the shadow stage), got 5"),
-        (_stages(0, 50), "stages[1].weight_percent must be 100, got 50"),
-        (_stages(0, 25, 10, 100), "stages[2].weight_percent must be greater than stages[1]'s 25"),
-        (_stages(0, 10, 10, 100), "stages[2].weight_percent"),
+        (_stages(0.05, 1), "stages[0].weight must be 0 (the shadow stage), got 0.05"),
+        (_stages(0, 0.5), "stages[1].weight must be 1 (all traffic), got 0.5"),
+        (_stages(0, 0.25, 0.1, 1), "stages[2].weight must be greater than stages[1]'s 0.25"),
+        (_stages(0, 0.1, 0.1, 1), "stages[2].weight"),
         (_stages(0), "need at least 2 stages"),
     ],
 )
-def test_stage_weights_must_climb_from_0_to_100(stages: list[dict[str, float]], needle: str) -> None:
+def test_stage_weights_are_fractions_climbing_from_0_to_1(stages: list[dict[str, float]], needle: str) -> None:
     with pytest.raises(SpecError) as raised:
         RolloutSpec.from_mapping({"stages": stages})
     assert needle in str(raised.value)
     assert str(raised.value).startswith("invalid rollout spec: stages:")
+
+
+def test_a_percent_weight_is_named_as_such() -> None:
+    """Weights are fractions; a spec written in percents fails on the field, not silently."""
+    with pytest.raises(SpecError, match=r"stages\.1\.weight: Input should be less than or equal to 1"):
+        RolloutSpec.from_mapping({"stages": _stages(0, 5, 100)})
+    with pytest.raises(SpecError, match=r"stages\.0: weight_percent is now weight, a fraction 0\.\.1"):
+        RolloutSpec.from_mapping({"stages": [{"weight_percent": 0}, {"weight": 1}]})
 
 
 @pytest.mark.parametrize(
@@ -46,11 +54,11 @@ def test_stage_weights_must_climb_from_0_to_100(stages: list[dict[str, float]], 
         ({"agreement": {"threshold": 1.2}}, "agreement.threshold"),
         ({"errors": {"alpha": 0}}, "errors.alpha"),
         (
-            {"stages": [{"weight_percent": 0}, {"weight_percent": 100, "min_requests": -1}]},
+            {"stages": [{"weight": 0}, {"weight": 1, "min_requests": -1}]},
             "stages.1.min_requests",
         ),
         (
-            {"stages": [{"weight_percent": 0, "shadow_fraction": 2}, {"weight_percent": 100}]},
+            {"stages": [{"weight": 0, "shadow_fraction": 2}, {"weight": 1}]},
             "stages.0.shadow_fraction",
         ),
         ({"latency": {"p99_ratio": None}}, "latency"),
@@ -68,7 +76,7 @@ def test_errors_name_the_field(data: dict[str, object], field: str) -> None:
 
 def test_direct_construction_raises_pydantic_validation_error() -> None:
     with pytest.raises(ValidationError, match="stages"):
-        RolloutSpec(stages=[Stage(weight_percent=0), Stage(weight_percent=99)])
+        RolloutSpec(stages=[Stage(weight=0), Stage(weight=0.99)])
     with pytest.raises(ValidationError, match="p99_ratio, p99_slo_s or both"):
         LatencyGate(p99_ratio=None, p99_slo_s=None)
 
@@ -77,8 +85,8 @@ def test_yaml_text_with_disabled_gates_and_custom_stages() -> None:
     spec = RolloutSpec.from_yaml_text(
         """
         stages:
-          - {weight_percent: 0, min_requests: 10, min_dwell_s: 0, shadow_fraction: 1.0}
-          - {weight_percent: 100, min_requests: 10, min_dwell_s: 0}
+          - {weight: 0, min_requests: 10, min_dwell_s: 0, shadow_fraction: 1.0}
+          - {weight: 1, min_requests: 10, min_dwell_s: 0}
         agreement: {threshold: 0.9, alpha: 0.01}
         latency: {p99_ratio: null, p99_slo_s: 0.25}
         errors: null
@@ -86,7 +94,7 @@ def test_yaml_text_with_disabled_gates_and_custom_stages() -> None:
         tick_interval_s: 0.5
         """
     )
-    assert [stage.weight_percent for stage in spec.stages] == [0, 100]
+    assert [stage.weight for stage in spec.stages] == [0, 1]
     assert spec.errors is None
     assert spec.latency is not None and spec.latency.p99_slo_s == 0.25
     assert spec.cost is not None and spec.cost.max_ratio == 0.5
@@ -107,6 +115,6 @@ def test_spec_round_trips_through_json() -> None:
 
 def test_a_shadow_stage_without_shadow_traffic_is_refused() -> None:
     with pytest.raises(SpecError, match=r"stages\[0\]\.shadow_fraction is 0"):
-        RolloutSpec.from_mapping({"stages": [{"weight_percent": 0, "shadow_fraction": 0}, {"weight_percent": 100}]})
-    manual = {"weight_percent": 0, "shadow_fraction": 0, "min_requests": 0}  # promoted by hand only
-    assert RolloutSpec.from_mapping({"stages": [manual, {"weight_percent": 100}]}).stages[0].min_requests == 0
+        RolloutSpec.from_mapping({"stages": [{"weight": 0, "shadow_fraction": 0}, {"weight": 1}]})
+    manual = {"weight": 0, "shadow_fraction": 0, "min_requests": 0}  # promoted by hand only
+    assert RolloutSpec.from_mapping({"stages": [manual, {"weight": 1}]}).stages[0].min_requests == 0

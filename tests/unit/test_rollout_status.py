@@ -21,7 +21,7 @@ from rollout.status import (
 
 def test_a_new_status_is_pending_at_weight_zero() -> None:
     status = RolloutStatus()
-    assert (status.phase, status.stage_index, status.weight_percent, status.epoch) == (
+    assert (status.phase, status.stage_index, status.weight, status.epoch) == (
         Phase.PENDING,
         0,
         0.0,
@@ -34,13 +34,13 @@ def test_status_round_trips_through_json_with_every_field_set() -> None:
     status = RolloutStatus(
         phase=Phase.PAUSED,
         stage_index=3,
-        weight_percent=25.0,
+        weight=0.25,
         epoch=7,
         stage_started_at=1234.5,
         last_transition_at=1300.0,
         ticks=99,
         message="pause: paused by operator at stage 3 (25 %)",
-        intents=Intents(pause=True, promote=PromoteTarget.FULL, manual_weight_percent=30.0),
+        intents=Intents(pause=True, promote=PromoteTarget.FULL, manual_weight=0.3),
     )
     text = status.model_dump_json()
     assert '"phase":"paused"' in text and '"promote":"full"' in text
@@ -48,13 +48,13 @@ def test_status_round_trips_through_json_with_every_field_set() -> None:
 
 
 def test_intents_are_written_not_acted_on() -> None:
-    status = RolloutStatus(phase=Phase.PROGRESSING, stage_index=1, weight_percent=5.0)
+    status = RolloutStatus(phase=Phase.PROGRESSING, stage_index=1, weight=0.05)
     paused = request_pause(status)
-    assert paused.intents.pause and paused.phase is Phase.PROGRESSING and paused.weight_percent == 5.0
-    pinned = request_manual_weight(paused, 30.0)
-    assert pinned.intents.manual_weight_percent == 30.0
+    assert paused.intents.pause and paused.phase is Phase.PROGRESSING and paused.weight == 0.05
+    pinned = request_manual_weight(paused, 0.3)
+    assert pinned.intents.manual_weight == 0.3
     resumed = request_resume(pinned)
-    assert not resumed.intents.pause and resumed.intents.manual_weight_percent is None
+    assert not resumed.intents.pause and resumed.intents.manual_weight is None
     assert request_promote(status).intents.promote is PromoteTarget.NEXT
     assert request_promote(status, PromoteTarget.FULL).intents.promote is PromoteTarget.FULL
     aborted = request_rollback(status, "p99 alarms in region eu")
@@ -72,7 +72,7 @@ def test_intents_on_a_finished_rollout_are_conflicts(phase: Phase) -> None:
 
 
 def test_manual_weight_outside_0_100_names_the_field() -> None:
-    with pytest.raises(ValidationError, match="manual_weight_percent"):
+    with pytest.raises(ValidationError, match="manual_weight"):
         request_manual_weight(RolloutStatus(), 150.0)
 
 

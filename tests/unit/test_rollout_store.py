@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -29,11 +30,11 @@ def evidence_with_data() -> Evidence:
 STATUS = RolloutStatus(
     phase=Phase.PAUSED,
     stage_index=2,
-    weight_percent=10.0,
+    weight=0.1,
     epoch=2,
     stage_started_at=T0,
     ticks=7,
-    intents=Intents(pause=True, manual_weight_percent=12.5),
+    intents=Intents(pause=True, manual_weight=0.125),
 )
 
 
@@ -89,7 +90,7 @@ def test_events_page_after_an_id_with_a_limit(store: StateStore) -> None:
 
 def test_the_latest_save_replaces_status_and_evidence(store: StateStore) -> None:
     store.save(STATUS, Evidence(), [event(1)])
-    later = STATUS.model_copy(update={"phase": Phase.ROLLED_BACK, "weight_percent": 0.0, "epoch": 3})
+    later = STATUS.model_copy(update={"phase": Phase.ROLLED_BACK, "weight": 0.0, "epoch": 3})
     store.save(later, Evidence(epoch=3), [])
     state = store.load()
     assert state is not None and state.status == later and state.evidence == Evidence(epoch=3)
@@ -116,7 +117,7 @@ def test_sqlite_uses_wal_and_records_its_schema_version(tmp_path: Path) -> None:
     SqliteStateStore(tmp_path / "r.db")
     with sqlite3.connect(tmp_path / "r.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
 
 
 def test_sqlite_state_survives_a_new_store_object_on_the_same_file(tmp_path: Path) -> None:
@@ -130,9 +131,25 @@ def test_sqlite_refuses_a_file_of_another_schema_version(tmp_path: Path) -> None
     SqliteStateStore(path)
     with sqlite3.connect(path) as db:
         db.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(StoreError, match=r"schema version \[99\] on disk, this code reads version 1") as caught:
+    with pytest.raises(StoreError, match=r"schema version \[99\] on disk, this code reads version 2") as caught:
         SqliteStateStore(path)
     assert caught.value.path == str(path)
+
+
+def test_a_version_1_file_is_migrated_to_fractions_when_opened(tmp_path: Path) -> None:
+    """Version 1 stored weights as percents; the rollout continues at the same share."""
+    path = tmp_path / "r.db"
+    SqliteStateStore(path).save(STATUS, Evidence(), [event(1)])
+    old = STATUS.model_dump(mode="json")
+    old["weight_percent"] = old.pop("weight") * 100
+    old["intents"]["manual_weight_percent"] = old["intents"].pop("manual_weight") * 100
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE state SET status = ?", (json.dumps(old),))
+        db.execute("UPDATE schema_version SET version = 1")
+    state = SqliteStateStore(path).load()
+    assert state is not None and state.status == STATUS and state.last_event_id == 1
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
 
 
 def test_sqlite_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
@@ -152,7 +169,7 @@ def test_a_failed_save_leaves_the_previous_record_whole(tmp_path: Path) -> None:
             "CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.action = 'boom' "
             "BEGIN SELECT RAISE(ABORT, 'disk said no'); END"
         )
-    later = STATUS.model_copy(update={"stage_index": 3, "weight_percent": 25.0, "epoch": 3})
+    later = STATUS.model_copy(update={"stage_index": 3, "weight": 25.0, "epoch": 3})
     with pytest.raises(StoreError, match="save failed: IntegrityError: disk said no"):
         store.save(later, Evidence(epoch=3), [event(2), event(3, action="boom")])
     state = store.load()

@@ -26,7 +26,7 @@ def event(event_id: int = 1) -> Event:
         kind=EventKind.DECISION,
         action="rollback",
         reason="agreement upper bound 0.912 < threshold 0.970 after n=412",
-        payload={"to": {"weight_percent": 0.0}},
+        payload={"to": {"weight": 0.0}},
     )
 
 

@@ -68,7 +68,7 @@ class Rig:
         )
         calls = {v: self.models.call(v) for v in (T, S)}
         self.core = RouterCore(calls, config, self.clock.now, random.Random(seed), self.metrics)
-        self.core.adopt(PublishedRouting(weight_percent=weight * 100, shadow_fraction=shadow, version=0))
+        self.core.adopt(PublishedRouting(weight=weight, shadow_fraction=shadow, version=0))
 
     async def request(self, texts: list[str] | None = None, key: str | None = None) -> Answered:
         """One request end to end: answer, then the after-response bookkeeping."""
@@ -233,11 +233,11 @@ def test_the_shadow_fraction_samples_requests() -> None:
 def test_adopt_takes_newer_or_equal_versions_only() -> None:
     rig = Rig(weight=0.0)
     assert rig.core.routing.version == 0 and rig.metrics.weight == 0.0
-    assert rig.core.adopt(PublishedRouting(weight_percent=25.0, shadow_fraction=0.1, version=4))
+    assert rig.core.adopt(PublishedRouting(weight=0.25, shadow_fraction=0.1, version=4))
     assert rig.core.weight == 0.25 and rig.metrics.weight == 0.25
-    assert not rig.core.adopt(PublishedRouting(weight_percent=100.0, shadow_fraction=0.0, version=3))
+    assert not rig.core.adopt(PublishedRouting(weight=1.0, shadow_fraction=0.0, version=3))
     assert rig.core.weight == 0.25 and rig.core.routing.version == 4 and rig.metrics.weight == 0.25
-    assert rig.core.adopt(PublishedRouting(weight_percent=50.0, shadow_fraction=0.0, version=4))
+    assert rig.core.adopt(PublishedRouting(weight=0.5, shadow_fraction=0.0, version=4))
     assert rig.core.weight == 0.5
 
 
@@ -247,7 +247,7 @@ def test_a_request_keeps_the_routing_it_arrived_with() -> None:
         rig.models.failure[T] = "gate"
         in_flight = asyncio.create_task(rig.core.answer(["a fine film"], None))
         await asyncio.sleep(0)  # the request has chosen and is waiting on the teacher
-        rig.core.adopt(PublishedRouting(weight_percent=100.0, shadow_fraction=0.0, version=7))
+        rig.core.adopt(PublishedRouting(weight=1.0, shadow_fraction=0.0, version=7))
         rig.models.release.set()
         answered = await in_flight
         assert answered.answer.variant is T and answered.routing.version == 0

@@ -34,10 +34,10 @@ def test_app_args_accept_strings_like_serve_run_passes() -> None:
 
 def test_rollout_spec_from_a_yaml_file(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
-    spec.write_text("stages: [{weight_percent: 0}, {weight_percent: 100}]\nagreement: {threshold: 0.9}\n")
+    spec.write_text("stages: [{weight: 0}, {weight: 1}]\nagreement: {threshold: 0.9}\n")
     args = AppArgs.model_validate({"teacher_id": "a", "student_id": "b", "rollout": str(spec)})
-    assert [s.weight_percent for s in args.rollout_spec().stages] == [0, 100]
-    spec.write_text("stages: [{weight_percent: 0}, {weight_percent: 100}]\nagreement: {treshold: 0.9}\n")
+    assert [s.weight for s in args.rollout_spec().stages] == [0, 1]
+    spec.write_text("stages: [{weight: 0}, {weight: 1}]\nagreement: {treshold: 0.9}\n")
     with pytest.raises(SpecError, match=r"agreement\.treshold"):
         args.rollout_spec()
 

@@ -28,12 +28,12 @@ from rollout.views import PublishedRouting
 from rollout.webhooks import RecordingWebhookSender
 
 T, S = Variant.TEACHER, Variant.STUDENT
-WEIGHTS = (0, 5, 10, 25, 50, 100)
+WEIGHTS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 SHADOW = (0.5, 1.0, 1.0, 0.5, 0.5, 0.5)
 SPEC = RolloutSpec.from_mapping(
     {
         "stages": [
-            {"weight_percent": w, "min_requests": 1000, "min_dwell_s": 30, "shadow_fraction": s}
+            {"weight": w, "min_requests": 1000, "min_dwell_s": 30, "shadow_fraction": s}
             for w, s in zip(WEIGHTS, SHADOW, strict=True)
         ]
     }
@@ -51,7 +51,7 @@ class Fixed:
 
     def __init__(self, weight: float, shadow: float) -> None:
         self.batches: list[list[Observation]] = []
-        self._routing = PublishedRouting(weight_percent=100 * weight, shadow_fraction=shadow, version=1)
+        self._routing = PublishedRouting(weight=weight, shadow_fraction=shadow, version=1)
 
     def record(self, observations: Sequence[Observation]) -> None:
         self.batches.append(list(observations))
@@ -172,7 +172,7 @@ def _baseline_bad(seed: int) -> Outcome:
 def test_kdcanary_promotes_a_good_student_within_minutes() -> None:
     outcome = simulate_kdcanary(SPEC, GOOD, TRAFFIC, seed=0)
     assert outcome.result is Result.COMPLETED
-    assert outcome.weight_percent == 100 and outcome.stage_index == len(WEIGHTS) - 1
+    assert outcome.weight == 1 and outcome.stage_index == len(WEIGHTS) - 1
     assert 6 * 30 <= outcome.seconds <= 600  # every stage dwelt 30 s; evidence, not the clock, sets the rest
     assert outcome.cause is None and outcome.student_served > 0
 
@@ -197,7 +197,7 @@ def test_kdcanary_catches_a_slow_tail_and_a_broken_student() -> None:
 def test_kdcanary_without_data_holds_at_shadow_and_never_rolls_back() -> None:
     outcome = simulate_kdcanary(SPEC, GOOD, SILENCE, seed=0)
     assert outcome.result is Result.TIMED_OUT
-    assert (outcome.stage_index, outcome.weight_percent, outcome.seconds) == (0, 0.0, SILENCE.max_seconds)
+    assert (outcome.stage_index, outcome.weight, outcome.seconds) == (0, 0.0, SILENCE.max_seconds)
     assert outcome.student_observations == 0
 
 
@@ -219,10 +219,10 @@ def test_baseline_steps_once_per_interval_and_promotes_after_the_last_check() ->
     for _ in range(6):
         assert flagger.next_tick_at() == clock.now()
         flagger.tick()
-        weights.append(flagger.routing().weight_percent)
+        weights.append(flagger.routing().weight)
         flagger.record(_window(500, agreed=495, compared=500))
         clock.advance(10.0)
-    assert weights == [5, 10, 25, 50, 100, 100]
+    assert weights == [0.05, 0.1, 0.25, 0.5, 1.0, 1.0]
     assert (flagger.result, flagger.ended_at) == (Result.COMPLETED, 50.0)
     assert flagger.routing().shadow_fraction == 0.0 and flagger.routing().version == 6
 
@@ -245,7 +245,7 @@ def test_failed_checks_are_never_reset_by_passing_ones() -> None:
         flagger.tick()
     assert flagger.failed_checks == 2 and flagger.result is None
     flagger.tick()
-    assert flagger.result is Result.ROLLED_BACK and flagger.routing().weight_percent == 0
+    assert flagger.result is Result.ROLLED_BACK and flagger.routing().weight == 0
 
 
 def test_baseline_rolls_back_one_iteration_after_its_threshold_of_failed_checks() -> None:

@@ -21,10 +21,11 @@ TESTS = Path(__file__).parent
 TINY_RECIPE = TESTS.parent / "recipes" / "tiny.yaml"
 
 
-FIRST = ("e2e/test_compress_tiny.py", "unit")
+FIRST = ("e2e/test_compress_tiny.py", "unit", "integration/test_student_models.py")
 """Run order (the Makefile keeps it with --no-loadscope-reorder): the file that builds the tiny
 registry and then runs the demo (the longest chain) starts at once on one worker while the other
-runs the unit tests, which need no registry; everything else follows."""
+runs what needs no registry (the unit tests, then the student models' own checks); everything
+else follows."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

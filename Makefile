@@ -27,7 +27,7 @@ demo: $(STAMP)
 # so two files at a time halve it. TEST_WORKERS=0 runs everything in this one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 # Pure logic only: no Ray started, no Prometheus, no model built (well under a minute).
 test-unit: $(STAMP)

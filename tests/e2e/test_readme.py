@@ -6,7 +6,7 @@ the first `kdcanary serve` line starts a real server in the background (its own 
 Ctrl-C (SIGINT) as a person would. A second `kdcanary serve` line is checked by parsing its
 arguments into the application it would deploy (one live server per test is enough on two
 cores). `make` lines must name a Makefile target; `make demo` is `kdcanary demo`, whose
-rollouts tests/integration/test_demo.py runs, and `make test` is this very suite.
+rollouts tests/e2e/test_compress_tiny.py runs, and `make test` is this very suite.
 """
 
 from __future__ import annotations

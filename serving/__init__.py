@@ -14,13 +14,14 @@
                    observations); the Ray shell and bench/simulation.py both drive it
     router.py      Router: the ingress shell over RouterCore, lean Starlette hot path
     admin.py       bearer-token check for the admin API
-    admin_api.py   the admin routes under /admin/rollout (FastAPI: typed bodies, OpenAPI)
+    admin_api.py   the admin routes under /admin/rollout (FastAPI: typed bodies and answers, OpenAPI)
+    admin_client.py AdminClient: those routes over HTTP, typed both ways (CLI, demo, drills, tests)
     metrics.py     the metrics facade over ray.serve.metrics (names in its docstring)
     config.py      typed settings per deployment
     app.py         app_builder(AppArgs) for `serve run` / `serve deploy`
     errors.py      ServingError and its subclasses
     cli.py         the `kdcanary` command (`kdcanary serve` runs the app locally)
-    rollout_cli.py `kdcanary rollout status|start|...`: the admin API over HTTP
+    rollout_cli.py `kdcanary rollout status|start|...`: AdminClient for operators
     limits.py      TokenBucket: the router's per-replica request rate limit
     drills.py      fault drills under load (replica kills, a full state store): tests and bench
     demo/          `kdcanary demo`: two live rollouts, a live view, a report

@@ -108,7 +108,9 @@ def build_admin_app(controller: DeploymentHandle[Any]) -> FastAPI:
         return await call("resume", actor=note.actor, reason=note.reason)
 
     @app.post(
-        f"{PREFIX}/promote", response_model=StatusView, summary="Skip to the next stage, or to all traffic with {'to': 'full'}"
+        f"{PREFIX}/promote",
+        response_model=StatusView,
+        summary="Skip to the next stage, or to all traffic with {'to': 'full'}",
     )
     async def promote(body: PromoteRequest) -> Any:
         return await call("promote", body.to is PromoteTarget.FULL, actor=body.actor, reason=body.reason)

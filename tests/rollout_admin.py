@@ -7,16 +7,24 @@ import time
 
 import httpx
 
+from rollout.events import EvidenceSummary
 from serving.admin_client import AdminClient
+from serving.router import VERSION_HEADER
 
 ADMIN_TOKEN = "integration-test-token"  # what the serve_cluster fixture configures
-VERSION_HEADER = "x-kdcanary-routing-version"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SETTLE = 12  # answers in a row from routers holding a pinned weight before it counts as applied
 
 
 def admin_client(app: httpx.Client) -> AdminClient:
     """The typed admin client for an application served at `app.base_url`."""
     return AdminClient(str(app.base_url), ADMIN_TOKEN, actor="pytest")
+
+
+def evidence(app: httpx.Client) -> EvidenceSummary:
+    """The controller's evidence counts for the application, as its status shows them now."""
+    with admin_client(app) as admin:
+        return admin.status().evidence
 
 
 def pin_weight(app: httpx.Client, admin: AdminClient, weight: float, within_s: float = 60.0) -> None:

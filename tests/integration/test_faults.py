@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from rollout_admin import ADMIN_TOKEN
 
 from compression.data import _read_rotten_tomatoes
 from serving.config import RouterConfig
@@ -33,7 +34,6 @@ from serving.drills import (
 )
 
 Deploy = Any  # tests/integration/conftest.py
-TOKEN = "integration-test-token"
 RATE = 15.0
 ROUTER = RouterConfig(poll_interval_s=0.2, flush_interval_s=0.2, student_timeout_s=10.0)
 """A student timeout no busy machine reaches: drill_spec's trip wire fires on 3 student errors in a
@@ -55,7 +55,7 @@ def drill(deploy: Deploy, serve_cluster: Any, texts: list[str]) -> Any:
     def run(name: str, spec: dict[str, Any], router: RouterConfig = ROUTER, **app_args: Any) -> Iterator[Drill]:
         with (
             deploy(name, rollout=spec, router_settings=router, **app_args),
-            Drill(f"{serve_cluster.http_url}/{name}", name, TOKEN, texts, RATE) as d,
+            Drill(f"{serve_cluster.http_url}/{name}", name, ADMIN_TOKEN, texts, RATE) as d,
         ):
             yield d
 

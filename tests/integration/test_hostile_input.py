@@ -21,12 +21,12 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rollout_admin import AUTH
 
 from serving.classifier import load_bundle
 from serving.errors import BundleRejectedError
 
 Deploy = Any  # tests/integration/conftest.py
-AUTH = {"Authorization": "Bearer integration-test-token"}
 CASES = 600  # per route family; two families -> more than a thousand requests per run
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50)

@@ -50,6 +50,7 @@ import pytest
 import yaml
 from ports import free_port
 from prometheus_install import PrometheusTools, ensure_prometheus
+from rollout_admin import AUTH
 from traffic import Traffic
 
 from compression.data import _read_rotten_tomatoes
@@ -60,7 +61,6 @@ DEPLOY = Path(__file__).parents[2] / "deploy"
 PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
 RULES_YML = DEPLOY / "prometheus" / "rules.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "kdcanary.json"
-AUTH = {"Authorization": "Bearer integration-test-token"}
 APPS = ("prom-good", "prom-fail")
 RATE_INTERVAL = "5m"  # $__rate_interval: longer than the test, so every event is in every window
 GRAFANA_VARIABLES = {

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from rollout_admin import ADMIN_TOKEN, AUTH
 from traffic import Traffic
 
 from compression.data import _read_rotten_tomatoes
@@ -28,8 +29,6 @@ from serving.cli import main as kdcanary
 
 Deploy = Any  # tests/integration/conftest.py
 ServeCluster = Any
-ADMIN_TOKEN = "integration-test-token"
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def spec(threshold: float, *, min_requests: int = 40, stage0_shadow: float = 1.0) -> dict[str, Any]:

@@ -13,10 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from rollout_admin import ADMIN_TOKEN, AUTH
 
 Deploy = Any  # tests/integration/conftest.py
-TOKEN = "integration-test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +28,15 @@ def test_the_token_never_leaves_the_auth_check(app: httpx.Client, serve_cluster:
     import ray
 
     seen = [app.post("/admin/rollout/start", json={"reason": "security test"}, headers=AUTH).text]
-    seen += [app.get("/admin/rollout", headers={"Authorization": f"Bearer {TOKEN}x"}).text]
+    seen += [app.get("/admin/rollout", headers={"Authorization": f"Bearer {ADMIN_TOKEN}x"}).text]
     seen += [app.put("/admin/rollout/weight", json={"weight": 2, "reason": "x"}, headers=AUTH).text]
     seen += [app.get("/admin/rollout/events", headers=AUTH).text, app.get("/openapi.json").text]
     seen += [httpx.get(serve_cluster.metrics_url, timeout=10).text]
-    leaks = [text[:200] for text in seen if TOKEN in text]
+    leaks = [text[:200] for text in seen if ADMIN_TOKEN in text]
     assert not leaks
     node: Any = ray._private.worker._global_node  # no public accessor for the session folder
     logs = Path(node.get_session_dir_path()) / "logs"
-    leaked_files = [p.name for p in logs.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    leaked_files = [p.name for p in logs.rglob("*") if p.is_file() and ADMIN_TOKEN.encode() in p.read_bytes()]
     assert not leaked_files
 
 
@@ -45,7 +44,7 @@ def test_predict_cannot_steer_the_rollout(app: httpx.Client) -> None:
     before = app.get("/admin/rollout", headers=AUTH).json()
     for extra in ({"variant": "student"}, {"weight": 1.0}, {"admin": True}):
         assert app.post("/v1/predict", json={"inputs": ["x"], **extra}).status_code == 422
-    steering = {"x-kdcanary-variant": "student", "x-variant": "student", "authorization": f"Bearer {TOKEN}"}
+    steering = {"x-kdcanary-variant": "student", "x-variant": "student", "authorization": f"Bearer {ADMIN_TOKEN}"}
     answers = [app.post("/v1/predict", json={"inputs": ["x"]}, headers=steering).json() for _ in range(20)]
     assert {a["variant"] for a in answers} == {"teacher"}  # stage 0: every user is on the teacher
     assert all(set(a) == {"predictions", "variant", "model_id", "request_id"} for a in answers)

@@ -17,16 +17,15 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from rollout_admin import admin_client, pin_weight
+from rollout_admin import ADMIN_TOKEN, AUTH, admin_client, evidence, pin_weight
 
 from rollout.events import EvidenceSummary
+from serving.router import VERSION_HEADER
 from serving.routing import sticky_variant
 
 Bundles = Any  # tests/integration/conftest.py: registry, teacher_id, student_id
 ServeCluster = Any  # tests/integration/conftest.py: http_url, metrics_url, admin_token
 Deploy = Any  # tests/integration/conftest.py: deploy(name, **app_args) -> context of an httpx.Client
-ADMIN_TOKEN = "integration-test-token"  # what the serve_cluster fixture configures
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 TEXTS = ["a moving, beautifully acted film", "dull, lifeless and far too long", "it was fine i guess"]
 
 
@@ -56,7 +55,7 @@ def predict(client: httpx.Client, texts: list[str] | None = None, **extra: Any) 
     response = client.post("/v1/predict", json={"inputs": texts or TEXTS[:1], **extra}, headers=headers)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
-    body["_version"] = int(response.headers["x-kdcanary-routing-version"])
+    body["_version"] = int(response.headers[VERSION_HEADER])
     return body
 
 
@@ -160,8 +159,8 @@ def test_sticky_routing_is_stable_and_monotone(kd: httpx.Client) -> None:
 def test_failover_to_teacher_when_student_raises(faulty: httpx.Client, serving_bundles: Bundles) -> None:
     bodies = many(faulty, 20, workers=4)
     assert {(b["variant"], b["model_id"]) for b in bodies} == {("teacher", serving_bundles.teacher_id)}
-    evidence = _wait_for_evidence(faulty, lambda e: e.student_errors >= 20)
-    assert evidence.teacher_requests >= 20
+    counts = _wait_for_evidence(faulty, lambda e: e.student_errors >= 20)
+    assert counts.teacher_requests >= 20
 
 
 def test_shadow_does_not_change_the_answer(kd: httpx.Client, shadow: httpx.Client) -> None:
@@ -179,8 +178,8 @@ def test_shadow_does_not_change_the_answer(kd: httpx.Client, shadow: httpx.Clien
         for got, want in zip(body["predictions"], plain["predictions"], strict=True):
             assert got["label_id"] == want["label_id"]
             assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-4)
-    evidence = _wait_for_evidence(shadow, lambda e: e.agreement_compared >= 10)
-    assert evidence.student_requests >= 10
+    counts = _wait_for_evidence(shadow, lambda e: e.agreement_compared >= 10)
+    assert counts.student_requests >= 10
 
 
 def test_custom_metrics_reach_rays_metrics_endpoint(
@@ -234,8 +233,7 @@ def _scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 def _wait_for_evidence(client: httpx.Client, done: Any, within_s: float = 60.0) -> EvidenceSummary:
     """The controller's evidence counts once `done(counts)` holds (routers report in batches)."""
     deadline = time.monotonic() + within_s
-    with admin_client(client) as admin:
-        while not done(evidence := admin.status().evidence):
-            assert time.monotonic() < deadline, f"controller evidence never got there: {evidence}"
-            time.sleep(0.3)
-    return evidence
+    while not done(counts := evidence(client)):
+        assert time.monotonic() < deadline, f"controller evidence never got there: {counts}"
+        time.sleep(0.3)
+    return counts

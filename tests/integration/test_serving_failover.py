@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from rollout_admin import SETTLE, admin_client
+from rollout_admin import SETTLE, evidence
 
 from serving.config import RouterConfig
 
@@ -67,15 +67,10 @@ def test_student_timeout_fails_over_to_the_teacher(
             assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-4)
     # Pinning the weight already asked SETTLE requests of routers at weight 1: each timed out too.
     timed_out = REQUESTS + SETTLE
-    evidence = _wait_for(lambda: _evidence(slow), lambda e: e.student_errors >= timed_out)
-    assert evidence.teacher_requests >= timed_out
+    counts = _wait_for(lambda: evidence(slow), lambda e: e.student_errors >= timed_out)
+    assert counts.teacher_requests >= timed_out
     timeouts = _wait_for(lambda: _failovers(serve_cluster.metrics_url), lambda n: n >= timed_out)
     assert timeouts >= timed_out
-
-
-def _evidence(client: httpx.Client) -> Any:
-    with admin_client(client) as admin:
-        return admin.status().evidence
 
 
 def _failovers(metrics_url: str) -> float:

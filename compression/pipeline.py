@@ -7,6 +7,7 @@ the other students go on; the run then exits non-zero.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from compression.context import Context
 from compression.data import load_corpus
 from compression.errors import ToleranceError
-from compression.recipe import Recipe, StudentConfig
+from compression.recipe import Recipe, StudentConfig, select_students
 from compression.registry import Bundle, Registry
 from compression.stages import default_teacher_path, distill_stage, prune_stage, quantize_stage, teacher_stage
 from compression.text import load_tokenizer
@@ -37,13 +38,15 @@ class RunSummary:
         return [self.teacher] + [b for chain in self.students.values() for b in chain]
 
 
-def compress(recipe: Recipe, registry: Registry) -> RunSummary:
+def compress(recipe: Recipe, registry: Registry, only: Sequence[str] = ()) -> RunSummary:
+    """Build the teacher and every student of `recipe` (or only the students named in `only`)."""
+    students = select_students(recipe, only)
     torch.manual_seed(recipe.seed)  # seeds are set once, here; stages draw from ctx.rng(...)
     corpus = load_corpus(recipe.data, recipe.seed)
     field = "teacher.tokenizer" if recipe.teacher.kind == "onnx" else "teacher.path"
     ctx = Context(recipe, corpus, registry, load_tokenizer(_tokenizer_path(recipe), field))
     summary = RunSummary(teacher_stage(ctx))
-    for student in recipe.students:
+    for student in students:
         chain: list[Bundle] = []
         try:
             _run_chain(ctx, summary.teacher, student, chain)

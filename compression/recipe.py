@@ -6,6 +6,7 @@ not a silently ignored setting.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -210,6 +211,16 @@ def load_recipe(path: Path) -> Recipe:
     except ValidationError as exc:
         raise RecipeError(f"recipe {path}: {_first_problem(exc)}") from exc
     return _resolve_paths(recipe, path.parent)
+
+
+def select_students(recipe: Recipe, only: Sequence[str]) -> list[StudentConfig]:
+    """The recipe's students named in `only` (all when empty), in recipe order; an unknown
+    name is a RecipeError before anything runs. Every stage's key depends only on its own
+    chain, so a partial run's bundles are the ones a full run reuses."""
+    names = [s.name for s in recipe.students]
+    if unknown := [name for name in only if name not in names]:
+        raise RecipeError(f"student {unknown[0]!r} is not in recipe {recipe.name} (its students: {', '.join(names)})")
+    return [s for s in recipe.students if not only or s.name in only]
 
 
 def _first_problem(exc: ValidationError) -> str:

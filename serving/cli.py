@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
 
     compress = sub.add_parser("compress", help="run a recipe: teacher -> students -> registry")
     compress.add_argument("recipe", type=Path)
+    compress.add_argument(
+        "--student", action="append", default=[], metavar="NAME", help="build only this student (repeatable)"
+    )
     _registry_flag(compress)
     compress.set_defaults(run=_compress)
 
@@ -98,7 +101,7 @@ def _compress(args: argparse.Namespace) -> int:
     from compression.recipe import load_recipe
 
     registry = _registry(args)
-    summary = compress(load_recipe(args.recipe), registry)
+    summary = compress(load_recipe(args.recipe), registry, args.student)
     _print_bundles(summary.bundles)
     for name, message in summary.breaches.items():
         print(f"student {name} stopped: {message}", file=sys.stderr)

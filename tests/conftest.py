@@ -8,6 +8,7 @@ ONNX Runtime, Prometheus), e2e (the demo path).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,14 @@ TINY_RECIPE = TESTS.parent / "recipes" / "tiny.yaml"
 
 
 FIRST = ("e2e/test_compress_tiny.py", "unit")
+LAST = ("e2e/test_readme.py",)
 """Run order (the Makefile keeps it with --no-loadscope-reorder): the file that builds the tiny
 registry and then runs the demo (the longest chain) starts at once on one worker while the other
-runs the unit tests, which need no registry; everything else follows. Nothing heavier runs beside
-the build: with the student models' torch checks beside it, the build took 262 s instead of
-155-180 s (two torch processes with two threads each on two cores)."""
+runs the unit tests, which need no registry, then the serving tests, which start as soon as the
+students they deploy are built (`serving_run`); the README test, which needs every bundle, goes
+last. Nothing torch-heavy runs beside the build: with the student models' torch checks beside
+it, the build took 262 s instead of 155-180 s (two torch processes with two threads each on two
+cores)."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,6 +43,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _run_order(item: pytest.Item) -> int:
     path = Path(str(item.fspath)).relative_to(TESTS).as_posix()
+    if path.startswith(LAST):
+        return len(FIRST) + 1
     return next((rank for rank, first in enumerate(FIRST) if path.startswith(first)), len(FIRST))
 
 
@@ -48,20 +54,39 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path
     return base if worker_id == "master" else base.parent
 
 
+SERVING_STUDENTS = ("minilm-l2",)
+"""The recipe's students the serving tests deploy (with the teacher)."""
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> tuple[Registry, RunSummary]:
-    """The tiny recipe built once per test run into a fresh registry: real bundles (teacher,
-    layer-cut, pruned, INT8 and baseline students) for every test that needs them.
+def serving_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> tuple[Registry, RunSummary]:
+    """The teacher and the serving tests' students of the tiny recipe, built first so that those
+    tests start while the rest of the recipe builds. Their bundles are the full run's: a stage's
+    key depends only on its own chain."""
+    return _build(shared_dir(tmp_path_factory, worker_id), SERVING_STUDENTS)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(
+    serving_run: tuple[Registry, RunSummary], tmp_path_factory: pytest.TempPathFactory, worker_id: str
+) -> tuple[Registry, RunSummary]:
+    """The whole tiny recipe built once per test run into a fresh registry: real bundles (teacher,
+    layer-cut, pruned, INT8 and baseline students) for every test that needs them."""
+    return _build(shared_dir(tmp_path_factory, worker_id), ())
+
+
+def _build(root: Path, only: tuple[str, ...]) -> tuple[Registry, RunSummary]:
+    """Run the tiny recipe (or `only` its students named) into the run's shared registry.
 
     The first worker to take the lock builds; the others then run the same recipe against the
-    built registry, which recomputes nothing. Their summary carries the building run's forward
-    batches (saved beside the registry), so every worker reports the run that built it."""
-    root = shared_dir(tmp_path_factory, worker_id)
-    registry, built = Registry(root / "registry"), root / "registry-build.json"
+    built registry, which recomputes nothing. Forward batches are summed over every build of the
+    run (saved beside the registry), so each summary reports what building the registry really
+    cost: a teacher pass recomputed by a later build would count twice."""
+    registry, record = Registry(root / "registry"), root / "registry-build.json"
     with FileLock(root / "registry.lock"):
-        summary = compress(load_recipe(TINY_RECIPE), registry)
-        if built.is_file():
-            summary.forward_batches = json.loads(built.read_text())
-        else:
-            built.write_text(json.dumps(summary.forward_batches))
+        summary = compress(load_recipe(TINY_RECIPE), registry, only)
+        batches = Counter(json.loads(record.read_text()) if record.is_file() else {})
+        batches.update(summary.forward_batches)
+        record.write_text(json.dumps(batches))
+    summary.forward_batches = dict(batches)
     return registry, summary

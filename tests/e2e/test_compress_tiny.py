@@ -132,6 +132,14 @@ def test_bad_input_is_one_line_and_changes_nothing(
     assert snapshot(registry) == before
 
 
+def test_unknown_student_is_one_line_and_changes_nothing(first_run: tuple[Registry, RunSummary]) -> None:
+    registry, _ = first_run
+    before = snapshot(registry)
+    result = kdcanary("compress", TINY, "--student", "minilm-l2", "--student", "minilm", "--registry", registry.root)
+    assert result.returncode == 2 and snapshot(registry) == before
+    assert result.stderr.strip().splitlines()[-1].startswith("kdcanary: error: student 'minilm' is not in recipe tiny")
+
+
 def test_corrupt_manifest_is_named(first_run: tuple[Registry, RunSummary], tmp_path: Path) -> None:
     _, summary = first_run
     copy = Registry(tmp_path)

@@ -1,8 +1,9 @@
 """Integration fixtures for serving: real bundles, one Ray + Serve session per pytest session.
 
-Bundles come from the tiny recipe (the `tiny_run` fixture in tests/conftest.py, built once per
-session). To reuse a registry already built from recipes/tiny.yaml across runs, point
-KDCANARY_TEST_REGISTRY at it; the bundles are then looked up by name.
+Bundles come from the tiny recipe (the `serving_run` fixture in tests/conftest.py: the teacher
+and the minilm-l2 chain, built once per test run). To reuse a registry already built from
+recipes/tiny.yaml across runs, point KDCANARY_TEST_REGISTRY at it; the bundles are then looked
+up by name.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def serving_bundles(request: pytest.FixtureRequest) -> Bundles:
     if root:
         registry = Registry(Path(root))
         return Bundles(registry.root, registry.get("teacher").id, registry.get(STUDENT_NAME).id)
-    registry, summary = request.getfixturevalue("tiny_run")
+    registry, summary = request.getfixturevalue("serving_run")
     return Bundles(registry.root, summary.teacher.id, summary.students["minilm-l2"][-1].id)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from compression.errors import RecipeError
-from compression.recipe import LayersArchitecture, load_recipe
+from compression.recipe import LayersArchitecture, load_recipe, select_students
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 MINIMAL = "name: t\nstudents:\n  - name: s\n    architecture: {kind: layers, layers: [0]}\n"
@@ -58,3 +58,12 @@ def test_unreadable_and_non_mapping_recipes(tmp_path: Path) -> None:
 def test_relative_paths_resolve_against_the_recipe_folder(tmp_path: Path) -> None:
     recipe = load_recipe(write(tmp_path, MINIMAL + "data: {source: file, path: reviews.csv}\n"))
     assert recipe.data.path == tmp_path / "reviews.csv"
+
+
+def test_students_are_selected_by_name_in_recipe_order() -> None:
+    recipe = load_recipe(RECIPES / "tiny.yaml")
+    everyone = [s.name for s in recipe.students]
+    assert [s.name for s in select_students(recipe, ())] == everyone
+    assert [s.name for s in select_students(recipe, everyone[::-1][:2])] == everyone[1:]
+    with pytest.raises(RecipeError, match=r"student 'minilm' is not in recipe tiny \(its students: minilm-l2, "):
+        select_students(recipe, ["minilm"])

@@ -30,15 +30,16 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope
 
-from rollout.errors import IntentError
 from rollout.events import Event
 from rollout.status import PromoteTarget
 from rollout.views import StatusView
 from serving.admin import authorize
+from serving.error_table import UNKNOWN, lookup, one_line
 from serving.errors import AdminAuthError
 from serving.schemas import AdminNote, PromoteRequest, RollbackRequest, WeightUpdate
 
@@ -55,7 +56,7 @@ def _require_token(request: Request, _: Annotated[HTTPAuthorizationCredentials |
     try:
         authorize(request.headers.get("authorization"))
     except AdminAuthError as exc:
-        raise HTTPException(401, str(exc), headers={"www-authenticate": "Bearer"}) from exc
+        raise HTTPException(lookup(exc).http_status, str(exc), headers={"www-authenticate": "Bearer"}) from exc
 
 
 def build_admin_app(controller: DeploymentHandle[Any]) -> FastAPI:
@@ -75,11 +76,14 @@ def build_admin_app(controller: DeploymentHandle[Any]) -> FastAPI:
     async def call(method: str, *args: Any, **kwargs: Any) -> Any:
         try:
             return await controller.options(method_name=method).remote(*args, **kwargs)
-        except (IntentError, ValueError) as exc:  # Ray re-raises an instance of the cause
-            raise HTTPException(409, f"controller refused: {getattr(exc, 'cause', exc)}") from exc
         except Exception as exc:
-            log.warning("controller call %s failed: %s", method, type(exc).__name__)
-            raise HTTPException(503, f"controller unavailable ({type(exc).__name__}); retry") from exc
+            cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+            answer = lookup(cause)
+            if answer is UNKNOWN:  # the actor died or the call failed: an outage, not a refusal
+                log.warning("controller call %s failed: %s", method, type(cause).__name__)
+                message = f"controller unavailable ({type(cause).__name__}); retry"
+                raise HTTPException(answer.http_status, message) from exc
+            raise HTTPException(answer.http_status, f"controller refused: {one_line(cause)}") from exc
 
     @app.get(
         PREFIX, response_model=StatusView, summary="Rollout status: phase, stage, weight, each gate's numbers, ETA"

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from ray.serve import Application, Deployment
 
 from compression.registry import Registry, default_root
+from rollout.errors import SpecError
 from rollout.evidence import Variant
 from rollout.spec import RolloutSpec
 from serving.config import Batching, ModelConfig, Resources, RouterConfig, Runtime
@@ -65,7 +66,11 @@ class AppArgs(BaseModel):
         """The spec, read from its YAML file when given as a path (SpecError names the problem)."""
         if isinstance(self.rollout, RolloutSpec):
             return self.rollout
-        return RolloutSpec.from_yaml_text(self.rollout.read_text())
+        try:
+            text = self.rollout.read_text()
+        except OSError as exc:
+            raise SpecError(f"rollout spec {self.rollout}: cannot be read ({exc.strerror or exc})") from exc
+        return RolloutSpec.from_yaml_text(text)
 
 
 def app_builder(args: AppArgs | dict[str, Any]) -> Application:

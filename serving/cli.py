@@ -16,16 +16,26 @@ if TYPE_CHECKING:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a deliberate error is one line on stderr and the exit code of
+    `serving.error_table` (2 bad input, 3 refused, 4 unavailable), never a traceback."""
     args = _parser().parse_args(argv)
+    from pydantic import ValidationError
+
     from compression.errors import CompressionError
+    from rollout.errors import RolloutError
+    from serving.admin_client import AdminCallError
+    from serving.error_table import exit_code_for_status, lookup, one_line
     from serving.errors import ServingError
 
     try:
         code: int = args.run(args)
         return code
-    except (CompressionError, ServingError) as exc:
+    except AdminCallError as exc:
         print(f"kdcanary: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_code_for_status(exc.status)
+    except (CompressionError, RolloutError, ServingError, ValidationError) as exc:
+        print(f"kdcanary: error: {one_line(exc)}", file=sys.stderr)
+        return lookup(exc).exit_code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,21 +161,15 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from pydantic import ValidationError
-
     from serving.app import app_builder
     from serving.classifier import load_bundle
 
     registry = _registry(args)
-    # Fail fast, before Ray: a missing or tampered bundle, or no model for the runtime asked.
+    # Fail fast, before Ray: a missing or tampered bundle, no model for the runtime asked, a bad spec.
     teacher = load_bundle(registry.root, args.teacher, args.teacher_runtime)
     student = load_bundle(registry.root, args.student, args.student_runtime)
-
-    try:
-        app_args = serve_app_args(args, teacher.id, student.id, registry.root)
-    except ValidationError as exc:
-        print(f"kdcanary: error: {exc}", file=sys.stderr)
-        return 2
+    app_args = serve_app_args(args, teacher.id, student.id, registry.root)
+    app_args.rollout_spec()
     import ray
     from ray import serve
 

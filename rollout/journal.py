@@ -14,6 +14,11 @@ Every save carries all pending events, so after an outage they reach the store e
 (the store also skips ids it already holds, in case a "failed" commit had in fact landed).
 The first failure of an outage logs a `store/write_failed` event and the save that ends it a
 `store/recovered` event, both in the log once the store is back.
+
+Every save carries the writer term the controller claimed. When another controller has
+claimed the store since (`FencedError`), the journal is fenced for good: it never touches the
+store again, `fenced` holds the error, and the store health says who took over. The new holder
+records the takeover in its own `controller/resumed` event.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollout.errors import StoreError
+from rollout.errors import FencedError, StoreError
 from rollout.events import Event, EventKind
 from rollout.evidence import Evidence
 from rollout.status import RolloutStatus
@@ -59,12 +64,18 @@ class Draft:
 class Journal:
     """Pending events, event ids and store health for one controller (callers hold its lock)."""
 
-    def __init__(self, store: StateStore, webhooks: WebhookSender, last_event_id: int = 0) -> None:
+    def __init__(self, store: StateStore, webhooks: WebhookSender, term: int, last_event_id: int = 0) -> None:
         self._store = store
         self._webhooks = webhooks
+        self._term = term
         self._next_id = last_event_id + 1
         self._pending: list[Event] = []
-        self.health = StoreHealth(location=str(getattr(store, "location", type(store).__name__)))
+        self.fenced: FencedError | None = None
+        self.health = StoreHealth(
+            location=str(getattr(store, "location", type(store).__name__)),
+            journal_mode=getattr(store, "journal_mode", None),
+            term=term,
+        )
 
     @property
     def last_id(self) -> int:
@@ -88,13 +99,19 @@ class Journal:
         """Save `status`, `evidence`, the pending events and `drafts` in one transaction.
 
         True on success (drafts become events, published after the commit). False when the
-        store failed: the drafts are dropped, the failure is recorded, nothing else changes.
+        store failed or this journal is fenced: the drafts are dropped, the failure is recorded,
+        nothing else changes.
         """
+        if self.fenced is not None:
+            return False
         if not self.health.healthy:
             drafts = (self._recovery_draft(now), *drafts)
         fresh = [draft.event(self._next_id + offset, now) for offset, draft in enumerate(drafts)]
         try:
-            self._store.save(status, evidence, [*self._pending, *fresh])
+            self._store.save(status, evidence, [*self._pending, *fresh], term=self._term)
+        except FencedError as error:
+            self._fence(error, now)
+            return False
         except StoreError as error:
             self._failed(error, now)
             return False
@@ -139,6 +156,12 @@ class Journal:
             reason = f"{error}; holding (no advance) until a save succeeds"
             payload = {"location": error.path, "error": str(error)}
             self.commit(Draft(EventKind.STORE, "write_failed", reason, payload), now)
+
+    def _fence(self, error: FencedError, now: float) -> None:
+        log.error("rollout controller fenced: %s", error)
+        self.fenced = error
+        # `healthy` stays as it was: the store is fine, this controller is just no longer its writer
+        self.health = self.health.model_copy(update={"fenced": True, "last_error": str(error), "last_error_at": now})
 
     def _recovery_draft(self, now: float) -> Draft:
         health = self.health

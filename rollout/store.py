@@ -5,14 +5,23 @@ status on the Canary object; we keep it here). One `save` is one atomic transact
 status, the evidence snapshot and the new events land together or not at all, so a crash
 never leaves a status without the decision event that produced it, or half an event.
 
-- `SqliteStateStore(path)`: SQLite in WAL mode. Every call opens its own connection (a
-  moved, deleted or replaced file is noticed on the next save instead of writing into an
-  unlinked inode) and every save is `BEGIN IMMEDIATE ... COMMIT`: SQLite's write-ahead log is
-  the "write to a temp, then rename" here, and `synchronous=FULL` makes a commit durable.
+- `SqliteStateStore(path)`: one SQLite file. Every call opens its own connection (a moved,
+  deleted or replaced file is noticed on the next save instead of writing into an unlinked
+  inode) and every save is `BEGIN IMMEDIATE ... COMMIT`; `synchronous=FULL` makes a commit
+  durable. The journal is WAL on a local disk and the rollback journal (`DELETE`) on a
+  network filesystem, where SQLite documents WAL as unsafe (it needs shared memory between
+  every process that opens the file): `journal_mode_for` reads the mount table.
 - `MemoryStateStore()`: the in-package fake, with an `outage` switch for failure tests.
 
+One writer: a controller first `claim`s the store, which grants it the next writer term, and
+every `save` carries that term and is refused with `FencedError`, inside its own transaction,
+once a newer claim exists. Two controllers on one store (a RayService upgrade, a replica
+restarted while the old one still ticks) therefore never both write; the newest wins.
+
 Every failure to read or write surfaces as `StoreError` naming the path and the cause.
-Event ids come from the caller; an id the store already holds is skipped (idempotent replay).
+Event ids come from the caller: an id the store already holds with the same content is a
+replay and skipped (a "failed" commit that had in fact landed); with other content it is a
+`StoreError`, never a silent drop.
 """
 
 from __future__ import annotations
@@ -29,17 +38,23 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rollout.errors import StoreError
+from rollout.errors import FencedError, StoreError
 from rollout.events import Event, EventKind
 from rollout.evidence import Evidence
 from rollout.status import RolloutStatus
 
-__all__ = ["Event", "EventKind", "MemoryStateStore", "SqliteStateStore", "StateStore", "StoredState"]
+__all__ = ["Claim", "Event", "EventKind", "MemoryStateStore", "SqliteStateStore", "StateStore", "StoredState"]
 
-SCHEMA_VERSION = 2
-"""1 -> 2: weights became fractions (`weight`, `intents.manual_weight`) instead of percents;
-a version-1 file is migrated in place when opened (event payloads keep the words they were
-written with: the log is history)."""
+SCHEMA_VERSION = 3
+"""1 -> 2: weights became fractions (`weight`, `intents.manual_weight`) instead of percents
+(event payloads keep the words they were written with: the log is history). 2 -> 3: the
+`writer` table (the current writer term and its holder). Older files are migrated in place
+when opened."""
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "9p", "afs", "gpfs", "beegfs"}
+)
+"""Filesystem types (as /proc/self/mountinfo names them) that SQLite's WAL mode must not be
+used on; `fuse.*` mounts (gcsfuse, s3fs, sshfs, ...) count as network ones too."""
 MAX_EVENTS_PAGE = 1000
 """The most events one `events()` call returns, whatever `limit` asks."""
 
@@ -54,15 +69,32 @@ class StoredState(BaseModel):
     last_event_id: int = Field(default=0, ge=0)
 
 
+class Claim(BaseModel):
+    """A writer term granted by `claim`, and whom it was taken from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    term: int = Field(ge=1)
+    holder: str
+    claimed_at: float
+    previous_holder: str | None = None
+    previous_claimed_at: float | None = None
+
+
 class StateStore(Protocol):
     """Where the controller keeps its state; every method raises StoreError on failure."""
+
+    def claim(self, holder: str, at: float) -> Claim:
+        """Become the only writer: the next term; every save with an older term is refused from now."""
+        ...
 
     def load(self) -> StoredState | None:
         """The last saved state, or None when nothing was ever saved."""
         ...
 
-    def save(self, status: RolloutStatus, evidence: Evidence, events: Sequence[Event]) -> None:
-        """Replace status and evidence and append `events`, in one atomic transaction."""
+    def save(self, status: RolloutStatus, evidence: Evidence, events: Sequence[Event], *, term: int) -> None:
+        """Replace status and evidence and append `events`, in one atomic transaction that first
+        checks `term` is still the newest claim (FencedError if not)."""
         ...
 
     def events(self, after_id: int = 0, limit: int = 100) -> list[Event]:
@@ -74,6 +106,25 @@ def _page(limit: int) -> int:
     return max(0, min(limit, MAX_EVENTS_PAGE))
 
 
+def _fenced(location: str, term: int, current: Claim | None) -> FencedError:
+    if current is None:
+        now = "nobody holds this store (was it replaced?)"
+    else:
+        now = f"{current.holder} holds it at term {current.term} (claimed at {current.claimed_at:.0f})"
+    return FencedError(
+        f"state store {location}: writer term {term} is superseded: {now}; this controller no longer writes",
+        location,
+    )
+
+
+def _collision(location: str, event_id: int) -> StoreError:
+    return StoreError(
+        f"state store {location}: event id {event_id} is already in the log with other content "
+        "(two writers numbering events?); nothing of this save was written",
+        location,
+    )
+
+
 class MemoryStateStore:
     """The in-memory fake. Set `outage` to a message and every call raises StoreError with it."""
 
@@ -82,6 +133,7 @@ class MemoryStateStore:
     def __init__(self) -> None:
         self._state: tuple[RolloutStatus, Evidence] | None = None
         self._events: list[Event] = []
+        self._writer: Claim | None = None
         self._lock = threading.Lock()
         self.outage: str | None = None
         self.saves = 0
@@ -91,6 +143,12 @@ class MemoryStateStore:
             cause = OSError(self.outage)
             raise StoreError(f"state store {self.location}: {operation} failed: {self.outage}", self.location, cause)
 
+    def claim(self, holder: str, at: float) -> Claim:
+        with self._lock:
+            self._check("claim")
+            self._writer = _next_claim(self._writer, holder, at)
+            return self._writer
+
     def load(self) -> StoredState | None:
         with self._lock:
             self._check("load")
@@ -99,10 +157,14 @@ class MemoryStateStore:
             last = self._events[-1].id if self._events else 0
             return StoredState(status=self._state[0], evidence=self._state[1], last_event_id=last)
 
-    def save(self, status: RolloutStatus, evidence: Evidence, events: Sequence[Event]) -> None:
+    def save(self, status: RolloutStatus, evidence: Evidence, events: Sequence[Event], *, term: int) -> None:
         with self._lock:
             self._check("save")
-            held = {event.id for event in self._events}
+            if self._writer is None or self._writer.term != term:
+                raise _fenced(self.location, term, self._writer)
+            held = {event.id: event for event in self._events}
+            if clash := next((e for e in events if e.id in held and held[e.id] != e), None):
+                raise _collision(self.location, clash.id)
             fresh = [event for event in events if event.id not in held]
             self._state = (status, evidence)
             self._events = sorted([*self._events, *fresh], key=lambda event: event.id)
@@ -114,8 +176,44 @@ class MemoryStateStore:
             return [event for event in self._events if event.id > after_id][: _page(limit)]
 
 
+def _next_claim(current: Claim | None, holder: str, at: float) -> Claim:
+    if current is None:
+        return Claim(term=1, holder=holder, claimed_at=at)
+    return Claim(
+        term=current.term + 1,
+        holder=holder,
+        claimed_at=at,
+        previous_holder=current.holder,
+        previous_claimed_at=current.claimed_at,
+    )
+
+
+def journal_mode_for(path: Path, mountinfo: str) -> str:
+    """ "wal" for a file on a local filesystem, "delete" on a network one (`mountinfo` is the text
+    of /proc/self/mountinfo; the mount whose point is the longest prefix of `path` decides)."""
+    target, best, fstype = str(path), -1, ""
+    for line in mountinfo.splitlines():
+        fields = line.split(" - ", 1)
+        if len(fields) != 2 or len(before := fields[0].split()) < 5 or not (after := fields[1].split()):
+            continue
+        point = before[4].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best:
+            best, fstype = len(point), after[0]
+    return "delete" if fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse.") else "wal"
+
+
+def _mount_table() -> str:
+    try:
+        return Path("/proc/self/mountinfo").read_text()
+    except OSError:  # not Linux: no table to read, assume a local disk
+        return ""
+
+
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS writer ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1), term INTEGER NOT NULL, holder TEXT NOT NULL, claimed_at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS state ("
     " id INTEGER PRIMARY KEY CHECK (id = 1), status TEXT NOT NULL, evidence TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS events ("
@@ -126,10 +224,14 @@ _UPSERT_STATE = (
     "INSERT INTO state (id, status, evidence) VALUES (1, ?, ?) "
     "ON CONFLICT (id) DO UPDATE SET status = excluded.status, evidence = excluded.evidence"
 )
-_INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events (id, at, kind, action, actor, reason, payload) VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
+_INSERT_EVENT = "INSERT INTO events (id, at, kind, action, actor, reason, payload) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_SELECT_EVENT = "SELECT id, at, kind, action, actor, reason, payload FROM events WHERE id = ?"
 _SELECT_EVENTS = "SELECT id, at, kind, action, actor, reason, payload FROM events WHERE id > ? ORDER BY id LIMIT ?"
+_SELECT_WRITER = "SELECT term, holder, claimed_at FROM writer WHERE id = 1"
+_UPSERT_WRITER = (
+    "INSERT INTO writer (id, term, holder, claimed_at) VALUES (1, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET term = excluded.term, holder = excluded.holder, claimed_at = excluded.claimed_at"
+)
 
 _EventRow = tuple[int, float, str, str, str | None, str, str]
 
@@ -160,6 +262,14 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     db.execute("UPDATE schema_version SET version = 2")
 
 
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """The writer table is created with the schema; nobody has claimed the store yet."""
+    db.execute("UPDATE schema_version SET version = 3")
+
+
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+
+
 class SqliteStateStore:
     """The durable store: one SQLite file (plus its -wal and -shm) at `path`.
 
@@ -169,9 +279,12 @@ class SqliteStateStore:
     rather than starting an empty log under the controller's feet.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout_s: float = 5.0, journal_mode: str | None = None
+    ) -> None:
         self.path = Path(path)
         self.location = str(self.path)
+        self.journal_mode = journal_mode or journal_mode_for(self.path.absolute(), _mount_table())
         self._busy_timeout_s = busy_timeout_s
         with self._transaction("create schema", create=True) as db:
             for statement in _SCHEMA:
@@ -179,22 +292,22 @@ class SqliteStateStore:
             found = [row[0] for row in db.execute("SELECT version FROM schema_version")]
             if not found:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif found == [1]:
-                _migrate_1_to_2(db)
-            elif found != [SCHEMA_VERSION]:
+            elif len(found) != 1 or not 1 <= found[0] <= SCHEMA_VERSION:
                 raise StoreError(
                     f"state store {self.location}: schema version {found} on disk, this code reads "
                     f"version {SCHEMA_VERSION}",
                     self.location,
                 )
+            for version in range(found[0] if found else SCHEMA_VERSION, SCHEMA_VERSION):
+                _MIGRATIONS[version](db)
 
     def _connect(self, create: bool) -> sqlite3.Connection:
         mode = "rwc" if create else "rw"
         uri = f"file:{quote(str(self.path.absolute()))}?mode={mode}"
         db = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout_s, isolation_level=None)
         try:
-            if create:
-                db.execute("PRAGMA journal_mode=WAL")
+            if create:  # outside any transaction; WAL persists in the file, DELETE converts it back
+                db.execute(f"PRAGMA journal_mode={self.journal_mode.upper()}")
             db.execute("PRAGMA synchronous=FULL")
         except BaseException:
             db.close()
@@ -219,6 +332,12 @@ class SqliteStateStore:
             message = f"state store {self.location}: {operation} failed: {type(error).__name__}: {error}"
             raise StoreError(message, self.location, error) from error
 
+    def claim(self, holder: str, at: float) -> Claim:
+        with self._transaction("claim") as db:
+            claim = _next_claim(_writer(db), holder, at)
+            db.execute(_UPSERT_WRITER, (claim.term, claim.holder, claim.claimed_at))
+            return claim
+
     def load(self) -> StoredState | None:
         with self._transaction("load", write=False) as db:
             row = db.execute("SELECT status, evidence FROM state WHERE id = 1").fetchone()
@@ -229,12 +348,25 @@ class SqliteStateStore:
             evidence = Evidence.model_validate_json(row[1])
             return StoredState(status=status, evidence=evidence, last_event_id=last)
 
-    def save(self, status: RolloutStatus, evidence: Evidence, events: Sequence[Event]) -> None:
+    def save(self, status: RolloutStatus, evidence: Evidence, events: Sequence[Event], *, term: int) -> None:
         with self._transaction("save") as db:
+            current = _writer(db)
+            if current is None or current.term != term:
+                raise _fenced(self.location, term, current)
             db.execute(_UPSERT_STATE, (status.model_dump_json(), evidence.model_dump_json()))
-            db.executemany(_INSERT_EVENT, [_row(event) for event in events])
+            for row in map(_row, events):
+                held = db.execute(_SELECT_EVENT, (row[0],)).fetchone()
+                if held is None:
+                    db.execute(_INSERT_EVENT, row)
+                elif _event(held) != _event(row):  # compared parsed: JSON spacing is not content
+                    raise _collision(self.location, row[0])
 
     def events(self, after_id: int = 0, limit: int = 100) -> list[Event]:
         with self._transaction("read events", write=False) as db:
             rows = db.execute(_SELECT_EVENTS, (after_id, _page(limit))).fetchall()
             return [_event(row) for row in rows]
+
+
+def _writer(db: sqlite3.Connection) -> Claim | None:
+    row = db.execute(_SELECT_WRITER).fetchone()
+    return None if row is None else Claim(term=row[0], holder=row[1], claimed_at=row[2])

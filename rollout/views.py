@@ -112,6 +112,9 @@ class StoreHealth(BaseModel):
     model_config = _VIEW
 
     location: str
+    journal_mode: str | None = None  # "wal" on a local disk, "delete" on a network filesystem
+    term: int | None = None  # the writer term this controller claimed
+    fenced: bool = False  # another controller claimed the store: this one no longer writes
     healthy: bool = True
     failures_total: int = 0
     consecutive_failures: int = 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from compression.errors import CompressionError, ToleranceError
-from rollout.errors import IntentError, RolloutError, SpecError, StoreError, WebhookError
+from rollout.errors import FencedError, IntentError, RolloutError, SpecError, StoreError, WebhookError
 from serving.errors import AdminAuthError, BundleRejectedError, ModelCallError, ServingError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
@@ -37,6 +37,7 @@ class ErrorAnswer:
 TABLE: tuple[ErrorAnswer, ...] = (
     ErrorAnswer(AdminAuthError, 401, EXIT_REFUSED, "no admin token configured or sent, or the wrong one"),
     ErrorAnswer(IntentError, 409, EXIT_REFUSED, "the rollout's current phase forbids this intent"),
+    ErrorAnswer(FencedError, 409, EXIT_REFUSED, "another controller took over the rollout's store"),
     ErrorAnswer(StoreError, 503, EXIT_UNAVAILABLE, "the rollout store cannot be read or written"),
     ErrorAnswer(ModelCallError, 503, EXIT_UNAVAILABLE, "a model deployment did not answer"),
     ErrorAnswer(SpecError, 422, EXIT_BAD_INPUT, "the rollout spec is invalid (the field is named)"),

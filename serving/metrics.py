@@ -167,6 +167,9 @@ class ControllerMetrics:
             "kdcanary_rollout_rollbacks_total", "Rollbacks by cause.", _keys("reason")
         )
         self._store_healthy = serve_metrics.Gauge("kdcanary_rollout_store_healthy", "1 when the last save succeeded.")
+        self._store_fenced = serve_metrics.Gauge(
+            "kdcanary_rollout_store_fenced", "1 when another controller claimed the store: this one no longer writes."
+        )
         self._seen: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
@@ -177,6 +180,7 @@ class ControllerMetrics:
             self._stage.set(float(view.stage_index))
             self._weight.set(view.routing.weight)
             self._store_healthy.set(float(view.store.healthy))
+            self._store_fenced.set(float(view.store.fenced))
             for result in view.gates:
                 self._show_gate(result)
             self._advance(self._decisions, "action", view.counters.decisions)

@@ -6,9 +6,11 @@ builds it over a SQLite store and an HTTP webhook sender, ticks it from a backgr
 tick. Routers poll `routing()` and push `record(...)`; the admin API calls the intents.
 
 The spec arrives as the deployment's `user_config` (a mapping, validated by `RolloutSpec`),
-so `serve deploy` with a changed spec reconfigures the live replica: the controller is rebuilt
-over the same store and resumes where it stood. When Ray restarts a killed replica it does the
-same from the store: same stage, weight and evidence. Routers keep their last weight meanwhile.
+so a changed spec reaches the live replica through `reconfigure`, and the controller adopts it
+in place (same stage, weight, evidence; a `spec_changed` event). When Ray restarts a killed
+replica, the new controller claims the store (any old one still running is fenced: it no
+longer writes) and resumes from it: same stage, weight and evidence. Routers keep their last
+weight meanwhile.
 
 Serve runs sync methods in its thread pool; the controller locks internally, so they are
 called directly. The tick loop calls `tick` in a worker thread to keep the loop free.
@@ -60,7 +62,6 @@ class RolloutDeployment:
         from serving.metrics import ControllerMetrics  # Ray metrics bind to the replica process
 
         self._config = config
-        self._spec: RolloutSpec | None = None
         self._controller: RolloutController | None = None
         self._webhooks = HttpWebhookSender(
             [str(url) for url in config.webhooks], timeout_s=config.webhook_timeout_s, retries=config.webhook_retries
@@ -69,15 +70,20 @@ class RolloutDeployment:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
-        """Adopt a (new) spec: build the controller over the store, resuming what it holds."""
+        """Adopt a (new) spec: the first builds the controller over the store (claiming it and
+        resuming what it holds); a later one changes the live controller's spec in place."""
         spec = RolloutSpec.from_mapping(user_config)  # SpecError names the bad field
-        if spec == self._spec and self._controller is not None:
+        if self._controller is not None:
+            self._controller.adopt_spec(spec)
+            log.info("rollout spec changed in place: %d stages", len(spec.stages))
             return
         self._config.state_path.parent.mkdir(parents=True, exist_ok=True)
         store = SqliteStateStore(self._config.state_path)
         self._controller = RolloutController(spec, store, SystemClock(), self._webhooks)
-        self._spec = spec
-        log.info("rollout controller ready: state %s, %d stages", self._config.state_path, len(spec.stages))
+        log.info(
+            "rollout controller ready: state %s (journal %s, writer term %s), %d stages",
+            self._config.state_path, store.journal_mode, self._controller.snapshot().store.term, len(spec.stages),
+        )  # fmt: skip
 
     @property
     def controller(self) -> RolloutController:

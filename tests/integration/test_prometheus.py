@@ -77,6 +77,7 @@ QUIET_WHEN_HEALTHY = {  # nothing in the test stops the controller, the store or
     "KdcanaryControllerDown",
     "KdcanaryControllerNotTicking",
     "KdcanaryStateStoreUnhealthy",
+    "KdcanaryControllerFenced",
     "KdcanaryRayMetricsDown",
     "KdcanaryAgreementBelowThreshold",
 }

@@ -102,6 +102,8 @@ ALERT_SERIES = {
     'ray_kdcanary_rollout_decisions_total{application="stuck",action="hold"}': "0+4x8 32x12",
     'ray_kdcanary_rollout_store_healthy{application="ok"}': "1x20",
     'ray_kdcanary_rollout_store_healthy{application="disk"}': "1x10 0x10",
+    'ray_kdcanary_rollout_store_fenced{application="ok"}': "0x20",
+    'ray_kdcanary_rollout_store_fenced{application="upgraded"}': "0x10 1x10",
     'ray_kdcanary_requests_total{application="ok",variant="student",outcome="ok"}': "0+90x20",
     'ray_kdcanary_requests_total{application="ok",variant="teacher",outcome="ok"}': "0+10x20",
     'ray_serve_application_status{application="ok"}': "6x20",
@@ -141,6 +143,7 @@ def test_alerts_and_cost_rules_on_synthetic_series(promtool: Path, tmp_path: Pat
         firing("KdcanaryControllerDown", app("gone")),  # not "deleted": Serve no longer runs it
         firing("KdcanaryControllerNotTicking", app("stuck")),
         firing("KdcanaryStateStoreUnhealthy", app("disk")),
+        firing("KdcanaryControllerFenced", app("upgraded")),
         firing("KdcanaryStudentErrorRate", app("flaky")),  # 10 % of its attempts
         firing("KdcanaryFailoverSpike", app("flaky")),  # 10 % of all answers
         firing("KdcanaryRayMetricsDown", '{instance="node-2:8080"}'),

@@ -15,7 +15,7 @@ import pytest
 
 from rollout.clock import FakeClock
 from rollout.controller import RolloutController
-from rollout.errors import SpecError, StoreError
+from rollout.errors import FencedError, SpecError, StoreError
 from rollout.events import Event, EventKind
 from rollout.evidence import Evidence, Observation, Variant
 from rollout.policy import Action
@@ -150,8 +150,8 @@ class CommitsThenFails(MemoryStateStore):
         super().__init__()
         self.lie_once = False
 
-    def save(self, status: RolloutStatus, evidence: Evidence, events: Sequence[Event]) -> None:
-        super().save(status, evidence, events)
+    def save(self, status: RolloutStatus, evidence: Evidence, events: Sequence[Event], *, term: int) -> None:
+        super().save(status, evidence, events, term=term)
         if self.lie_once:
             self.lie_once = False
             raise StoreError("state store (memory): save failed: connection reset after COMMIT", self.location)
@@ -241,9 +241,69 @@ def test_restart_over_the_same_sqlite_file_continues_with_nothing_lost_or_repeat
     assert moves == [("start", 0)] + [("advance", w) for w in WEIGHTS[1:]] + [("complete", 1.0)]
 
 
+# --- one writer ------------------------------------------------------------------------------------
+
+
+def test_a_second_controller_fences_the_first_and_no_saved_event_is_lost(tmp_path: Path) -> None:
+    """A RayService upgrade: a new controller opens the same file while the old one still runs."""
+    clock, hooks = FakeClock(T0), RecordingWebhookSender()
+    old = RolloutController(SPEC, SqliteStateStore(tmp_path / "r.db"), clock, hooks, holder="old-cluster")
+    old.start(actor="alice", reason="ship v2")
+    assert step(old, clock) is Action.HOLD and step(old, clock) is Action.ADVANCE
+    saved_by_old = ids(old.events(limit=1000))
+
+    new = RolloutController(SPEC, SqliteStateStore(tmp_path / "r.db"), clock, hooks, holder="new-cluster")
+    resumed = new.events(limit=1000)[-1]
+    assert (resumed.action, resumed.payload["claim"]["previous_holder"]) == ("resumed", "old-cluster")
+    assert "writer term 2, taken over from old-cluster" in resumed.reason
+
+    for _ in range(3):  # the old one would advance again; fenced, it holds and writes nothing
+        assert step(old, clock) is Action.HOLD
+    view = old.snapshot().store
+    assert view.fenced and view.term == 1 and "new-cluster holds it at term 2" in (view.last_error or "")
+    assert old.routing().weight == 0.05
+    with pytest.raises(FencedError, match="no longer writes"):
+        old.pause(actor="bob", reason="hold on")
+
+    assert [step(new, clock) for _ in range(2)] == [Action.HOLD, Action.ADVANCE] and new.routing().weight == 0.1
+    logged = SqliteStateStore(tmp_path / "r.db").events(limit=1000)
+    assert set(saved_by_old) <= set(ids(logged)) and ids(logged) == list(range(1, len(logged) + 1))
+    assert {e.payload.get("claim", {}).get("holder") for e in logged if e.action == "resumed"} == {"new-cluster"}
+
+
+def test_an_intent_on_a_controller_that_was_fenced_unnoticed_is_undone() -> None:
+    clock, store = FakeClock(T0), MemoryStateStore()
+    old = RolloutController(SPEC, store, clock, RecordingWebhookSender(), holder="old")
+    old.start(actor="alice", reason="ship v2")
+    RolloutController(SPEC, store, clock, RecordingWebhookSender(), holder="new")
+    before = old.status()
+    with pytest.raises(FencedError, match="new holds it at term 2"):
+        old.set_weight(0.5, actor="bob", reason="more traffic")
+    assert old.status() == before and old.routing().weight == 0.0
+    assert [e.action for e in store.events()] == ["start", "start", "resumed"]  # the operator's, the tick's
+
+
+def test_a_new_spec_is_adopted_in_place_unless_it_moves_the_live_stage() -> None:
+    clock, store = FakeClock(T0), MemoryStateStore()
+    c = RolloutController(SPEC, store, clock, RecordingWebhookSender())
+    c.start(actor="alice", reason="ship v2")
+    assert [step(c, clock) for _ in range(4)] == [Action.HOLD, Action.ADVANCE] * 2 and c.routing().weight == 0.1
+    c.adopt_spec(SPEC.model_copy(update={"tick_interval_s": 2.0}))
+    assert c.routing().weight == 0.1 and c.snapshot().store.term == 1  # same stage, same writer
+    assert store.events()[-1].action == "spec_changed" and c.next_tick_at() <= clock.now() + 2.0
+    moved = SPEC.model_dump()
+    moved["stages"][2]["weight"] = 0.2
+    with pytest.raises(SpecError, match=r"stages\.2\.weight: .* at stage 2 \(10 %\), the new spec puts it at 20 %"):
+        c.adopt_spec(RolloutSpec.from_mapping(moved))
+    with pytest.raises(SpecError, match="the live rollout is at stage 2, the new spec has 2 stages"):
+        c.adopt_spec(RolloutSpec.from_mapping({"stages": [{"weight": 0}, {"weight": 1}]}))
+    assert c.routing().weight == 0.1 and store.events()[-1].action == "spec_changed"
+
+
 def test_restart_with_a_spec_that_lost_the_stored_stage_is_refused() -> None:
     store = MemoryStateStore()
-    store.save(RolloutStatus(phase=Phase.PROGRESSING, stage_index=4, weight=0.5), Evidence(), [])
+    term = store.claim("an-older-controller", T0).term
+    store.save(RolloutStatus(phase=Phase.PROGRESSING, stage_index=4, weight=0.5), Evidence(), [], term=term)
     short = RolloutSpec.from_mapping({"stages": [{"weight": 0}, {"weight": 1}]})
     with pytest.raises(SpecError, match=r"stored status\.stage_index 4 is beyond the spec's 2 stages"):
         RolloutController(short, store, FakeClock(T0), RecordingWebhookSender())
@@ -252,7 +312,7 @@ def test_restart_with_a_spec_that_lost_the_stored_stage_is_refused() -> None:
 def test_a_store_that_cannot_load_stops_the_controller_from_starting() -> None:
     store = MemoryStateStore()
     store.outage = "permission denied"
-    with pytest.raises(StoreError, match="load failed: permission denied"):
+    with pytest.raises(StoreError, match="claim failed: permission denied"):
         RolloutController(SPEC, store, FakeClock(T0), RecordingWebhookSender())
 
 

@@ -262,6 +262,15 @@ def test_rayservice_serves_the_same_application_as_serve_config() -> None:
     assert app.import_path == "serving.app:app_builder"
 
 
+def test_rayservice_authenticates_ray_and_names_its_upgrade_strategy() -> None:
+    spec = kuberay()["RayService"]["spec"]
+    cluster = spec["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    assert tuple(map(int, cluster["rayVersion"].split("."))) >= (2, 52)  # Ray's token auth
+    assert spec["upgradeStrategy"] == {"type": "NewCluster"}
+    assert "Upgrades and the rollout store" in (DEPLOY / "README.md").read_text()
+
+
 def ray_pods() -> list[dict[str, Any]]:
     cluster = kuberay()["RayService"]["spec"]["rayClusterConfig"]
     return [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]

@@ -63,7 +63,7 @@ def serving_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> tup
     """The teacher and the serving tests' students of the tiny recipe, built first so that those
     tests start while the rest of the recipe builds. Their bundles are the full run's: a stage's
     key depends only on its own chain."""
-    return _build(shared_dir(tmp_path_factory, worker_id), SERVING_STUDENTS)
+    return _build(shared_dir(tmp_path_factory, worker_id), SERVING_STUDENTS, "serving")
 
 
 @pytest.fixture(scope="session")
@@ -72,19 +72,24 @@ def tiny_run(
 ) -> tuple[Registry, RunSummary]:
     """The whole tiny recipe built once per test run into a fresh registry: real bundles (teacher,
     layer-cut, pruned, INT8 and baseline students) for every test that needs them."""
-    return _build(shared_dir(tmp_path_factory, worker_id), ())
+    return _build(shared_dir(tmp_path_factory, worker_id), (), "everything")
 
 
-def _build(root: Path, only: tuple[str, ...]) -> tuple[Registry, RunSummary]:
+def _build(root: Path, only: tuple[str, ...], part: str) -> tuple[Registry, RunSummary]:
     """Run the tiny recipe (or `only` its students named) into the run's shared registry.
 
-    The first worker to take the lock builds; the others then run the same recipe against the
-    built registry, which recomputes nothing. Forward batches are summed over every build of the
-    run (saved beside the registry), so each summary reports what building the registry really
-    cost: a teacher pass recomputed by a later build would count twice."""
+    Each part has its own lock: the first worker to take it builds, the others then run the
+    same recipe against the built registry, which recomputes nothing and only reads (bundles and
+    cache entries are renamed into place whole). With one lock for both parts, the worker that
+    had just built the serving part took the lock again at once for the rest, and the other
+    worker waited for everything (a fresh clone's serving tests started after 183 s, not ~120).
+    Forward batches are summed over every build of the run (saved beside the registry), so each
+    summary reports what building the registry really cost: a teacher pass recomputed by a later
+    build would count twice."""
     registry, record = Registry(root / "registry"), root / "registry-build.json"
-    with FileLock(root / "registry.lock"):
+    with FileLock(root / f"registry-{part}.lock"):
         summary = compress(load_recipe(TINY_RECIPE), registry, only)
+    with FileLock(root / "registry-build.lock"):
         batches = Counter(json.loads(record.read_text()) if record.is_file() else {})
         batches.update(summary.forward_batches)
         record.write_text(json.dumps(batches))

@@ -3,13 +3,16 @@
 Each scenario deploys its own application (teacher + the compression benchmark's best student,
 rollout controller, router), holds a steady open-loop rate through the router and injects one
 real fault: a stage walk with a manual weight on the way, the student / teacher / controller /
-a router replica killed, the state store made full. It counts every failed answer.
+a router replica killed, the state store made full, a second controller opening the same store
+(a RayService upgrade). It counts every failed answer. `--only NAME` reruns some scenarios and
+keeps the others' last results.
 
 Writes bench/results/reliability.json ({"scenarios": [{name, requests, failed,
 rollback_latency_s, resume_s, ...}]}) and the README's bench:reliability table. Targets
 (issue 6): 0 failed requests for transitions and for a killed student, teacher or
 controller; a killed router loses only what was in flight on it; weight 0 within 1 s of the
-student's first failure; the controller resumes at the same stage with its event log intact.
+student's first failure; the controller resumes at the same stage with its event log intact;
+(issue 11) two controllers on one store: 0 failed, 0 events lost, the old one fenced.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def _scenarios() -> list[tuple[str, Callable[..., Any], int, dict[str, Any]]]:
         ("controllerkill", drills.controller_killed, drills.HOLD, {}),
         ("routerkill", drills.router_killed, drills.HOLD, {"routers": 2}),
         ("storefull", drills.store_full, 300, {}),
+        ("twocontrollers", drills.second_controller, drills.HOLD, {}),
     ]
 
 
@@ -62,6 +66,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         for name, drill, min_requests, extra in _scenarios():
+            if args.only and name not in args.only:
+                continue
             with tempfile.TemporaryDirectory() as state:
                 app = AppArgs(
                     teacher_id=teacher, student_id=student, registry=registry.root,
@@ -93,13 +99,16 @@ def _update_readme(rows: list[dict[str, Any]], rate: float) -> None:
     lines = [
         f"Open-loop load at {rate:g} requests/s through the router; one real fault per scenario.",
         "",
-        "| scenario | requests | failed | rollback latency s | resume s | notes |",
-        "|---|---|---|---|---|---|",
+        "| scenario | requests | failed | rollback latency s | resume s | events lost | notes |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        latency = "" if r["rollback_latency_s"] is None else r["rollback_latency_s"]
-        resume = "" if r["resume_s"] is None else r["resume_s"]
-        lines.append(f"| {r['name']} | {r['requests']} | {r['failed']} | {latency} | {resume} | {r['notes']} |")
+        latency, resume, lost = (
+            "" if r.get(k) is None else r[k] for k in ("rollback_latency_s", "resume_s", "events_lost")
+        )
+        lines.append(
+            f"| {r['name']} | {r['requests']} | {r['failed']} | {latency} | {resume} | {lost} | {r['notes']} |"
+        )
     replace_section("reliability", "\n".join(lines))
 
 
@@ -111,12 +120,24 @@ def main() -> None:
     parser.add_argument("--student", default=None, help="default: compression benchmark's best student")
     parser.add_argument("--rate", type=float, default=40.0, help="requests per second through the router")
     parser.add_argument("--port", type=int, default=8472)
+    names = [name for name, *_ in _scenarios()]
+    parser.add_argument(
+        "--only", action="append", choices=names, help="run this scenario and keep the others' last results"
+    )
     args = parser.parse_args()
     args.student = args.student or best_student()
-    rows = run(args)
+    rows = _merged(run(args), names) if args.only else run(args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"rate_per_s": args.rate, "scenarios": rows}, indent=2) + "\n")
     _update_readme(rows, args.rate)
+
+
+def _merged(fresh: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """The last results with `fresh` rows replacing (or joining) theirs, in scenario order."""
+    kept = json.loads(RESULTS.read_text())["scenarios"] if RESULTS.is_file() else []
+    by_name = {row["name"]: row for row in [*kept, *fresh]}
+    order = {row["name"]: index for index, row in enumerate([*kept, *fresh])}
+    return sorted(by_name.values(), key=lambda row: order[row["name"]])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Each drill drives a rollout through the admin API, as an operator would, while a
 generator sends traffic through the router and counts every answer a client would see as
 failed (a non-200 or no answer). Faults are real: a replica's actor is killed with
 `ray.kill`, the controller's process is denied file growth (its store becomes "full"), a
-router replica dies with requests in flight. Serve restarts what was killed.
+router replica dies with requests in flight, a second controller opens the live store (as a
+RayService upgrade's new cluster does). Serve restarts what was killed.
 
 The tests (tests/integration/test_faults.py) run each drill briefly; `bench/reliability.py`
 runs them longer at a higher rate. Every drill returns a `DrillResult` with its figures.
@@ -52,6 +53,7 @@ class DrillResult(BaseModel):
     shed: int = 0  # not sent: the load generator's in-flight bound was reached
     rollback_latency_s: float | None = None  # first fault -> weight 0 in the controller
     resume_s: float | None = None  # fault -> the controller answers again at the same stage
+    events_lost: int | None = None  # events saved before a takeover and missing after it
     notes: str = ""
 
 
@@ -214,6 +216,55 @@ def store_full(drill: Drill, within_s: float = 60.0) -> DrillResult:
         f"recovered after {recovered.store.failures_total} failed saves"
     )
     return drill.result("store_full", notes=notes)
+
+
+def second_controller(drill: Drill, within_s: float = 60.0) -> DrillResult:
+    """A second controller opens the live rollout's store, as a RayService upgrade's new cluster
+    does: it takes over, the serving controller is fenced (it writes nothing more and refuses
+    intents with 409), no saved event is lost, and the routers keep answering."""
+    from rollout.clock import SystemClock
+    from rollout.controller import RolloutController
+    from rollout.spec import RolloutSpec
+    from rollout.store import SqliteStateStore
+    from rollout.webhooks import RecordingWebhookSender
+
+    drill.admin.start("drill: second controller")
+    before = drill.admin.promote(reason="drill: a live stage")
+    drill.wait(lambda v: v.evidence.student_requests >= 20, within_s)
+    saved, location = _saved_events(drill, within_s)
+    started = time.monotonic()
+    spec = RolloutSpec.from_mapping(drill_spec(HOLD))  # the new cluster's spec: same stages
+    new = RolloutController(spec, SqliteStateStore(location), SystemClock(), RecordingWebhookSender(), holder="drill")
+    fenced = drill.wait(lambda v: v.store.fenced, within_s)
+    fenced_s = time.monotonic() - started
+    try:
+        drill.admin.pause("drill: an intent on the fenced controller")
+        refused = "accepted (wrong)"
+    except AdminCallError as exc:
+        refused = f"refused with {exc.status}"
+    time.sleep(1.0)
+    after = {e.id: e for e in SqliteStateStore(location).events(limit=1000)}
+    lost = sum(after.get(e.id) != e for e in saved)
+    resumed = new.events(limit=1000)[-1]
+    notes = (
+        f"fenced {fenced_s:.2f} s after the takeover, at stage {fenced.stage_index} (was {before.stage_index}); "
+        f"pause {refused}; new controller resumed at stage {new.snapshot().stage_index}, "
+        f"term {resumed.payload['claim']['term']}"
+    )
+    return drill.result("two_controllers_one_store", events_lost=lost, notes=notes)
+
+
+def _saved_events(drill: Drill, within_s: float) -> tuple[list[Any], str]:
+    """The event log once none of it is pending (every listed event is in the store), and the
+    store's path."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        events = drill.admin.events(limit=1000)
+        view = drill.admin.status()
+        if view.store.pending_events == 0 and view.last_event_id == events[-1].id:
+            return events, view.store.location
+        time.sleep(0.1)
+    raise TimeoutError(f"{drill.app}: events still pending after {within_s} s")
 
 
 def _wait_healthy(app: str, within_s: float) -> None:

@@ -28,6 +28,7 @@ from serving.drills import (
     DrillResult,
     controller_killed,
     drill_spec,
+    second_controller,
     store_full,
     student_killed,
     transitions_under_load,
@@ -92,3 +93,12 @@ def test_full_state_store_holds_then_recovers(drill: Any) -> None:
     with drill("storefull", drill_spec()) as d:
         result = report(store_full(d))
     assert "while failing: True" in result.notes and result.failed == 0
+
+
+def test_a_second_controller_fences_the_serving_one_and_loses_no_event(drill: Any) -> None:
+    """A RayService upgrade's new controller on the same store: one writer, no event lost."""
+    with drill("twocontrollers", drill_spec(HOLD)) as d:
+        result = report(second_controller(d))
+    assert result.failed == 0 and result.events_lost == 0
+    assert "pause refused with 409" in result.notes and "at stage 1 (was 1)" in result.notes
+    assert "new controller resumed at stage 1, term 2" in result.notes

@@ -369,8 +369,8 @@ class RolloutController:
 
     def adopt_spec(self, spec: RolloutSpec) -> None:
         """Judge by `spec` from the next tick on, in place: same stage, weight, evidence and writer
-        term (a rebuilt controller would claim the store from this one). SpecError when the live
-        rollout's stage is beyond the new spec's stages."""
+        term (a rebuilt controller would claim the store from this one). SpecError when the new
+        spec drops the live stage or gives it another weight."""
         with self._lock:
             if spec == self._spec:
                 return

@@ -16,9 +16,11 @@ The first failure of an outage logs a `store/write_failed` event and the save th
 `store/recovered` event, both in the log once the store is back.
 
 Every save carries the writer term the controller claimed. When another controller has
-claimed the store since (`FencedError`), the journal is fenced for good: it never touches the
-store again, `fenced` holds the error, and the store health says who took over. The new holder
-records the takeover in its own `controller/resumed` event.
+claimed the store since (`FencedError`), the journal is fenced for good: it never writes to the
+store again nor publishes an event (its ids now belong to the new writer's log; only events
+committed before the fencing was discovered may have reached the webhooks), `fenced` holds the
+error, and the store health says who took over. The new holder records the takeover in its own
+`controller/resumed` event.
 """
 
 from __future__ import annotations
@@ -87,9 +89,13 @@ class Journal:
         return bool(self._pending)
 
     def commit(self, draft: Draft, now: float) -> Event:
-        """Number an event that happened whatever the store says, keep it for saving, publish it."""
+        """Number an event that happened whatever the store says, keep it for saving, publish it.
+        A fenced journal does neither: its ids now belong to the new writer's log."""
         event = draft.event(self._next_id, now)
         self._next_id += 1
+        if self.fenced is not None:
+            log.info("fenced controller: not logged: %s/%s: %s", event.kind.value, event.action, event.reason)
+            return event
         self._pending.append(event)
         self.health = self.health.model_copy(update={"pending_events": len(self._pending)})
         self._webhooks.send(event)
@@ -131,8 +137,11 @@ class Journal:
         return True
 
     def events(self, after_id: int, limit: int) -> list[Event]:
-        """Saved events merged with pending ones, oldest first (StoreError if unreadable)."""
+        """Saved events merged with pending ones, oldest first (StoreError if unreadable). A fenced
+        journal shows the store's log alone: its pending events will never be saved."""
         stored = self._store.events(after_id, limit)
+        if self.fenced is not None:
+            return stored
         seen = {event.id for event in stored}
         unsaved = [event for event in self._pending if event.id > after_id and event.id not in seen]
         return sorted([*stored, *unsaved], key=lambda event: event.id)[: max(0, limit)]

@@ -246,13 +246,13 @@ def test_restart_over_the_same_sqlite_file_continues_with_nothing_lost_or_repeat
 
 def test_a_second_controller_fences_the_first_and_no_saved_event_is_lost(tmp_path: Path) -> None:
     """A RayService upgrade: a new controller opens the same file while the old one still runs."""
-    clock, hooks = FakeClock(T0), RecordingWebhookSender()
+    clock, hooks, new_hooks = FakeClock(T0), RecordingWebhookSender(), RecordingWebhookSender()
     old = RolloutController(SPEC, SqliteStateStore(tmp_path / "r.db"), clock, hooks, holder="old-cluster")
     old.start(actor="alice", reason="ship v2")
     assert step(old, clock) is Action.HOLD and step(old, clock) is Action.ADVANCE
     saved_by_old = ids(old.events(limit=1000))
 
-    new = RolloutController(SPEC, SqliteStateStore(tmp_path / "r.db"), clock, hooks, holder="new-cluster")
+    new = RolloutController(SPEC, SqliteStateStore(tmp_path / "r.db"), clock, new_hooks, holder="new-cluster")
     resumed = new.events(limit=1000)[-1]
     assert (resumed.action, resumed.payload["claim"]["previous_holder"]) == ("resumed", "old-cluster")
     assert "writer term 2, taken over from old-cluster" in resumed.reason
@@ -264,6 +264,11 @@ def test_a_second_controller_fences_the_first_and_no_saved_event_is_lost(tmp_pat
     assert old.routing().weight == 0.05
     with pytest.raises(FencedError, match="no longer writes"):
         old.pause(actor="bob", reason="hold on")
+    published = len(hooks.sent)
+    failures = [Observation(variant=Variant.STUDENT, latency_s=0.01, error=True) for _ in range(50)]
+    assert old.record(failures).action is Action.ROLLBACK  # type: ignore[union-attr]
+    assert old.routing().weight == 0.0 and len(hooks.sent) == published  # safe side taken, nothing published
+    assert ids(old.events(limit=1000)) == ids(SqliteStateStore(tmp_path / "r.db").events(limit=1000))
 
     assert [step(new, clock) for _ in range(2)] == [Action.HOLD, Action.ADVANCE] and new.routing().weight == 0.1
     logged = SqliteStateStore(tmp_path / "r.db").events(limit=1000)

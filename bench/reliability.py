@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 with Drill(url, name, token, texts, args.rate) as d:
                     result = drill(d)
                 serve.delete(name)
-            rows.append(result.model_dump())
+            rows.append(result.model_dump() | {"student": args.student})  # which bundle it ran on
             print(json.dumps(rows[-1]), flush=True)
     finally:
         serve.shutdown()

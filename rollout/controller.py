@@ -38,9 +38,6 @@ network: webhooks are queued, and a store save is one small local transaction).
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -54,7 +51,7 @@ from rollout.events import Event, EventKind, summarize
 from rollout.evidence import Evidence, Observation, Variant, add_observations, rollover
 from rollout.gates import GateResult
 from rollout.journal import Draft, Journal
-from rollout.policy import Action, Decision, apply, decide, urgent
+from rollout.policy import Action, Decision, apply, check_spec_change, decide, urgent
 from rollout.policy import routing as policy_routing
 from rollout.spec import RolloutSpec, percent
 from rollout.status import (
@@ -66,7 +63,7 @@ from rollout.status import (
     request_resume,
     request_rollback,
 )
-from rollout.store import Claim, StateStore, StoredState
+from rollout.store import Claim, StateStore, StoredState, default_holder
 from rollout.views import (
     Counters,
     PublishedRouting,
@@ -375,7 +372,7 @@ class RolloutController:
             if spec == self._spec:
                 return
             self._require_writer()
-            _check_live_stage_kept(self._status, self._spec, spec)
+            check_spec_change(self._status, self._spec, spec)
             now, before = self._clock.now(), self._spec
             self._spec = spec
             reason = f"rollout spec changed in place: {len(before.stages)} -> {len(spec.stages)} stages"
@@ -442,26 +439,6 @@ class RolloutController:
                 webhooks=self._webhooks.stats(),
                 last_event_id=self._journal.last_id,
             )
-
-
-def _check_live_stage_kept(status: RolloutStatus | None, old: RolloutSpec, new: RolloutSpec) -> None:
-    """A spec changed under a live rollout must keep its current stage, at the same weight: the
-    traffic share moves only by a decision or an operator's intent, never by an edit."""
-    if status is None or status.terminal:
-        return
-    index = status.stage_index
-    if index >= len(new.stages):
-        raise SpecError(f"stages: the live rollout is at stage {index}, the new spec has {len(new.stages)} stages")
-    if new.stages[index].weight != old.stages[index].weight:
-        raise SpecError(
-            f"stages.{index}.weight: the live rollout is at stage {index} ({percent(old.stages[index].weight)}), "
-            f"the new spec puts it at {percent(new.stages[index].weight)}; change weights between rollouts"
-        )
-
-
-def default_holder() -> str:
-    """Who claims the store: host, process and a random suffix (two controllers in one process differ)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def _require_reason(action: str, operator: _Operator) -> None:

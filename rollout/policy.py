@@ -17,6 +17,9 @@ Precedence on every tick, first match wins:
 8. a paused rollout whose pause was withdrawn resumes at its stage's weight;
 9. otherwise the stage advances (or, at the last stage, completes) once every gate passes,
    the stage saw `min_requests` student observations and `min_dwell_s` elapsed; else hold.
+
+`check_spec_change(status, old, new)` is the rule for a spec edited under a live rollout: the
+current stage must stay, at the same weight.
 """
 
 from __future__ import annotations
@@ -318,3 +321,18 @@ def routing(spec: RolloutSpec, status: RolloutStatus) -> Routing:
     live = status.phase in (Phase.PROGRESSING, Phase.PAUSED)
     shadow = spec.stages[status.stage_index].shadow_fraction if live else 0.0
     return Routing(weight=status.weight, shadow_fraction=shadow)
+
+
+def check_spec_change(status: RolloutStatus | None, old: RolloutSpec, new: RolloutSpec) -> None:
+    """A spec changed under a live rollout must keep its current stage, at the same weight: the
+    traffic share moves only by a decision or an operator's intent, never by an edit."""
+    if status is None or status.terminal:
+        return
+    index = status.stage_index
+    if index >= len(new.stages):
+        raise SpecError(f"stages: the live rollout is at stage {index}, the new spec has {len(new.stages)} stages")
+    if new.stages[index].weight != old.stages[index].weight:
+        raise SpecError(
+            f"stages.{index}.weight: the live rollout is at stage {index} ({percent(old.stages[index].weight)}), "
+            f"the new spec puts it at {percent(new.stages[index].weight)}; change weights between rollouts"
+        )

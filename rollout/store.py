@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -174,6 +176,11 @@ class MemoryStateStore:
         with self._lock:
             self._check("read events")
             return [event for event in self._events if event.id > after_id][: _page(limit)]
+
+
+def default_holder() -> str:
+    """Who claims the store: host, process and a random suffix (two controllers in one process differ)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def _next_claim(current: Claim | None, holder: str, at: float) -> Claim:

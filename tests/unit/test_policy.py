@@ -11,7 +11,7 @@ import pytest
 from rollout.errors import SpecError
 from rollout.evidence import Evidence, Observation, Variant, add_observations, rollover
 from rollout.gates import Verdict
-from rollout.policy import Action, Decision, Routing, apply, decide, routing, tick, urgent
+from rollout.policy import Action, Decision, Routing, apply, check_spec_change, decide, routing, tick, urgent
 from rollout.spec import RolloutSpec
 from rollout.status import (
     Phase,
@@ -397,3 +397,17 @@ def test_status_message_and_counters_follow_the_ticks() -> None:
     c.advance(5)
     c.tick()
     assert c.status.ticks == 2 and c.status.last_transition_at == T0  # a hold is not a transition
+
+
+def test_a_spec_change_must_keep_the_live_stage_and_its_weight() -> None:
+    old = RolloutSpec.from_mapping({"stages": [{"weight": 0}, {"weight": 0.1}, {"weight": 1}]})
+    moved = RolloutSpec.from_mapping({"stages": [{"weight": 0}, {"weight": 0.2}, {"weight": 1}]})
+    shorter = RolloutSpec.from_mapping({"stages": [{"weight": 0}, {"weight": 1}]})
+    live = RolloutStatus(phase=Phase.PROGRESSING, stage_index=1, weight=0.1)
+    check_spec_change(None, old, moved)  # nothing started: anything goes
+    check_spec_change(live.model_copy(update={"phase": Phase.ROLLED_BACK}), old, moved)  # over: anything goes
+    check_spec_change(live, old, old.model_copy(update={"tick_interval_s": 5.0}))
+    with pytest.raises(SpecError, match=r"stages\.1\.weight: .* stage 1 \(10 %\), the new spec puts it at 20 %"):
+        check_spec_change(live, old, moved)
+    with pytest.raises(SpecError, match="at stage 2, the new spec has 2 stages"):
+        check_spec_change(live.model_copy(update={"stage_index": 2, "weight": 1.0}), old, shorter)

@@ -35,7 +35,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -195,9 +195,13 @@ def _next_claim(current: Claim | None, holder: str, at: float) -> Claim:
     )
 
 
-def journal_mode_for(path: Path, mountinfo: str) -> str:
-    """ "wal" for a file on a local filesystem, "delete" on a network one (`mountinfo` is the text
-    of /proc/self/mountinfo; the mount whose point is the longest prefix of `path` decides)."""
+JournalMode = Literal["wal", "delete"]
+
+
+def journal_mode_for(path: Path, mountinfo: str) -> JournalMode:
+    """The journal for a store at `path`: WAL on a local filesystem, the rollback journal on a
+    network one (`mountinfo` is the text of /proc/self/mountinfo; the mount whose point is the
+    longest prefix of `path` decides)."""
     target, best, fstype = str(path), -1, ""
     for line in mountinfo.splitlines():
         fields = line.split(" - ", 1)
@@ -278,7 +282,7 @@ _MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 class SqliteStateStore:
-    """The durable store: one SQLite file (plus its -wal and -shm) at `path`.
+    """The durable store: one SQLite file at `path` (plus its -wal and -shm in WAL mode).
 
     The constructor creates the file and schema when missing (the parent directory must
     exist) and refuses a file written by another schema version. Afterwards the file is only
@@ -287,11 +291,11 @@ class SqliteStateStore:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, busy_timeout_s: float = 5.0, journal_mode: str | None = None
+        self, path: str | os.PathLike[str], *, busy_timeout_s: float = 5.0, journal_mode: JournalMode | None = None
     ) -> None:
         self.path = Path(path)
         self.location = str(self.path)
-        self.journal_mode = journal_mode or journal_mode_for(self.path.absolute(), _mount_table())
+        self.journal_mode: JournalMode = journal_mode or journal_mode_for(self.path.absolute(), _mount_table())
         self._busy_timeout_s = busy_timeout_s
         with self._transaction("create schema", create=True) as db:
             for statement in _SCHEMA:

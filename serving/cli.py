@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
         return code
     except AdminCallError as exc:
-        print(f"kdcanary: error: {exc}", file=sys.stderr)
+        print(f"kdcanary: error: {one_line(exc)}", file=sys.stderr)
         return exit_code_for_status(exc.status)
     except (CompressionError, RolloutError, ServingError, ValidationError) as exc:
         print(f"kdcanary: error: {one_line(exc)}", file=sys.stderr)

@@ -106,9 +106,8 @@ def _update_readme(rows: list[dict[str, Any]], rate: float) -> None:
         latency, resume, lost = (
             "" if r.get(k) is None else r[k] for k in ("rollback_latency_s", "resume_s", "events_lost")
         )
-        lines.append(
-            f"| {r['name']} | {r['requests']} | {r['failed']} | {latency} | {resume} | {lost} | {r['notes']} |"
-        )
+        notes = r["notes"] + (f" (student {r['student']})" if r.get("student") else "")
+        lines.append(f"| {r['name']} | {r['requests']} | {r['failed']} | {latency} | {resume} | {lost} | {notes} |")
     replace_section("reliability", "\n".join(lines))
 
 
@@ -126,18 +125,18 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.student = args.student or best_student()
-    rows = _merged(run(args), names) if args.only else run(args)
+    rows = _merged(run(args)) if args.only else run(args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"rate_per_s": args.rate, "scenarios": rows}, indent=2) + "\n")
     _update_readme(rows, args.rate)
 
 
-def _merged(fresh: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
-    """The last results with `fresh` rows replacing (or joining) theirs, in scenario order."""
+def _merged(fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last results with `fresh` rows replacing theirs in place (new ones at the end)."""
     kept = json.loads(RESULTS.read_text())["scenarios"] if RESULTS.is_file() else []
-    by_name = {row["name"]: row for row in [*kept, *fresh]}
-    order = {row["name"]: index for index, row in enumerate([*kept, *fresh])}
-    return sorted(by_name.values(), key=lambda row: order[row["name"]])
+    rows = {row["name"]: row for row in kept}
+    rows.update((row["name"], row) for row in fresh)  # a dict keeps first-insertion order
+    return list(rows.values())
 
 
 if __name__ == "__main__":

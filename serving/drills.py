@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from rollout.events import EventKind
+from rollout.events import Event, EventKind
 from rollout.status import TERMINAL_PHASES, Phase
 from rollout.views import StatusView
 from serving.admin_client import AdminCallError, AdminClient
@@ -242,7 +242,6 @@ def second_controller(drill: Drill, within_s: float = 60.0) -> DrillResult:
         refused = "accepted (wrong)"
     except AdminCallError as exc:
         refused = f"refused with {exc.status}"
-    time.sleep(1.0)
     after = {e.id: e for e in SqliteStateStore(location).events(limit=1000)}
     lost = sum(after.get(e.id) != e for e in saved)
     resumed = new.events(limit=1000)[-1]
@@ -254,7 +253,7 @@ def second_controller(drill: Drill, within_s: float = 60.0) -> DrillResult:
     return drill.result("two_controllers_one_store", events_lost=lost, notes=notes)
 
 
-def _saved_events(drill: Drill, within_s: float) -> tuple[list[Any], str]:
+def _saved_events(drill: Drill, within_s: float) -> tuple[list[Event], str]:
     """The event log once none of it is pending (every listed event is in the store), and the
     store's path."""
     deadline = time.monotonic() + within_s

@@ -50,10 +50,13 @@ import pytest
 import yaml
 from ports import free_port
 from prometheus_install import PrometheusTools, ensure_prometheus
-from rollout_admin import AUTH
+from rollout_admin import admin_client
 from traffic import Traffic
 
 from compression.data import _read_rotten_tomatoes
+from rollout.status import TERMINAL_PHASES, Phase
+from rollout.views import StatusView
+from serving.admin_client import AdminClient
 
 Deploy = Any  # tests/integration/conftest.py
 ServeCluster = Any
@@ -163,21 +166,13 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 # --- traffic and the admin API ----------------------------------------------------------------
 
 
-def post(client: httpx.Client, action: str) -> dict[str, Any]:
-    body = {"actor": "pytest", "reason": "prometheus test"}
-    response = client.post(f"/admin/rollout/{action}", json=body, headers=AUTH)
-    assert response.status_code == 200, response.text
-    view: dict[str, Any] = response.json()
-    return view
-
-
-def wait_for_phase(client: httpx.Client, phases: set[str], within_s: float) -> dict[str, Any]:
+def wait_for_phase(admin: AdminClient, phases: set[Phase], within_s: float) -> StatusView:
     deadline = time.monotonic() + within_s
     while True:
-        view: dict[str, Any] = client.get("/admin/rollout", headers=AUTH).json()
-        if view.get("phase") in phases:
+        view = admin.status()
+        if view.phase in phases:
             return view
-        assert time.monotonic() < deadline, f"not {phases} after {within_s} s: {view.get('message', view)}"
+        assert time.monotonic() < deadline, f"not {phases} after {within_s} s: {view.message}"
         time.sleep(0.25)
 
 
@@ -316,21 +311,26 @@ def test_every_dashboard_and_rule_expression_returns_data(
 ) -> None:
     expressions = dashboard_expressions() | rule_expressions() | alert_expressions()
     failing = {"rollout": FAIL_SPEC, "student_chaos_error_rate": 1.0}
-    with deploy("prom-good", rollout=GOOD_SPEC) as good, deploy("prom-fail", **failing) as bad:
-        for client in (good, bad):
+    with (
+        deploy("prom-good", rollout=GOOD_SPEC) as good,
+        deploy("prom-fail", **failing) as bad,
+        admin_client(good) as good_admin,
+        admin_client(bad) as bad_admin,
+    ):
+        for client, admin in ((good, good_admin), (bad, bad_admin)):
             assert client.post("/v1/predict", json={"inputs": []}).status_code == 422  # a rejected request
-            post(client, "start")
-        post(good, "pause")  # no traffic yet: it cannot leave the shadow stage before it resumes
-        wait_for_phase(good, {"paused"}, within_s=30)
+            admin.start("prometheus test")
+        good_admin.pause("no traffic yet: it cannot leave the shadow stage before it resumes")
+        wait_for_phase(good_admin, {Phase.PAUSED}, within_s=30)
         with Traffic(good, reviews, workers=2), Traffic(bad, reviews, workers=2):
-            assert post(bad, "promote")["weight"] == 0.5  # every student call now fails over
+            assert bad_admin.promote(reason="prometheus test").weight == 0.5  # every student call now fails over
             # rate() sees a counter move only between two scrapes: each rollout moves on only once
             # Prometheus holds an increase of what its panels divide by, so no window is 0/0.
             assert not wait_for_data(prometheus, FAILOVERS_SEEN | SHADOW_SEEN, within_s=120)
-            assert post(bad, "rollback")["weight"] == 0.0
-            post(good, "resume")
-            view = wait_for_phase(good, {"completed", "rolled_back"}, within_s=120)
-            assert view["phase"] == "completed", view["last_reasons"]
+            assert bad_admin.rollback("prometheus test").weight == 0.0
+            good_admin.resume("prometheus test")
+            view = wait_for_phase(good_admin, set(TERMINAL_PHASES), within_s=120)
+            assert view.phase is Phase.COMPLETED, view.last_reasons
             missing = wait_for_data(prometheus, expressions, within_s=90)
             unparsed = alerts_that_do_not_parse(prometheus)
             unhealthy = unhealthy_rules(prometheus)

@@ -21,10 +21,14 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from rollout_admin import ADMIN_TOKEN, AUTH
+from rollout_admin import ADMIN_TOKEN, AUTH, admin_client
 from traffic import Traffic
 
 from compression.data import _read_rotten_tomatoes
+from rollout.events import Event, EventKind
+from rollout.status import TERMINAL_PHASES, Phase
+from rollout.views import StatusView
+from serving.admin_client import AdminCallError
 from serving.cli import main as kdcanary
 
 Deploy = Any  # tests/integration/conftest.py
@@ -54,38 +58,28 @@ def reviews() -> list[str]:
     return [text[:500] for text in random.Random(7).sample(texts, 400)]
 
 
-def status(client: httpx.Client) -> dict[str, Any]:
-    response = client.get("/admin/rollout", headers=AUTH)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
+def status(client: httpx.Client) -> StatusView:
+    with admin_client(client) as admin:
+        return admin.status()
 
 
-def wait_for(client: httpx.Client, done: Callable[[dict[str, Any]], bool], within_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + within_s
+def wait_for(client: httpx.Client, done: Callable[[StatusView], bool], within_s: float) -> StatusView:
+    deadline, seen = time.monotonic() + within_s, "no answer"
     while True:
         try:
             view = status(client)
             if done(view):
                 return view
-        except (httpx.HTTPError, AssertionError):
-            view = {}
-        assert time.monotonic() < deadline, f"rollout never got there in {within_s} s: {view.get('message', view)}"
+            seen = view.message
+        except (httpx.HTTPError, AdminCallError) as exc:  # the controller may be restarting
+            seen = str(exc)
+        assert time.monotonic() < deadline, f"rollout never got there in {within_s} s: {seen}"
         time.sleep(0.2)
 
 
-def events(client: httpx.Client) -> list[dict[str, Any]]:
-    response = client.get("/admin/rollout/events", params={"limit": 1000}, headers=AUTH)
-    assert response.status_code == 200, response.text
-    body: list[dict[str, Any]] = response.json()
-    return body
-
-
-def post(client: httpx.Client, action: str, **body: Any) -> dict[str, Any]:
-    response = client.post(f"/admin/rollout/{action}", json={"actor": "pytest", **body}, headers=AUTH)
-    assert response.status_code == 200, response.text
-    view: dict[str, Any] = response.json()
-    return view
+def events(client: httpx.Client) -> list[Event]:
+    with admin_client(client) as admin:
+        return admin.events(limit=1000)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +109,7 @@ def test_admin_refuses_missing_or_wrong_token_on_every_route(
         response = held.request(method, path, json=body, headers=headers)
         assert response.status_code == 401, (method, path, headers, response.text)
         assert response.headers["www-authenticate"] == "Bearer" and ADMIN_TOKEN not in response.text
-    assert not status(held)["started"]  # nothing refused reached the controller
+    assert not status(held).started  # nothing refused reached the controller
 
 
 def test_openapi_documents_every_admin_route(held: httpx.Client) -> None:
@@ -137,20 +131,21 @@ def test_admin_intents_are_validated_and_refused_with_reasons(held: httpx.Client
 def test_killed_controller_resumes_at_the_same_stage_and_weight(held: httpx.Client, reviews: list[str]) -> None:
     import ray
 
-    post(held, "start", reason="integration test")
-    view = post(held, "promote", reason="skip the shadow stage")
-    assert (view["stage_index"], view["weight"]) == (1, 0.5)
+    with admin_client(held) as admin:
+        admin.start("integration test")
+        view = admin.promote(reason="skip the shadow stage")
+    assert (view.stage_index, view.weight) == (1, 0.5)
     with Traffic(held, reviews) as traffic:
-        wait_for(held, lambda v: v["evidence"]["student_requests"] >= 20, within_s=30)
+        wait_for(held, lambda v: v.evidence.student_requests >= 20, within_s=30)
         (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "held#controller" in a["name"]]
         ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
         during = len(traffic.answers)
-        view = wait_for(held, lambda v: v["phase"] == "progressing", within_s=60)
+        view = wait_for(held, lambda v: v.phase is Phase.PROGRESSING, within_s=60)
         later = traffic.answered_since(during, 40)  # routers kept the last weight while the controller was away
-    assert (view["stage_index"], view["weight"]) == (1, 0.5)
-    assert view["evidence"]["student_requests"] > 0  # evidence came back from the store
-    resumed = [e for e in events(held) if e["action"] == "resumed"]
-    assert resumed and resumed[-1]["payload"]["stage_index"] == 1
+    assert (view.stage_index, view.weight) == (1, 0.5)
+    assert view.evidence.student_requests > 0  # evidence came back from the store
+    resumed = [e for e in events(held) if e.action == "resumed"]
+    assert resumed and resumed[-1].payload["stage_index"] == 1
     assert not traffic.failures
     assert {a["variant"] for a in later} == {"teacher", "student"}
 
@@ -199,8 +194,8 @@ def test_good_student_is_promoted_to_100_percent(
     with deploy("good", rollout=spec(0.65), webhooks=[sink.url]) as client, Traffic(client, reviews):
         url = str(client.base_url).rstrip("/")
         assert kdcanary(["rollout", "start", "--url", url, "--token", ADMIN_TOKEN, "--reason", "ship it"]) == 0
-        view = wait_for(client, lambda v: v["phase"] in ("completed", "rolled_back"), within_s=120)
-        assert view["phase"] == "completed" and view["weight"] == 1.0, view["last_reasons"]
+        view = wait_for(client, lambda v: v.phase in TERMINAL_PHASES, within_s=120)
+        assert view.phase is Phase.COMPLETED and view.weight == 1.0, view.last_reasons
         assert kdcanary(["rollout", "status", "--url", url, "--token", ADMIN_TOKEN]) == 0
         log = events(client)
         metrics = _wait_for_metrics(serve_cluster.metrics_url, "good")
@@ -209,14 +204,14 @@ def test_good_student_is_promoted_to_100_percent(
     assert metrics[("ray_kdcanary_rollout_phase", "completed")] == 1.0
     assert metrics[("ray_kdcanary_rollout_decisions_total", "advance")] >= 2
     assert ("ray_kdcanary_rollout_gate_lower", "agreement") in metrics
-    assert [e["id"] for e in sink.received] == [e["id"] for e in log]  # every event, in order
+    assert [e["id"] for e in sink.received] == [e.id for e in log]  # every event, in order
     table = capsys.readouterr().out
     assert "phase completed" in table and "agreement" in table
-    advances = [e for e in log if e["kind"] == "decision" and e["action"] in ("advance", "complete", "rollback")]
-    assert [e["action"] for e in advances] == ["advance", "advance", "complete"]
-    gate = next(g for g in advances[0]["payload"]["decision"]["gates"] if g["name"] == "agreement")
+    advances = [e for e in log if e.kind is EventKind.DECISION and e.action in ("advance", "complete", "rollback")]
+    assert [e.action for e in advances] == ["advance", "advance", "complete"]
+    gate = next(g for g in advances[0].payload["decision"]["gates"] if g["name"] == "agreement")
     assert gate["verdict"] == "pass" and gate["lower"] >= 0.65 and gate["n"] > 0
-    assert log[0]["kind"] == "operator" and log[0]["actor"] and ADMIN_TOKEN not in str(log)
+    assert log[0].kind is EventKind.OPERATOR and log[0].actor and ADMIN_TOKEN not in str(log)
 
 
 def _wait_for_metrics(metrics_url: str, app: str, within_s: float = 60.0) -> dict[tuple[str, str], float]:
@@ -230,30 +225,31 @@ def _wait_for_metrics(metrics_url: str, app: str, within_s: float = 60.0) -> dic
 
 def test_disagreeing_student_is_rolled_back_with_the_numbers(deploy: Deploy, reviews: list[str]) -> None:
     with deploy("bad", rollout=spec(0.95)) as client, Traffic(client, reviews):
-        post(client, "start", reason="integration test")
-        view = wait_for(client, lambda v: v["phase"] == "rolled_back", within_s=120)
+        with admin_client(client) as admin:
+            admin.start("integration test")
+        view = wait_for(client, lambda v: v.phase is Phase.ROLLED_BACK, within_s=120)
         log = events(client)
-    assert view["weight"] == 0.0 and view["routing"]["weight"] == 0.0
-    (rollback,) = [e for e in log if e["action"] == "rollback"]
-    gate = next(g for g in rollback["payload"]["decision"]["gates"] if g["name"] == "agreement")
+    assert view.weight == 0.0 and view.routing.weight == 0.0
+    (rollback,) = [e for e in log if e.action == "rollback"]
+    gate = next(g for g in rollback.payload["decision"]["gates"] if g["name"] == "agreement")
     assert gate["verdict"] == "fail" and gate["upper"] < 0.95 and gate["n"] > 0
 
 
 def test_hard_failing_student_is_rolled_back_by_the_trip_wire(deploy: Deploy, reviews: list[str]) -> None:
     failing = {"rollout": spec(0.65, stage0_shadow=0.0), "student_chaos_error_rate": 1.0}
     with deploy("failing", **failing) as client, Traffic(client, reviews, workers=4) as traffic:
-        post(client, "start", reason="integration test")
-        promoted = post(client, "promote", reason="straight to 50 %")
-        assert promoted["weight"] == 0.5
-        view = wait_for(client, lambda v: v["phase"] == "rolled_back", within_s=30)
+        with admin_client(client) as admin:
+            admin.start("integration test")
+            assert admin.promote(reason="straight to 50 %").weight == 0.5
+        view = wait_for(client, lambda v: v.phase is Phase.ROLLED_BACK, within_s=30)
         log = events(client)
         after = traffic.answered_since(len(traffic.answers), 20)
-    promote_at = next(e["at"] for e in log if e["action"] == "promote")
-    rollback = next(e for e in log if e["kind"] == "decision" and e["action"] == "rollback")
+    promote_at = next(e.at for e in log if e.action == "promote")
+    rollback = next(e for e in log if e.kind is EventKind.DECISION and e.action == "rollback")
     # How fast is a benchmark figure (bench/results/reliability.json, student_killed), not a
     # test verdict: here the trip wire must be what fired, on the first streak of failures.
-    print(f"weight 0.5 -> 0 took {rollback['at'] - promote_at:.2f} s after the promote")
-    tripped = [g["name"] for g in rollback["payload"]["decision"]["gates"] if g["verdict"] == "fail"]
-    assert view["weight"] == 0.0 and tripped == ["fast_rollback"]
+    print(f"weight 0.5 -> 0 took {rollback.at - promote_at:.2f} s after the promote")
+    tripped = [g["name"] for g in rollback.payload["decision"]["gates"] if g["verdict"] == "fail"]
+    assert view.weight == 0.0 and tripped == ["fast_rollback"]
     assert not traffic.failures  # failover answered every request meanwhile
     assert after and {a["variant"] for a in after} == {"teacher"}

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from rollout_admin import ADMIN_TOKEN, AUTH
+from rollout_admin import ADMIN_TOKEN, AUTH, admin_client
 
 Deploy = Any  # tests/integration/conftest.py
 
@@ -41,16 +41,14 @@ def test_the_token_never_leaves_the_auth_check(app: httpx.Client, serve_cluster:
 
 
 def test_predict_cannot_steer_the_rollout(app: httpx.Client) -> None:
-    before = app.get("/admin/rollout", headers=AUTH).json()
+    with admin_client(app) as admin:
+        before = admin.status()
     for extra in ({"variant": "student"}, {"weight": 1.0}, {"admin": True}):
         assert app.post("/v1/predict", json={"inputs": ["x"], **extra}).status_code == 422
     steering = {"x-kdcanary-variant": "student", "x-variant": "student", "authorization": f"Bearer {ADMIN_TOKEN}"}
     answers = [app.post("/v1/predict", json={"inputs": ["x"]}, headers=steering).json() for _ in range(20)]
     assert {a["variant"] for a in answers} == {"teacher"}  # stage 0: every user is on the teacher
     assert all(set(a) == {"predictions", "variant", "model_id", "request_id"} for a in answers)
-    after = app.get("/admin/rollout", headers=AUTH).json()
-    assert (after["phase"], after["weight"], after["epoch"]) == (
-        before["phase"],
-        before["weight"],
-        before["epoch"],
-    )
+    with admin_client(app) as admin:
+        after = admin.status()
+    assert (after.phase, after.weight, after.epoch) == (before.phase, before.weight, before.epoch)

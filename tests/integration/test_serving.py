@@ -120,7 +120,8 @@ def test_admin_refuses_missing_or_wrong_token(kd: httpx.Client) -> None:
         assert kd.get("/admin/rollout", headers=headers).status_code == 401
         put = kd.put("/admin/rollout/weight", json={"weight": 1.0, "reason": "x"}, headers=headers)
         assert put.status_code == 401 and ADMIN_TOKEN not in put.text
-    assert kd.get("/admin/rollout", headers=AUTH).json()["routing"]["weight"] == 0.0
+    with admin_client(kd) as admin:
+        assert admin.status().routing.weight == 0.0
     bad = kd.put("/admin/rollout/weight", json={"weight": 1.5, "reason": "x"}, headers=AUTH)
     assert bad.status_code == 422 and bad.json()["field"] == "weight"
     assert kd.put("/admin/rollout/weight", json={"weight": 0.5}, headers=AUTH).json()["field"] == "reason"
@@ -129,7 +130,8 @@ def test_admin_refuses_missing_or_wrong_token(kd: httpx.Client) -> None:
 def test_weight_change_through_admin_reaches_every_router(kd: httpx.Client) -> None:
     set_weight(kd, 1.0)
     assert {body["variant"] for body in many(kd, 40)} == {"student"}
-    assert kd.get("/admin/rollout", headers=AUTH).json()["routing"]["weight"] == 1.0
+    with admin_client(kd) as admin:
+        assert admin.status().routing.weight == 1.0
     set_weight(kd, 0.0)
     assert {body["variant"] for body in many(kd, 40)} == {"teacher"}
 

@@ -242,7 +242,7 @@ def second_controller(drill: Drill, within_s: float = 60.0) -> DrillResult:
         refused = "accepted (wrong)"
     except AdminCallError as exc:
         refused = f"refused with {exc.status}"
-    after = {e.id: e for e in SqliteStateStore(location).events(limit=1000)}
+    after = {e.id: e for e in new.events(limit=1000)}  # the store's log: the new writer has nothing pending
     lost = sum(after.get(e.id) != e for e in saved)
     resumed = new.events(limit=1000)[-1]
     notes = (

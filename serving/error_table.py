@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from compression.errors import CompressionError, ToleranceError
 from rollout.errors import FencedError, IntentError, RolloutError, SpecError, StoreError, WebhookError
 from serving.errors import AdminAuthError, BundleRejectedError, ModelCallError, ServingError
+from serving.schemas import first_error
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 
@@ -62,9 +63,7 @@ def lookup(exc: BaseException) -> ErrorAnswer:
 def one_line(exc: BaseException) -> str:
     """The message a person sees: a pydantic error is its first field and reason, on one line."""
     if isinstance(exc, ValidationError):
-        err = exc.errors(include_url=False, include_input=False)[0]
-        field = ".".join(str(part) for part in err["loc"]) or "value"
-        return f"{field}: {err['msg']}"
+        return "{}: {}".format(*first_error(exc))
     return " ".join(str(exc).split())
 
 

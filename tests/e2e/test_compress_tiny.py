@@ -15,16 +15,27 @@ from ports import free_port
 from compression.pipeline import RunSummary, compress
 from compression.recipe import load_recipe
 from compression.registry import Registry
+from serving.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "recipes" / "tiny.yaml"
 
 
 def kdcanary(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process of its own, as a user runs it (the demo starts its own Ray)."""
     command = [sys.executable, "-m", "serving.cli", *map(str, args)]
     return subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=os.environ | {"PYTHONWARNINGS": "ignore"}
     )
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The console script's own entry point (`kdcanary = serving.cli:main`) in this process: the
+    same exit code and stderr, without paying for a fresh interpreter importing torch each time."""
+    capsys.readouterr()
+    code = main([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["kdcanary", *map(str, args)], code, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +91,17 @@ def test_second_run_recomputes_nothing(first_run: tuple[Registry, RunSummary]) -
     assert snapshot(registry) == before
 
 
-def test_cli_lists_shows_and_reports(first_run: tuple[Registry, RunSummary], tmp_path: Path) -> None:
+def test_cli_lists_shows_and_reports(
+    first_run: tuple[Registry, RunSummary], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     registry, summary = first_run
     listing = kdcanary("models", "list", "--registry", registry.root)
     assert listing.returncode == 0 and all(b.id in listing.stdout for b in summary.bundles)
     student = summary.students["minilm-l2"][-1]
-    shown = kdcanary("models", "show", student.manifest.name, "--registry", registry.root)
+    shown = run_cli(capsys, "models", "show", student.manifest.name, "--registry", registry.root)
     assert shown.returncode == 0 and f"lineage: {student.manifest.name}" in shown.stdout
     assert "teacher (" in shown.stdout.splitlines()[-1]
-    report = kdcanary("report", "--registry", registry.root, "--out", tmp_path)
+    report = run_cli(capsys, "report", "--registry", registry.root, "--out", tmp_path)
     assert report.returncode == 0 and (tmp_path / "pareto.png").stat().st_size > 10_000
     assert "minilm-l2-pruned-int8" in (tmp_path / "pareto.md").read_text()
 
@@ -119,23 +132,30 @@ def test_demo_promotes_one_student_and_rolls_back_the_other(
     ids=["unknown-field", "bad-layers", "unreadable-data", "teacher-does-not-load"],
 )
 def test_bad_input_is_one_line_and_changes_nothing(
-    first_run: tuple[Registry, RunSummary], tmp_path: Path, edit: object, message: str
+    first_run: tuple[Registry, RunSummary],
+    tmp_path: Path,
+    edit: object,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     registry, _ = first_run
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(edit(TINY.read_text()))  # type: ignore[operator]
     before = snapshot(registry)
-    result = kdcanary("compress", recipe, "--registry", registry.root)
+    result = run_cli(capsys, "compress", recipe, "--registry", registry.root)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("kdcanary: error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert snapshot(registry) == before
 
 
-def test_unknown_student_is_one_line_and_changes_nothing(first_run: tuple[Registry, RunSummary]) -> None:
+def test_unknown_student_is_one_line_and_changes_nothing(
+    first_run: tuple[Registry, RunSummary], capsys: pytest.CaptureFixture[str]
+) -> None:
     registry, _ = first_run
     before = snapshot(registry)
-    result = kdcanary("compress", TINY, "--student", "minilm-l2", "--student", "minilm", "--registry", registry.root)
+    students = ("--student", "minilm-l2", "--student", "minilm")
+    result = run_cli(capsys, "compress", TINY, *students, "--registry", registry.root)
     assert result.returncode == 2 and snapshot(registry) == before
     assert result.stderr.strip().splitlines()[-1].startswith("kdcanary: error: student 'minilm' is not in recipe tiny")
 

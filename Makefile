@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/kdcanary demo --recipe $(RECIPE)
 
-# Two workers on the 2 cores: most integration time is waiting (dwell times, metrics exports),
-# so two files at a time halve it. TEST_WORKERS=0 runs everything in this one process.
+# Two workers on the 2 cores: the suite is CPU-bound, and one worker alone leaves a core idle
+# while it waits (dwell times, metrics exports, the registry build's lock): ~880 s serial, ~500 s
+# on two. TEST_WORKERS=0 runs everything in this one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20

@@ -24,8 +24,9 @@ demo: $(STAMP)
 	$(BIN)/kdcanary demo --recipe $(RECIPE)
 
 # Two workers on the 2 cores: the suite is CPU-bound, and one worker alone leaves a core idle
-# while it waits (dwell times, metrics exports, the registry build's lock): ~880 s serial, ~500 s
-# on two. TEST_WORKERS=0 runs everything in this one process.
+# while it waits (dwell times, metrics exports, the registry build's lock): the files one by one
+# add up to ~880 s (measured before the sleeping-threads change), two workers take ~500 s.
+# TEST_WORKERS=0 runs everything in this one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20

@@ -242,9 +242,10 @@ def second_controller(drill: Drill, within_s: float = 60.0) -> DrillResult:
         refused = "accepted (wrong)"
     except AdminCallError as exc:
         refused = f"refused with {exc.status}"
-    after = {e.id: e for e in new.events(limit=1000)}  # the store's log: the new writer has nothing pending
+    log = new.events(limit=1000)  # the store's log: the new writer has nothing pending
+    after = {e.id: e for e in log}
     lost = sum(after.get(e.id) != e for e in saved)
-    resumed = new.events(limit=1000)[-1]
+    resumed = log[-1]
     notes = (
         f"fenced {fenced_s:.2f} s after the takeover, at stage {fenced.stage_index} (was {before.stage_index}); "
         f"pause {refused}; new controller resumed at stage {new.snapshot().stage_index}, "

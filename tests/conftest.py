@@ -41,8 +41,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """Torch's OpenMP threads wait asleep, not spinning, in every process of the run (set before
     anything imports torch; xdist workers and the CLI subprocesses inherit it). The build, the
     student checks and the Ray replicas share two cores: a spinning thread burns the time slice
-    another process is waiting for. Measured: the teacher and one student built beside a busy
-    loop in 114 s instead of 183 s (82 s instead of 74 s on an idle machine)."""
+    another process is waiting for. Measured by hand on the 2-core box (not a benchmark): the
+    teacher and one student built beside a busy loop in 114 s instead of 183 s, and in 82 s
+    instead of 74 s on an idle machine."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

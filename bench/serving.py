@@ -135,12 +135,13 @@ def _applications(args: argparse.Namespace) -> dict[str, tuple[Any, str, float |
     from rollout.evidence import Variant
     from rollout.spec import fixed_share_spec
     from serving.app import MODEL, AppArgs, app_builder
-    from serving.config import ModelConfig, Resources, RouterConfig
+    from serving.config import ModelConfig, ModelUserConfig, Resources, RouterConfig
 
     model, router = Resources(num_cpus=1.0), Resources(num_cpus=0.5, max_ongoing_requests=256)
-    config = ModelConfig(registry=args.registry.resolve(), bundle=args.student, variant=Variant.STUDENT)
+    config = ModelConfig(registry=args.registry.resolve(), variant=Variant.STUDENT)
+    bundle = ModelUserConfig(bundle=args.student).model_dump()
     apps: dict[str, tuple[Any, str, float | None]] = {
-        "direct": (MODEL.options(**model.options("student", 16)).bind(config), "", None)
+        "direct": (MODEL.options(**model.options("student", 16), user_config=bundle).bind(config), "", None)
     }
     for name, weight, shadow in ROUTED:
         app_args = AppArgs(

@@ -66,6 +66,7 @@ from rollout.status import (
 from rollout.store import Claim, StateStore, StoredState, default_holder
 from rollout.views import (
     Counters,
+    ModelPair,
     PublishedRouting,
     StatusView,
     TrafficRate,
@@ -108,8 +109,10 @@ class RolloutController:
         *,
         rate_window_s: float = 60.0,
         holder: str | None = None,
+        pair: ModelPair | None = None,
     ) -> None:
         self._spec, self._clock, self._webhooks = spec, clock, webhooks
+        self.pair = pair  # the models this rollout judges; routers check answers against it
         self._lock = threading.RLock()
         now = clock.now()
         self._status: RolloutStatus | None = None
@@ -386,10 +389,11 @@ class RolloutController:
     def routing(self) -> PublishedRouting:
         """The weight and shadow fraction routers should use, with a never-decreasing version."""
         with self._lock:
+            ids = self.pair.model_dump() if self.pair is not None else {}
             if self._status is None:
-                return PublishedRouting(weight=0.0, shadow_fraction=0.0, version=0)
+                return PublishedRouting(weight=0.0, shadow_fraction=0.0, version=0, **ids)
             current = policy_routing(self._spec, self._status)
-            return PublishedRouting(**current.model_dump(), version=routing_version(self._status))
+            return PublishedRouting(**current.model_dump(), version=routing_version(self._status), **ids)
 
     def status(self) -> RolloutStatus | None:
         """The status record as it stands in memory (None before the first start)."""

@@ -55,6 +55,8 @@ class Observation(BaseModel):
     `agreed` is set on one observation of a pair whose input both models answered (by
     convention the student's); leave it None otherwise, or the pair counts twice. A timeout
     is an error. `cost` is in whatever unit the cost gate compares (compute seconds, dollars).
+    `model_id` is the bundle that answered (or was asked), so a controller can drop observations
+    of a model that is no longer part of its pair; None when unknown.
     """
 
     model_config = _FROZEN
@@ -64,6 +66,7 @@ class Observation(BaseModel):
     error: bool = False
     cost: float = Field(default=0.0, ge=0.0)
     agreed: bool | None = None
+    model_id: str | None = None
 
 
 def bucket_index(latency_s: float) -> int:

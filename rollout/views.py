@@ -23,8 +23,21 @@ from rollout.webhooks import WebhookStats
 _VIEW = ConfigDict(frozen=True, extra="forbid")
 
 
+class ModelPair(BaseModel):
+    """The teacher and student bundle ids a rollout judges."""
+
+    model_config = _VIEW
+
+    teacher_id: str
+    student_id: str
+
+    def __str__(self) -> str:
+        return f"{self.teacher_id}/{self.student_id}"
+
+
 class PublishedRouting(Routing):
-    """`policy.Routing` plus `version`, which rises whenever the routing may have changed.
+    """`policy.Routing` plus `version`, which rises whenever the routing may have changed, and
+    the model pair it is for (None: no pair known yet, or a controller that does not track one).
 
     version = 3 x epoch + liveness (0 pending or not started, 1 progressing or paused,
     2 terminal). The epoch rises whenever weight or stage moves and liveness only ever rises
@@ -33,6 +46,11 @@ class PublishedRouting(Routing):
     """
 
     version: int = Field(ge=0)
+    teacher_id: str | None = None
+    student_id: str | None = None
+
+    def same_pair(self, other: PublishedRouting) -> bool:
+        return (self.teacher_id, self.student_id) == (other.teacher_id, other.student_id)
 
 
 def routing_version(status: RolloutStatus | None) -> int:

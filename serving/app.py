@@ -1,15 +1,23 @@
 """The application builder: teacher + student ModelDeployments, a controller and the Router
 ingress, wired from typed arguments.
 
-The controller is the rollout controller: the weight walks the spec's stages on evidence, state
-in `<state_dir>/<teacher id>-<student id>.sqlite`. A fixed share is an operator intent on it
-(`kdcanary rollout start`, then `kdcanary rollout set-weight W`), not another controller. The
-rollout spec is inline (`rollout: {stages: ..., agreement: ...}`) or a YAML file path; it
-reaches the controller as its `user_config`, so `serve deploy` with a new spec reconfigures the
-live controller without restarting it.
+What an operator changes during a rollout's life is each deployment's `user_config`, which
+Ray Serve applies in place (`reconfigure`, no replica restarts):
+
+    teacher, student   {bundle, runtime}: a new bundle is loaded beside the old one, then swapped
+    controller         the rollout spec: adopted in place (same stage, weight, evidence)
+    router             RouterConfig: timeouts, shadow concurrency, admission, transport
+
+The builder's arguments (`AppArgs`) set the rest: registry, state directory, resources,
+batching, webhooks. Ray hashes them into the application's code version, so changing any of
+them restarts every replica. `teacher_id`, `student_id`, `rollout` and `router_settings` here
+only give the user_configs their first values (for `serve run` and `kdcanary serve`); a config
+file sets them under `deployments:` instead (deploy/serve_config.yaml), where a change is an
+in-place update. The controller learns the pair from the models themselves (see
+serving/rollout_deployment.py) and keeps one store per pair under `state_dir`.
 
     serve run serving.app:app_builder teacher_id=050bd0c00874 student_id=4eda7f96f69e registry=/tmp/reg1
-    serve deploy deploy/serve_config.yaml          (import_path: serving.app:app_builder, args: {...})
+    serve deploy deploy/serve_config.yaml
 
 Ray passes the builder a dict of arguments (strings from the command line, YAML values from a
 config file); `AppArgs` validates it, so a bad argument fails the deploy with the field named.
@@ -26,7 +34,7 @@ from compression.registry import Registry, default_root
 from rollout.errors import SpecError
 from rollout.evidence import Variant
 from rollout.spec import RolloutSpec
-from serving.config import Batching, ModelConfig, Resources, RouterConfig, Runtime
+from serving.config import Batching, ModelConfig, ModelUserConfig, Resources, RouterConfig, Runtime
 from serving.model import ModelDeployment
 from serving.rollout_deployment import ControllerConfig, RolloutDeployment
 from serving.router import Router
@@ -45,8 +53,8 @@ def default_state_dir() -> Path:
 class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    teacher_id: str = Field(min_length=1)
-    student_id: str = Field(min_length=1)
+    teacher_id: str | None = Field(default=None, min_length=1, description="else user_config on 'teacher'")
+    student_id: str | None = Field(default=None, min_length=1, description="else user_config on 'student'")
     registry: Path = Field(default_factory=default_root)
     teacher_runtime: Runtime = "onnx"  # "torch" serves an FP32 bundle's torch weights
     student_runtime: Runtime = "onnx"
@@ -76,15 +84,14 @@ class AppArgs(BaseModel):
 def app_builder(args: AppArgs | dict[str, Any]) -> Application:
     """A Serve application from `AppArgs` (or the dict Ray passes from a CLI or config file)."""
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
+    registry = Registry(args.registry.resolve())
     models = {}
     for variant, ref, resources, runtime in (
         (Variant.TEACHER, args.teacher_id, args.teacher, args.teacher_runtime),
         (Variant.STUDENT, args.student_id, args.student, args.student_runtime),
     ):
         config = ModelConfig(
-            registry=args.registry.resolve(),
-            runtime=runtime,
-            bundle=ref,
+            registry=registry.root,
             variant=variant,
             cpus=resources.num_cpus,
             price_per_cpu_hour=args.price_per_cpu_hour,
@@ -93,17 +100,12 @@ def app_builder(args: AppArgs | dict[str, Any]) -> Application:
             chaos_delay_s=args.student_chaos_delay_s if variant is Variant.STUDENT else 0.0,
         )
         options = resources.options(variant.value, at_least_ongoing=args.batching.max_batch_size)
+        if ref is not None:  # an unknown bundle fails here, before anything starts
+            options["user_config"] = ModelUserConfig(bundle=registry.get(ref).id, runtime=runtime).model_dump()
         models[variant] = MODEL.options(**options).bind(config)
-    return ROUTER.options(**args.router.options("router")).bind(
-        models[Variant.TEACHER], models[Variant.STUDENT], _controller(args), args.router_settings
+    teacher, student = models[Variant.TEACHER], models[Variant.STUDENT]
+    controller = ROLLOUT_CONTROLLER.options(user_config=args.rollout_spec().model_dump(mode="json")).bind(
+        ControllerConfig(state_dir=args.state_dir.resolve(), webhooks=args.webhooks), teacher, student
     )
-
-
-def _controller(args: AppArgs) -> Application:
-    registry = Registry(args.registry)
-    teacher, student = registry.get(args.teacher_id).id, registry.get(args.student_id).id
-    config = ControllerConfig(
-        state_path=args.state_dir.resolve() / f"{teacher}-{student}.sqlite", webhooks=args.webhooks
-    )
-    spec = args.rollout_spec().model_dump(mode="json")
-    return ROLLOUT_CONTROLLER.options(user_config=spec).bind(config)
+    router_options = args.router.options("router") | {"user_config": args.router_settings.model_dump(mode="json")}
+    return ROUTER.options(**router_options).bind(teacher, student, controller)

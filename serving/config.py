@@ -46,6 +46,9 @@ class Resources(BaseModel):
     max_ongoing_requests: int = Field(default=32, ge=1)
     autoscaling: Autoscaling | None = None
     access_log: bool = False  # one log line per call: off by default, it costs latency on the hot path
+    # Ray custom resources each replica needs, e.g. {"student_node": 0.01} to place it on the nodes
+    # started with `ray start --resources '{"student_node": 1}'`.
+    resources: dict[str, float] = Field(default_factory=dict)
 
     def options(self, name: str, at_least_ongoing: int = 1) -> dict[str, Any]:
         """Keyword arguments for `Deployment.options(...)`."""
@@ -56,15 +59,27 @@ class Resources(BaseModel):
         )
         return {
             "name": name,
-            "ray_actor_options": {"num_cpus": self.num_cpus},
+            "ray_actor_options": {"num_cpus": self.num_cpus}
+            | ({"resources": self.resources} if self.resources else {}),
             "max_ongoing_requests": max(self.max_ongoing_requests, at_least_ongoing),
             "logging_config": {"enable_access_log": self.access_log},
             **scaling,
         }
 
 
+class ModelUserConfig(BaseModel):
+    """Which bundle a ModelDeployment serves: its Ray Serve `user_config`, so that `serve deploy`
+    with another bundle swaps it in place (each replica loads the new one beside the old, warms
+    it up, then switches; no replica restarts)."""
+
+    model_config = _CONFIG
+
+    bundle: str = Field(min_length=1, description="registry id or name")
+    runtime: Runtime = "onnx"
+
+
 class ModelConfig(BaseModel):
-    """What a ModelDeployment serves and how it prices its compute.
+    """How a ModelDeployment serves (its bundle comes as `ModelUserConfig`) and prices its compute.
 
     `chaos_error_rate` makes that share of predict calls raise, and `chaos_delay_s` delays every
     predict call by that many seconds (never health checks): for failover tests (a student slower
@@ -74,9 +89,7 @@ class ModelConfig(BaseModel):
     model_config = _CONFIG
 
     registry: Path
-    bundle: str
     variant: Variant
-    runtime: Runtime = "onnx"
     cpus: float = Field(default=1.0, gt=0.0)
     price_per_cpu_hour: float = Field(default=0.05, ge=0.0)
     batching: Batching = Batching()

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from compression.errors import CompressionError, ToleranceError
 from rollout.errors import FencedError, IntentError, RolloutError, SpecError, StoreError, WebhookError
-from serving.errors import AdminAuthError, BundleRejectedError, ModelCallError, ServingError
+from serving.errors import AdminAuthError, BundleRejectedError, ModelCallError, PairUnknownError, ServingError
 from serving.schemas import first_error
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
@@ -41,6 +41,7 @@ TABLE: tuple[ErrorAnswer, ...] = (
     ErrorAnswer(FencedError, 409, EXIT_REFUSED, "another controller took over the rollout's store"),
     ErrorAnswer(StoreError, 503, EXIT_UNAVAILABLE, "the rollout store cannot be read or written"),
     ErrorAnswer(ModelCallError, 503, EXIT_UNAVAILABLE, "a model deployment did not answer"),
+    ErrorAnswer(PairUnknownError, 503, EXIT_UNAVAILABLE, "the controller has not yet heard from both models"),
     ErrorAnswer(SpecError, 422, EXIT_BAD_INPUT, "the rollout spec is invalid (the field is named)"),
     ErrorAnswer(WebhookError, 422, EXIT_BAD_INPUT, "webhook settings are invalid"),
     ErrorAnswer(BundleRejectedError, 422, EXIT_BAD_INPUT, "a bundle fails verification or does not load"),

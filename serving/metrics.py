@@ -12,10 +12,11 @@ Names as Prometheus stores them (histograms add _bucket/_sum/_count):
     ray_kdcanary_rejected_requests_total{reason}       4xx answers; reason = status code
     ray_kdcanary_request_latency_seconds{variant}      router-side latency of answered requests
     ray_kdcanary_failovers_total{reason}               student failed, teacher answered; error | timeout
+                                                       | other_model (a student mid-swap, not yet vetted)
     ray_kdcanary_shadow_comparisons_total              inputs answered by both models
     ray_kdcanary_shadow_agreements_total               ... whose top-1 labels agreed
     ray_kdcanary_shadow_divergence                     total-variation distance per compared input
-    ray_kdcanary_shadow_dropped_total{reason}          shadow calls skipped; overload | error
+    ray_kdcanary_shadow_dropped_total{reason}          shadow calls skipped; overload | error | other_model
     ray_kdcanary_student_weight                        student share of traffic a router applies (0..1)
     ray_kdcanary_model_compute_seconds_total{variant}  seconds the model spent (shadow included)
     ray_kdcanary_model_inputs_total{variant}           inputs the model scored (shadow included)
@@ -185,6 +186,11 @@ class ControllerMetrics:
                 self._show_gate(result)
             self._advance(self._decisions, "action", view.counters.decisions)
             self._advance(self._rollbacks, "reason", view.counters.rollbacks)
+
+    def new_rollout(self) -> None:
+        """A controller for a new model pair counts from 0: its counts add to the counters' totals."""
+        with self._lock:
+            self._seen.clear()
 
     def _show_gate(self, result: GateResult) -> None:
         tags = {"gate": result.name}

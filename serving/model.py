@@ -1,9 +1,12 @@
 """ModelDeployment: one Ray Serve deployment class that serves any registry bundle by id.
 
 Teacher and student are two deployments of this class (`.options(name=...)`), each with its
-own replicas, CPUs and autoscaling. A replica verifies the bundle's files against its manifest
-(refusing it otherwise), loads ONNX Runtime (or torch, for FP32 bundles) with intra-op threads =
-its CPUs rounded up, warms up, and answers batched `predict` calls. `check_health` runs a real inference.
+own replicas, CPUs and autoscaling. The bundle comes as the deployment's `user_config`
+(`ModelUserConfig`), so `serve deploy` with another bundle swaps it in place: `reconfigure`
+verifies the bundle's files against its manifest (refusing it otherwise), loads ONNX Runtime (or
+torch, for FP32 bundles) with intra-op threads = its CPUs rounded up and warms up, off the event
+loop, while the old bundle keeps answering; then it switches. `model_id` says what a replica
+serves (the rollout controller asks every replica). `check_health` runs a real inference.
 
 Batching waits for company only when there is some: a request that finds the replica idle is
 scored at once (waiting `batch_wait_timeout_s` for arrivals that cannot come only adds latency,
@@ -17,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -33,13 +38,14 @@ from starlette.responses import Response
 from serving.answer import ModelAnswer, prediction_payload, split_answer
 from serving.autoscaling import STREAM_IN_FLIGHT
 from serving.classifier import Classifier, load_bundle, threads_for
-from serving.config import ModelConfig
+from serving.config import ModelConfig, ModelUserConfig
 from serving.errors import ModelCallError
 from serving.metrics import ModelMetrics
 from serving.routing import cost_dollars, split_compute
 from serving.schemas import PredictRequest, first_error
 from serving.stream import Endpoint, StreamServer
 
+log = logging.getLogger("ray.serve")
 WARMUP_TEXTS = ["warm-up", "a somewhat longer sentence to warm up the kernels for wider inputs"]
 
 
@@ -47,9 +53,7 @@ WARMUP_TEXTS = ["warm-up", "a somewhat longer sentence to warm up the kernels fo
 class ModelDeployment:
     def __init__(self, config: ModelConfig) -> None:
         self._config = config
-        bundle = load_bundle(config.registry, config.bundle, config.runtime)
-        self._classifier = Classifier(bundle, threads_for(config.cpus), config.runtime)
-        self._model_id = bundle.id
+        self._loaded: _Loaded | None = None  # set by reconfigure, which Serve calls before any request
         self._rng = random.Random()
         self._metrics = ModelMetrics(config.variant)
         batcher: Any = self._score_batch  # serve.batch adds setters the type stubs do not show
@@ -58,8 +62,28 @@ class ModelDeployment:
         self._in_flight = 0
         replica = serve.get_replica_context().replica_id.unique_id
         self._stream = StreamServer(partial(self._answer, transport="stream"), replica, ray.util.get_node_ip_address())
-        for _ in range(3):
-            self._classifier.score(WARMUP_TEXTS)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve the bundle `user_config` names (a `ModelUserConfig`); a no-op when it already does.
+        A bundle that is unknown or fails verification raises, naming it, and Serve reports the
+        deploy as failed."""
+        wanted = ModelUserConfig.model_validate(user_config)
+        if self._loaded is not None and self._loaded.wanted == wanted:
+            return
+        loaded = await asyncio.to_thread(_load, self._config, wanted)  # the old bundle keeps answering
+        before, self._loaded = self._loaded, loaded
+        log.info("%s serves %s (was %s)", self._config.variant, loaded.model_id, before and before.model_id)
+
+    def model_id(self) -> str | None:
+        """The bundle id this replica serves (None before its first user_config)."""
+        return self._loaded.model_id if self._loaded is not None else None
+
+    @property
+    def _model(self) -> _Loaded:
+        if self._loaded is None:
+            variant = self._config.variant.value
+            raise ModelCallError(f"{variant}: no bundle; set user_config {{bundle: ...}} on deployment '{variant}'")
+        return self._loaded
 
     async def predict(self, texts: list[str]) -> ModelAnswer:
         """The Serve handle's method (the stream lane calls `_answer` directly)."""
@@ -83,12 +107,13 @@ class ModelDeployment:
         if self._config.chaos_delay_s:
             await asyncio.sleep(self._config.chaos_delay_s)
         if self._config.chaos_error_rate and self._rng.random() < self._config.chaos_error_rate:
-            raise ModelCallError(f"{self._config.variant} {self._model_id}: injected fault (chaos_error_rate)")
+            raise ModelCallError(f"{self._config.variant} {self._model.model_id}: injected fault (chaos_error_rate)")
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _score_batch(self, requests: list[list[str]]) -> list[ModelAnswer]:
+        model = self._model  # one bundle for the whole batch, even if a swap lands meanwhile
         flat = [text for texts in requests for text in texts]
-        scored = self._classifier.score(flat)
+        scored = model.classifier.score(flat)
         dollars = cost_dollars(scored.compute_s, self._config.cpus, self._config.price_per_cpu_hour)
         self._metrics.record_batch(len(flat), scored.compute_s, dollars)
         sizes = [len(texts) for texts in requests]
@@ -97,9 +122,9 @@ class ModelDeployment:
         for size, share in zip(sizes, shares, strict=True):
             answers.append(
                 ModelAnswer(
-                    model_id=self._model_id,
+                    model_id=model.model_id,
                     variant=self._config.variant,
-                    label_names=self._classifier.label_names,
+                    label_names=model.classifier.label_names,
                     probabilities=scored.probabilities[start : start + size],
                     compute_s=share,
                     cost_dollars=dollars * size / len(flat),
@@ -134,9 +159,27 @@ class ModelDeployment:
 
     def check_health(self) -> None:
         """A real inference; raising marks the replica unhealthy and Serve replaces it."""
-        probabilities = self._classifier.score(["health check"]).probabilities
-        if probabilities.shape != (1, len(self._classifier.label_names)) or not np.isfinite(probabilities).all():
-            raise ModelCallError(f"{self._model_id}: health check got unusable output {probabilities!r}")
+        model = self._model
+        probabilities = model.classifier.score(["health check"]).probabilities
+        if probabilities.shape != (1, len(model.classifier.label_names)) or not np.isfinite(probabilities).all():
+            raise ModelCallError(f"{model.model_id}: health check got unusable output {probabilities!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """A loaded, warmed-up bundle; swapped whole, so a batch never mixes two bundles."""
+
+    wanted: ModelUserConfig
+    model_id: str
+    classifier: Classifier
+
+
+def _load(config: ModelConfig, wanted: ModelUserConfig) -> _Loaded:
+    bundle = load_bundle(config.registry, wanted.bundle, wanted.runtime)
+    classifier = Classifier(bundle, threads_for(config.cpus), wanted.runtime)
+    for _ in range(3):
+        classifier.score(WARMUP_TEXTS)
+    return _Loaded(wanted, bundle.id, classifier)
 
 
 class CoalescingClient:

@@ -5,6 +5,15 @@ builds it over a SQLite store and an HTTP webhook sender, ticks it from a backgr
 (sleeping until `next_tick_at()`), and mirrors its status into Prometheus gauges after every
 tick. Routers poll `routing()` and push `record(...)`; the admin API calls the intents.
 
+A rollout judges one model pair, and the models say which: every second the loop asks every
+teacher and student replica (`DeploymentHandle.broadcast("model_id")`). Once all replicas of
+both serve one bundle each and that pair is new, the controller for it is built over
+`<state_dir>/<teacher id>-<student id>.sqlite` (resuming what that file holds). So `serve
+deploy` with a new student bundle (the model deployment's `user_config`) begins a fresh rollout
+for the new pair, from the shadow stage, started on its own when the old one had been started;
+routers drop the old pair's pending observations and never serve an answer from a student that
+the routing does not name.
+
 The spec arrives as the deployment's `user_config` (a mapping, validated by `RolloutSpec`),
 so a changed spec reaches the live replica through `reconfigure`, and the controller adopts it
 in place (same stage, weight, evidence; a `spec_changed` event). When Ray restarts a killed
@@ -20,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,27 +38,34 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from rollout.clock import SystemClock
 from rollout.controller import RolloutController
-from rollout.evidence import Observation
+from rollout.evidence import Observation, Variant
 from rollout.spec import RolloutSpec
 from rollout.store import SqliteStateStore
-from rollout.views import PublishedRouting
+from rollout.views import ModelPair, PublishedRouting
 from rollout.webhooks import HttpWebhookSender
+from serving.errors import PairUnknownError
 
 log = logging.getLogger("ray.serve")
 
 
 class ControllerConfig(BaseModel):
-    """Where the rollout's state lives and whom to notify (the spec comes as user_config)."""
+    """Where rollouts keep state and whom to notify (the spec comes as user_config)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    state_path: Path = Field(description="SQLite file: status, evidence and the event log")
+    state_dir: Path = Field(description="one SQLite file per model pair: status, evidence and the event log")
     webhooks: tuple[HttpUrl, ...] = ()
     webhook_timeout_s: float = Field(default=2.0, gt=0.0)
     webhook_retries: int = Field(default=3, ge=0)
+    pair_check_interval_s: float = Field(default=1.0, gt=0.0, description="how often to ask the models")
+    ready_timeout_s: float = Field(default=30.0, gt=0.0, description="how long an admin call waits for a pair")
+
+    def state_path(self, pair: ModelPair) -> Path:
+        return self.state_dir / f"{pair.teacher_id}-{pair.student_id}.sqlite"
 
 
 @serve.deployment(
@@ -58,11 +76,17 @@ class ControllerConfig(BaseModel):
     health_check_period_s=2.0,
 )
 class RolloutDeployment:
-    def __init__(self, config: ControllerConfig) -> None:
+    def __init__(
+        self, config: ControllerConfig, teacher: DeploymentHandle[Any], student: DeploymentHandle[Any]
+    ) -> None:
         from serving.metrics import ControllerMetrics  # Ray metrics bind to the replica process
 
         self._config = config
-        self._controller: RolloutController | None = None
+        self._models = {Variant.TEACHER: teacher, Variant.STUDENT: student}
+        self._spec = RolloutSpec()  # until the first user_config
+        self._controller: RolloutController | None = None  # built once the models name their pair
+        self._ready = threading.Event()
+        self._lock = threading.Lock()  # reconfigure (Serve's thread) vs a pair switch (a worker thread)
         self._webhooks = HttpWebhookSender(
             [str(url) for url in config.webhooks], timeout_s=config.webhook_timeout_s, retries=config.webhook_retries
         )
@@ -70,33 +94,33 @@ class RolloutDeployment:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
-        """Adopt a (new) spec: the first builds the controller over the store (claiming it and
-        resuming what it holds); a later one changes the live controller's spec in place."""
-        spec = RolloutSpec.from_mapping(user_config)  # SpecError names the bad field
-        if self._controller is not None:
-            self._controller.adopt_spec(spec)
-            log.info("rollout spec changed in place: %d stages", len(spec.stages))
-            return
-        self._config.state_path.parent.mkdir(parents=True, exist_ok=True)
-        store = SqliteStateStore(self._config.state_path)
-        self._controller = RolloutController(spec, store, SystemClock(), self._webhooks)
-        log.info(
-            "rollout controller ready: state %s (journal %s, writer term %s), %d stages",
-            self._config.state_path, store.journal_mode, self._controller.snapshot().store.term, len(spec.stages),
-        )  # fmt: skip
+        """Adopt a (new) spec; a live controller changes it in place (SpecError names a bad field)."""
+        spec = RolloutSpec.from_mapping(user_config)
+        with self._lock:
+            if self._controller is not None:
+                self._controller.adopt_spec(spec)
+                log.info("rollout spec changed in place: %d stages", len(spec.stages))
+            self._spec = spec
 
     @property
     def controller(self) -> RolloutController:
-        if self._controller is None:  # Serve calls reconfigure before any request
-            self.reconfigure(None)
+        """The current pair's controller, waiting a while for the first pair after a start."""
+        if not self._ready.wait(self._config.ready_timeout_s):
+            raise PairUnknownError("no rollout yet: the teacher and student replicas have not said what they serve")
         assert self._controller is not None
         return self._controller
 
+    # --- the background loop: follow the models, tick ---------------------------------------
+
     async def _tick_forever(self) -> None:
+        asked_at = -math.inf
         while True:
+            if time.monotonic() - asked_at >= self._config.pair_check_interval_s:
+                asked_at = time.monotonic()
+                await self._follow_models()
             controller = self._controller
             if controller is None:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.1)
                 continue
             await asyncio.sleep(min(1.0, max(0.0, controller.next_tick_at() - time.time())))
             try:
@@ -105,6 +129,50 @@ class RolloutDeployment:
             except Exception:  # a bad tick must not end the loop; the next one retries
                 log.exception("rollout tick failed")
 
+    async def _follow_models(self) -> None:
+        try:
+            teacher, student = await asyncio.gather(self._served(Variant.TEACHER), self._served(Variant.STUDENT))
+        except Exception as exc:  # models unreachable for now: keep the current pair
+            log.debug("could not ask the models what they serve (%s)", type(exc).__name__)
+            return
+        if teacher is None or student is None:  # no replica yet, or a swap under way
+            return
+        pair = ModelPair(teacher_id=teacher, student_id=student)
+        if self._controller is None or self._controller.pair != pair:
+            try:
+                await asyncio.to_thread(self._switch, pair)
+            except Exception:
+                log.exception("could not open the rollout for %s", pair)
+
+    async def _served(self, variant: Variant) -> str | None:
+        """The bundle id every replica of `variant` serves; None while they differ or none answers."""
+        response = self._models[variant].broadcast("model_id")
+        answers = await asyncio.wait_for(response.results_async(return_exceptions=True), timeout=10.0)
+        ids = {answer for answer in answers if isinstance(answer, str)}
+        complete = len(ids) == 1 and all(isinstance(answer, str) for answer in answers)
+        return ids.pop() if complete else None
+
+    def _switch(self, pair: ModelPair) -> None:
+        """Judge `pair` from now on: its own store (resumed if it has state); a fresh rollout is
+        started when the pair it replaces had been started."""
+        path = self._config.state_path(pair)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            before = self._controller
+            store = SqliteStateStore(path)
+            controller = RolloutController(self._spec, store, SystemClock(), self._webhooks, pair=pair)
+            if before is not None and before.status() is not None and controller.status() is None:
+                reason = f"{before.pair} replaced in place by {pair}: a fresh rollout from the shadow stage"
+                controller.start(actor="kdcanary", reason=reason)
+            self._controller = controller
+            self._metrics.new_rollout()
+        self._ready.set()
+        self._metrics.show(controller.snapshot())
+        log.info(
+            "rollout controller for %s: state %s (journal %s, writer term %s), %d stages",
+            pair, path, store.journal_mode, controller.snapshot().store.term, len(self._spec.stages),
+        )  # fmt: skip
+
     def check_health(self) -> None:
         if self._ticker.done():
             raise RuntimeError(f"rollout tick loop ended: {self._ticker.exception()!r}")
@@ -112,13 +180,20 @@ class RolloutDeployment:
     # --- routers ----------------------------------------------------------------------------
 
     def routing(self) -> PublishedRouting:
-        return self.controller.routing()
+        controller = self._controller
+        if controller is None:  # no pair yet: the teacher answers everything
+            return PublishedRouting(weight=0.0, shadow_fraction=0.0, version=0)
+        return controller.routing()
 
     def record(self, observations: Sequence[Observation]) -> None:
-        before = self.controller.routing().version
-        self.controller.record(observations)  # ticks inside when the trip wire fires
-        if self.controller.routing().version != before:
-            self._metrics.show(self.controller.snapshot())
+        controller = self._controller
+        if controller is None or controller.pair is None:
+            return
+        ours = [o for o in observations if o.model_id in (None, _id_of(controller.pair, o.variant))]
+        before = controller.routing().version
+        controller.record(ours)  # ticks inside when the trip wire fires
+        if controller.routing().version != before:
+            self._metrics.show(controller.snapshot())
 
     # --- admin (each returns the status after the intent) -------------------------------
 
@@ -156,3 +231,7 @@ class RolloutDeployment:
         view = self.controller.snapshot()
         self._metrics.show(view)
         return view.model_dump(mode="json")
+
+
+def _id_of(pair: ModelPair, variant: Variant) -> str:
+    return pair.teacher_id if variant is Variant.TEACHER else pair.student_id

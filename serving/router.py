@@ -42,7 +42,7 @@ from serving.error_table import lookup
 from serving.errors import ModelCallError
 from serving.limits import TokenBucket
 from serving.model import CoalescingClient
-from serving.router_core import RouterCore
+from serving.router_core import ModelCall, RouterCore
 from serving.schemas import MAX_INPUTS, MAX_KEY_CHARS, PredictRequest, first_error
 from serving.stream import StreamClient
 
@@ -76,29 +76,40 @@ def json_response(
 )
 class Router:
     def __init__(
-        self,
-        teacher: DeploymentHandle[Any],
-        student: DeploymentHandle[Any],
-        controller: DeploymentHandle[Any],
-        config: RouterConfig,
+        self, teacher: DeploymentHandle[Any], student: DeploymentHandle[Any], controller: DeploymentHandle[Any]
     ) -> None:
         from serving.metrics import RouterMetrics  # Ray metrics bind to the replica process
 
-        self._config = config
-        most = MAX_INPUTS if config.coalesce_calls else 1  # 1: every request its own call
-        models = {
-            Variant.TEACHER: CoalescingClient(_model_call(teacher, config), most).submit,
-            Variant.STUDENT: CoalescingClient(_model_call(student, config), most).submit,
-        }
+        self._handles = {Variant.TEACHER: teacher, Variant.STUDENT: student}
         self._clock = time.perf_counter
         self._metrics = RouterMetrics()
-        self._core = RouterCore(models, config, self._clock, random.Random(config.seed), self._metrics)
+        self._config = RouterConfig()
+        self._core = RouterCore(self._model_calls(), self._config, self._clock, random.Random(), self._metrics)
+        self._admission = self._limit()
         self._controller = controller
         self._admin_app = build_admin_app(controller)
-        limit = config.max_requests_per_s
-        self._admission = TokenBucket(limit, max(1.0, limit * config.burst_s)) if limit else None
         loop = asyncio.get_running_loop()
         self._background = [loop.create_task(self._poll_forever()), loop.create_task(self._flush_forever())]
+
+    def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        """Router settings (`RouterConfig`) are the deployment's user_config: `serve deploy` changes
+        them in place; the routing, pending observations and calls in flight are kept."""
+        self._config = RouterConfig.model_validate(user_config or {})
+        self._core.configure(self._config, self._model_calls())
+        if self._config.seed is not None:
+            self._core.reseed(self._config.seed)
+        self._admission = self._limit()
+
+    def _model_calls(self) -> dict[Variant, ModelCall]:
+        most = MAX_INPUTS if self._config.coalesce_calls else 1  # 1: every request its own call
+        return {
+            variant: CoalescingClient(_model_call(handle, self._config), most).submit
+            for variant, handle in self._handles.items()
+        }
+
+    def _limit(self) -> TokenBucket | None:
+        limit = self._config.max_requests_per_s
+        return TokenBucket(limit, max(1.0, limit * self._config.burst_s)) if limit else None
 
     # --- HTTP dispatch ----------------------------------------------------------------------
 

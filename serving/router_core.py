@@ -124,9 +124,7 @@ class RouterCore:
         rng: random.Random,
         metrics: RouterMetricsSink,
     ) -> None:
-        self._models = dict(models)
-        self._timeouts = {Variant.TEACHER: config.teacher_timeout_s, Variant.STUDENT: config.student_timeout_s}
-        self._shadow_slots = config.shadow_concurrency
+        self.configure(config, models)
         self._clock = clock
         self._chooser = Chooser(rng)
         self._metrics = metrics
@@ -135,6 +133,17 @@ class RouterCore:
         self._pending: list[Observation] = []
         self._shadows: set[asyncio.Task[None]] = set()
         metrics.set_weight(self._weight)
+
+    def configure(self, config: RouterConfig, models: Mapping[Variant, ModelCall]) -> None:
+        """Take new settings and model calls in place (the shell's `reconfigure`): calls in flight
+        finish on the old ones, and the routing and pending observations are kept."""
+        self._models = dict(models)
+        self._timeouts = {Variant.TEACHER: config.teacher_timeout_s, Variant.STUDENT: config.student_timeout_s}
+        self._shadow_slots = config.shadow_concurrency
+
+    def reseed(self, seed: int) -> None:
+        """Make the routing coin reproducible from here on (tests, simulations)."""
+        self._chooser = Chooser(random.Random(seed))
 
     @property
     def weight(self) -> float:
@@ -146,9 +155,15 @@ class RouterCore:
         return self._routing
 
     def adopt(self, routing: PublishedRouting) -> bool:
-        """Take the controller's routing unless it is older than the current one; True when taken."""
-        if routing.version < self._routing.version:
-            return False
+        """Take the controller's routing unless it is older than the current one; True when taken.
+
+        A routing for another model pair (a bundle swapped in place) is always taken, and the
+        observations still pending belong to the old pair's rollout: they are dropped."""
+        if routing.same_pair(self._routing):
+            if routing.version < self._routing.version:
+                return False
+        else:
+            self._pending.clear()
         self._routing, self._weight = routing, routing.weight
         self._metrics.set_weight(self._weight)
         return True
@@ -164,13 +179,16 @@ class RouterCore:
         outcome: Outcome = "ok"
         observations: list[Observation] = []
         if self._chooser.choose(self._weight, key) is Variant.STUDENT:
-            student = await self._call(Variant.STUDENT, texts)
-            if student.answer is not None:
+            student = await self._call(Variant.STUDENT, texts, routing)
+            if student.answer is not None and _of_pair(student.answer, routing):
                 return Answered(student.answer, "ok", self._clock() - started, texts, [student.observation], routing)
-            self._record_failover(student.error)
-            observations.append(student.observation)
+            if student.answer is None:
+                self._record_failover(student.error)
+                observations.append(student.observation)
+            else:  # a student this rollout has not vetted (mid-swap): the teacher answers, nobody is judged
+                self._metrics.record_failover("other_model")
             outcome = "failover"
-        teacher = await self._call(Variant.TEACHER, texts)
+        teacher = await self._call(Variant.TEACHER, texts, routing)
         if teacher.answer is None:  # the teacher's own errors are evidence too (the error gate compares)
             log.error("teacher failed: %s", type(teacher.error).__name__)
             self._pending.extend([*observations, teacher.observation])
@@ -178,16 +196,22 @@ class RouterCore:
         observations.append(teacher.observation)
         return Answered(teacher.answer, outcome, self._clock() - started, texts, observations, routing)
 
-    async def _call(self, variant: Variant, texts: list[str]) -> _Call:
-        """Call `variant` within its timeout; any Exception is a failed call (an error observation)."""
+    async def _call(self, variant: Variant, texts: list[str], routing: PublishedRouting) -> _Call:
+        """Call `variant` within its timeout; any Exception is a failed call (an error observation
+        of the model the routing names)."""
         started = self._clock()
         try:
             async with asyncio.timeout(self._timeouts[variant]):  # unlike wait_for, no extra task per call
                 answer = await self._models[variant](texts)
         except Exception as exc:
-            return _Call(Observation(variant=variant, latency_s=self._clock() - started, error=True), error=exc)
+            asked = routing.teacher_id if variant is Variant.TEACHER else routing.student_id
+            failed = Observation(variant=variant, latency_s=self._clock() - started, error=True, model_id=asked)
+            return _Call(failed, error=exc)
         latency = self._clock() - started
-        return _Call(Observation(variant=answer.variant, latency_s=latency, cost=answer.cost_dollars), answer)
+        observation = Observation(
+            variant=answer.variant, latency_s=latency, cost=answer.cost_dollars, model_id=answer.model_id
+        )
+        return _Call(observation, answer)
 
     def _record_failover(self, error: Exception | None) -> None:
         reason = "timeout" if isinstance(error, TimeoutError) else "error"
@@ -216,10 +240,14 @@ class RouterCore:
 
     async def _shadow(self, answered: Answered) -> None:
         primary = answered.answer
-        shadow = await self._call(other(primary.variant), answered.texts)
+        shadow = await self._call(other(primary.variant), answered.texts, answered.routing)
         if shadow.answer is None:
             self._metrics.record_shadow_dropped("error")
             self._pending.extend([*answered.observations, shadow.observation])
+            return
+        if not (_of_pair(primary, answered.routing) and _of_pair(shadow.answer, answered.routing)):  # mid-swap
+            self._metrics.record_shadow_dropped("other_model")
+            self._pending.extend(answered.observations)
             return
         agree = top1_agreement(primary.probabilities, shadow.answer.probabilities)
         divergence = total_variation(primary.probabilities, shadow.answer.probabilities)
@@ -247,3 +275,9 @@ class RouterCore:
         while self._pending:
             batch, self._pending = self._pending[:cap], self._pending[cap:]
             yield batch
+
+
+def _of_pair(answer: ModelAnswer, routing: PublishedRouting) -> bool:
+    """Whether `answer` came from the model the routing is for (any model when it names none)."""
+    expected = routing.teacher_id if answer.variant is Variant.TEACHER else routing.student_id
+    return expected is None or answer.model_id == expected

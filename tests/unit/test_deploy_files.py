@@ -18,7 +18,9 @@ import yaml
 from prometheus_install import PrometheusTools, ensure_prometheus
 from ray.serve.schema import ServeDeploySchema
 
+from rollout.spec import RolloutSpec
 from serving.app import AppArgs
+from serving.config import ModelUserConfig, RouterConfig
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
@@ -260,6 +262,17 @@ def test_rayservice_serves_the_same_application_as_serve_config() -> None:
     (app,) = schema.applications
     AppArgs.model_validate(app.args)  # the file's arguments are valid
     assert app.import_path == "serving.app:app_builder"
+
+
+def test_what_an_operator_changes_in_place_is_each_deployments_valid_user_config() -> None:
+    (app,) = ServeDeploySchema.model_validate(load_yaml(SERVE_CONFIG)).applications
+    user_configs = {deployment.name: deployment.user_config for deployment in app.deployments}
+    assert set(user_configs) == {"teacher", "student", "controller", "router"}
+    for name in ("teacher", "student"):
+        ModelUserConfig.model_validate(user_configs[name])
+    RolloutSpec.from_mapping(user_configs["controller"])
+    RouterConfig.model_validate(user_configs["router"])
+    assert not {"teacher_id", "student_id", "rollout", "router_settings"} & set(app.args)  # args restart all
 
 
 def test_rayservice_authenticates_ray_and_names_its_upgrade_strategy() -> None:

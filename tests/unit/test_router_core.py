@@ -85,8 +85,8 @@ def run(test: Coroutine[Any, Any, None]) -> None:
 
 
 def obs(variant: Variant, latency_s: float, *, error: bool = False, agreed: bool | None = None) -> Observation:
-    cost = 0.0 if error else 0.5
-    return Observation(variant=variant, latency_s=latency_s, error=error, cost=cost, agreed=agreed)
+    cost, model_id = (0.0, None) if error else (0.5, f"{variant.value}-1")  # a failed call: the routing's id
+    return Observation(variant=variant, latency_s=latency_s, error=error, cost=cost, agreed=agreed, model_id=model_id)
 
 
 def test_the_core_imports_no_ray() -> None:
@@ -102,6 +102,39 @@ def test_weight_0_sends_everything_to_the_teacher_and_1_to_the_student() -> None
             assert {a.answer.variant for a in answers} == {variant} and rig.models.calls == [variant] * 20
             assert rig.metrics.requests == {(variant, "ok"): 20} and rig.metrics.weight == weight
             assert rig.pending() == [obs(variant, rig.models.takes_s[variant])] * 20
+
+    run(test())
+
+
+def paired(weight: float, shadow: float, version: int, student: str = "student-1") -> PublishedRouting:
+    return PublishedRouting(
+        weight=weight, shadow_fraction=shadow, version=version, teacher_id="teacher-1", student_id=student
+    )
+
+
+def test_a_student_the_routing_does_not_name_never_answers_a_client() -> None:
+    async def test() -> None:
+        rig = Rig()
+        rig.core.adopt(paired(1.0, 0.0, version=4, student="student-2"))  # student-1 still answers: mid-swap
+        answered = await rig.request()
+        assert (answered.answer.variant, answered.outcome) == (T, "failover")
+        rig.core.adopt(paired(0.0, 1.0, version=5, student="student-2"))
+        await rig.request()
+        await rig.core.drain()
+        assert rig.metrics.failovers == {"other_model": 1} and rig.metrics.shadow_dropped == {"other_model": 1}
+        assert rig.pending() == [obs(T, 0.5)] * 2  # nothing about either student
+
+    run(test())
+
+
+def test_a_routing_for_another_pair_is_taken_whatever_its_version_and_drops_the_old_pairs_observations() -> None:
+    async def test() -> None:
+        rig = Rig()
+        assert rig.core.adopt(paired(1.0, 0.0, version=7))
+        await rig.request()
+        assert not rig.core.adopt(paired(0.5, 0.0, version=6))  # same pair, older: ignored
+        assert rig.core.adopt(paired(0.0, 0.0, version=0, student="student-2"))
+        assert rig.core.weight == 0.0 and rig.pending() == []
 
     run(test())
 

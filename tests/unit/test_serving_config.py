@@ -59,7 +59,7 @@ def test_app_args_name_the_bad_field() -> None:
     with pytest.raises(ValidationError, match="price_per_cpu_hour"):
         AppArgs.model_validate({"teacher_id": "a", "student_id": "b", "price_per_cpu_hour": -1})
     with pytest.raises(ValidationError, match="student_id"):
-        AppArgs.model_validate({"teacher_id": "a"})
+        AppArgs.model_validate({"teacher_id": "a", "student_id": ""})
 
 
 def test_deployment_options_fit_the_batch() -> None:

@@ -21,10 +21,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from rollout.events import Event, EventKind
+from rollout.spec import percent
 from rollout.status import TERMINAL_PHASES, Phase
 from rollout.views import StatusView
 from serving.admin_client import AdminCallError, AdminClient
 from serving.demo.load import LoadGenerator
+from serving.local_cluster import LocalCluster, with_user_config
 
 
 def drill_spec(min_requests: int = 30) -> dict[str, Any]:
@@ -54,6 +56,8 @@ class DrillResult(BaseModel):
     rollback_latency_s: float | None = None  # first fault -> weight 0 in the controller
     resume_s: float | None = None  # fault -> the controller answers again at the same stage
     events_lost: int | None = None  # events saved before a takeover and missing after it
+    replicas_restarted: int | None = None  # by an update that should have been applied in place
+    unvetted_answers: int | None = None  # client answers from a student its rollout had not let in
     notes: str = ""
 
 
@@ -276,3 +280,83 @@ def _wait_healthy(app: str, within_s: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{app} did not recover in {within_s} s")
         time.sleep(0.2)
+
+
+# --- on a LocalCluster (serving/local_cluster.py): Ray's own CLI, two nodes ----------------------
+
+
+def student_swapped_by_serve_deploy(
+    drill: Drill, cluster: LocalCluster, student_id: str, within_s: float = 120.0
+) -> DrillResult:
+    """`serve deploy` with another student bundle while the old one is live: every replica is
+    reconfigured in place (none restarts), a fresh rollout for the new pair begins at its shadow
+    stage, and no client gets an answer from the new student (its rollout holds at weight 0)."""
+    live = _student_live(drill, within_s)
+    before = cluster.replica_ids()
+    deployed_at = time.monotonic()
+    cluster.serve_deploy(with_user_config(cluster.config, "student", {"bundle": student_id}), "student-swapped")
+    fresh = drill.wait(lambda v: v.routing.student_id == student_id, within_s)
+    switch_s = time.monotonic() - deployed_at
+    cluster.wait_running(within_s)
+    notes = (
+        f"{live.routing.student_id} at {percent(live.routing.weight)} -> {student_id}: its rollout "
+        f"{fresh.phase.value} at stage {fresh.stage_index} ({percent(fresh.routing.weight)}) {switch_s:.1f} s after "
+        "the deploy"
+    )
+    return drill.result(
+        "student_swapped_by_serve_deploy",
+        replicas_restarted=_restarted(before, cluster.replica_ids()),
+        unvetted_answers=drill.load.answers_from(student_id, since=drill.started),
+        notes=notes,
+    )
+
+
+def spec_changed_by_serve_deploy(drill: Drill, cluster: LocalCluster, within_s: float = 120.0) -> DrillResult:
+    """`serve deploy` with a changed rollout spec: the live controller adopts it in place (a
+    spec_changed event, same stage and weight) and no replica restarts."""
+    before_view, before = _student_live(drill, within_s), cluster.replica_ids()
+    last_id = drill.admin.events(limit=1000)[-1].id
+    spec = drill_spec(HOLD) | {"agreement": {"threshold": 0.4}}
+    cluster.serve_deploy(with_user_config(cluster.config, "controller", spec), "spec-changed")
+    deadline = time.monotonic() + within_s
+    while not any(e.action == "spec_changed" for e in drill.admin.events(after=last_id, limit=1000)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no spec_changed event {within_s} s after the deploy")
+        time.sleep(0.2)
+    after = drill.admin.status()
+    cluster.wait_running(within_s)
+    same = (after.stage_index, after.routing.weight) == (before_view.stage_index, before_view.routing.weight)
+    return drill.result(
+        "spec_changed_by_serve_deploy",
+        replicas_restarted=_restarted(before, cluster.replica_ids()),
+        notes=f"spec_changed event; same stage and weight: {same}",
+    )
+
+
+def student_node_killed(drill: Drill, cluster: LocalCluster, within_s: float = 60.0) -> DrillResult:
+    """The node holding the student dies whole (SIGKILL) with the student live: the teacher answers
+    every request, and the trip wire rolls back. `rollback_latency_s` runs from the kill to the
+    rollback decision (weight 0)."""
+    _student_live(drill, within_s)
+    killed_at = time.time()
+    cluster.kill_node("worker")
+    drill.wait(lambda v: v.phase is Phase.ROLLED_BACK, within_s)
+    rollback = next(e for e in reversed(drill.admin.events(limit=1000)) if e.action == "rollback")
+    time.sleep(1.0)  # requests after the rollback count too
+    latency = round(rollback.at - killed_at, 3)
+    return drill.result("student_node_killed", rollback_latency_s=latency, notes=f"rolled back: {rollback.reason}")
+
+
+def _student_live(drill: Drill, within_s: float) -> StatusView:
+    """The rollout started and past its shadow stage, with some student answers behind it."""
+    view = drill.wait(lambda _: True, within_s)
+    if view.phase is Phase.PENDING:
+        drill.admin.start("drill: a rollout under way")
+    if view.routing.weight == 0:
+        drill.admin.promote(reason="drill: the student live")
+    return drill.wait(lambda v: v.routing.weight > 0 and v.evidence.student_requests >= 20, within_s)
+
+
+def _restarted(before: dict[str, set[str]], after: dict[str, set[str]]) -> int:
+    """Replicas of `before` that are gone from `after` (a restart gives a replica a new id)."""
+    return sum(len(ids - after.get(name, set())) for name, ids in before.items())

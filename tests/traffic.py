@@ -23,7 +23,11 @@ class Traffic:
     def _run(self, seed: int) -> None:
         rng = random.Random(seed)
         while not self._stop.is_set():
-            response = self.client.post("/v1/predict", json={"inputs": [rng.choice(self.texts)]})
+            try:
+                response = self.client.post("/v1/predict", json={"inputs": [rng.choice(self.texts)]})
+            except httpx.HTTPError as exc:  # a reset or a timeout is a failure a client sees too
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+                continue
             if response.status_code == 200:
                 self.answers.append(response.json())
             else:

@@ -24,6 +24,7 @@ class Answer:
     at: float
     variant: str  # "teacher" | "student" | "error"
     latency_s: float
+    model_id: str | None = None  # the bundle that answered
 
 
 @dataclass(frozen=True)
@@ -83,18 +84,24 @@ class LoadGenerator:
         body = {"inputs": [self._rng.choice(self._texts)], "routing_key": f"user-{self._rng.randrange(self._users)}"}
         self.sent += 1
         started = time.monotonic()
+        model_id = None
         try:
             response = await client.post(self._url, json=body)
-            variant = response.json()["variant"] if response.status_code == 200 else "error"
+            answer = response.json() if response.status_code == 200 else {"variant": "error"}
+            variant, model_id = answer["variant"], answer.get("model_id")
         except (httpx.HTTPError, ValueError, KeyError):
             variant = "error"
         done = time.monotonic()
-        self._answers.append(Answer(done, variant, done - started))
+        self._answers.append(Answer(done, variant, done - started, model_id))
 
     def failures_since(self, since: float = 0.0) -> tuple[int, int]:
         """(answers, failed answers) that completed after `since` (time.monotonic())."""
         recent = [a for a in list(self._answers) if a.at >= since]
         return len(recent), sum(a.variant == "error" for a in recent)
+
+    def answers_from(self, model_id: str, since: float = 0.0) -> int:
+        """How many answers that completed after `since` came from bundle `model_id`."""
+        return sum(a.model_id == model_id for a in list(self._answers) if a.at >= since)
 
     def window(self, seconds: float = 10.0) -> Window:
         since = time.monotonic() - seconds

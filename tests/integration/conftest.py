@@ -25,6 +25,7 @@ from compression.registry import Registry
 
 TEST_REGISTRY_ENV = "KDCANARY_TEST_REGISTRY"
 STUDENT_NAME = "minilm-l2-pruned-int8"
+OTHER_STUDENT_NAME = "minilm-l2-pruned"  # its parent in the chain: a second student to swap in
 METRICS_EXPORT_MS = 2000
 SERVE_STATUS_GAUGE_ENV = "RAY_SERVE_STATUS_GAUGE_REPORT_INTERVAL_S"
 
@@ -34,6 +35,7 @@ class Bundles:
     registry: Path
     teacher_id: str
     student_id: str
+    other_student_id: str
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,12 @@ def serving_bundles(request: pytest.FixtureRequest) -> Bundles:
     root = os.environ.get(TEST_REGISTRY_ENV)
     if root:
         registry = Registry(Path(root))
-        return Bundles(registry.root, registry.get("teacher").id, registry.get(STUDENT_NAME).id)
+        ids = [registry.get(name).id for name in ("teacher", STUDENT_NAME, OTHER_STUDENT_NAME)]
+        return Bundles(registry.root, *ids)
     registry, summary = request.getfixturevalue("serving_run")
-    return Bundles(registry.root, summary.teacher.id, summary.students["minilm-l2"][-1].id)
+    chain = summary.students["minilm-l2"]
+    assert [bundle.manifest.name for bundle in chain[-2:]] == [OTHER_STUDENT_NAME, STUDENT_NAME]
+    return Bundles(registry.root, summary.teacher.id, chain[-1].id, chain[-2].id)
 
 
 @pytest.fixture(scope="session")

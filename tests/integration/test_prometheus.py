@@ -38,18 +38,16 @@ from __future__ import annotations
 import math
 import random
 import re
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from ports import free_port
 from prometheus_install import PrometheusTools, ensure_prometheus
+from prometheus_run import Prometheus, running_prometheus
 from rollout_admin import admin_client
 from traffic import Traffic
 
@@ -87,20 +85,7 @@ QUIET_WHEN_HEALTHY = {  # nothing in the test stops the controller, the store or
 FINAL_COMPARISON = re.compile(r"^(?P<body>.*?)\s*(==|!=|>=|<=|>|<)\s*-?[\d.]+\s*$", re.DOTALL)
 
 
-# --- Prometheus, started and stopped by pid ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Prometheus:
-    url: str
-
-    def query(self, expr: str) -> dict[str, Any]:
-        """The API's answer to an instant query at now (status, data or error)."""
-        answer: dict[str, Any] = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
-        return answer
-
-    def get(self, path: str) -> Any:
-        return httpx.get(f"{self.url}{path}", timeout=10).json()["data"]
+# --- Prometheus ----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -128,39 +113,9 @@ def config_for(metrics_url: str) -> dict[str, Any]:
 def prometheus(
     prometheus_tools: PrometheusTools, serve_cluster: ServeCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prometheus]:
-    folder = tmp_path_factory.mktemp("prometheus")
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config_for(serve_cluster.metrics_url)))
-    address = f"127.0.0.1:{free_port()}"
-    log = (folder / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [str(prometheus_tools.prometheus), f"--config.file={folder / 'prometheus.yml'}",
-         f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address={address}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        _wait_ready(f"http://{address}", process, folder / "prometheus.log")
-        yield Prometheus(f"http://{address}")
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, f"prometheus exited: {log.read_text()[-3000:]}"
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"prometheus not ready after 60 s: {log.read_text()[-3000:]}"
-        time.sleep(0.2)
+    config = config_for(serve_cluster.metrics_url)
+    with running_prometheus(prometheus_tools, config, tmp_path_factory.mktemp("prometheus")) as prometheus:
+        yield prometheus
 
 
 # --- traffic and the admin API ----------------------------------------------------------------

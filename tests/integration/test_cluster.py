@@ -1,0 +1,112 @@
+"""A real two-node Ray cluster started with Ray's own CLI, as an operator runs one.
+
+serving/local_cluster.py starts `ray start --head` and a worker (every node on 127.0.0.1, Ray's
+token authentication on) and deploys deploy/serve_config.yaml with `serve deploy`: teacher,
+router and controller on the head, the student on the worker. Under one steady load, in order,
+the drills of serving/drills.py (which bench/reliability.py runs for its figures):
+
+1. `serve deploy` with another student bundle while the old one is live at 25 %: no replica of
+   any deployment restarts, a fresh rollout for the new pair is begun (started on its own: the
+   old one was) in its shadow stage, and no client gets an answer from the new student;
+2. `serve deploy` with a changed spec: the controller adopts it in place, no replica restarts;
+3. (here only) Prometheus, on Ray's own service-discovery file, scrapes both nodes and sees the
+   teacher's metrics from one and the student's from the other;
+4. the worker node is killed whole with the new student live: the rollout rolls back to weight 0.
+
+No client request fails in any of them. How fast the rollback comes is a benchmark figure
+(`student_node_killed` in bench/results/reliability.json), not asserted here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_install import ensure_prometheus
+from prometheus_run import running_prometheus
+from rollout_admin import ADMIN_TOKEN
+
+from rollout.status import Phase
+from serving import drills
+from serving.drills import HOLD, Drill, drill_spec
+from serving.local_cluster import SERVE_CONFIG, LocalCluster, serve_config, wait_until
+
+PROMETHEUS_YML = SERVE_CONFIG.parent / "prometheus" / "prometheus.yml"
+REVIEWS = ["a warm, funny film", "dull and far too long", "the cast is wonderful", "a mess from start to end"]
+RATE_PER_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def cluster(serving_bundles: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), ADMIN_TOKEN) as cluster:
+        config = serve_config(
+            cluster, serving_bundles.registry, tmp_path_factory.mktemp("state"),
+            serving_bundles.teacher_id, serving_bundles.student_id, drill_spec(HOLD),
+        )  # fmt: skip
+        cluster.serve_deploy(config, "first")
+        cluster.wait_running()
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def drill(cluster: LocalCluster) -> Iterator[Drill]:
+    """One steady load for the whole module; each test checks the failures since it began."""
+    with Drill(cluster.http_url, "kdcanary", ADMIN_TOKEN, REVIEWS, RATE_PER_S) as drill:
+        yield drill
+
+
+def test_teacher_and_student_run_on_different_nodes(cluster: LocalCluster, drill: Drill, serving_bundles: Any) -> None:
+    nodes = {name: {r["node_id"] for r in replicas} for name, replicas in cluster.replicas().items()}
+    assert nodes["teacher"] == nodes["router"] == {cluster.node_ids["head"]}
+    assert nodes["student"] == {cluster.node_ids["worker"]}
+    view = drill.wait(lambda v: v.routing.student_id == serving_bundles.student_id, 60)  # the models named it
+    assert view.routing.teacher_id == serving_bundles.teacher_id and view.phase is Phase.PENDING
+
+
+def test_a_new_student_bundle_swaps_in_place_and_begins_a_fresh_rollout(
+    cluster: LocalCluster, drill: Drill, serving_bundles: Any
+) -> None:
+    new = serving_bundles.other_student_id
+    result = drills.student_swapped_by_serve_deploy(drill, cluster, new)
+    assert (result.failed, result.replicas_restarted, result.unvetted_answers) == (0, 0, 0), result
+    view = drill.admin.status()
+    assert (view.routing.student_id, view.phase, view.stage_index) == (new, Phase.PROGRESSING, 0)
+    (started,) = [e for e in drill.admin.events(limit=1000) if e.action == "start" and e.actor == "kdcanary"]
+    assert serving_bundles.student_id in started.reason  # it names the pair it replaced
+
+
+def test_a_changed_spec_is_adopted_in_place(cluster: LocalCluster, drill: Drill) -> None:
+    result = drills.spec_changed_by_serve_deploy(drill, cluster)
+    assert (result.failed, result.replicas_restarted) == (0, 0), result
+    assert "same stage and weight: True" in result.notes
+
+
+def test_prometheus_finds_both_nodes_through_rays_service_discovery_file(
+    cluster: LocalCluster, drill: Drill, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    config: dict[str, Any] = yaml.safe_load(PROMETHEUS_YML.read_text())
+    config["global"] |= {"scrape_interval": "2s", "scrape_timeout": "2s"}
+    config.pop("rule_files")
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "ray"]
+    job["file_sd_configs"] = [{"files": [str(cluster.service_discovery_file)], "refresh_interval": "2s"}]
+    by_node = 'count by (instance, variant) (ray_kdcanary_model_inputs_total{application="kdcanary"})'
+    with running_prometheus(ensure_prometheus(), config, tmp_path_factory.mktemp("prometheus")) as prometheus:
+
+        def seen() -> set[tuple[str, str]]:
+            answer = prometheus.query(by_node)["data"]["result"]
+            return {(series["metric"]["instance"], series["metric"]["variant"]) for series in answer}
+
+        wait_until(lambda: len(seen()) == 2, 120, "model metrics from both variants")
+        (teacher_node, _), (student_node, _) = sorted(seen(), key=lambda pair: pair[1] != "teacher")
+        assert teacher_node != student_node
+        assert len(prometheus.query('up{job="ray"} == 1')["data"]["result"]) >= 2
+
+
+def test_the_student_node_killed_under_load_fails_no_request_and_rolls_back(
+    cluster: LocalCluster, drill: Drill
+) -> None:
+    result = drills.student_node_killed(drill, cluster)
+    assert result.failed == 0, result
+    assert drill.admin.status().routing.weight == 0.0

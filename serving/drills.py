@@ -295,9 +295,10 @@ def student_swapped_by_serve_deploy(
     before = cluster.replica_ids()
     deployed_at = time.monotonic()
     cluster.serve_deploy(with_user_config(cluster.config, "student", {"bundle": student_id}), "student-swapped")
-    fresh = drill.wait(lambda v: v.routing.student_id == student_id, within_s)
+    drill.wait(lambda v: v.routing.student_id == student_id, within_s)
     switch_s = time.monotonic() - deployed_at
     cluster.wait_running(within_s)
+    fresh = drill.wait(lambda v: v.evidence.student_requests >= 20, within_s)  # the new student at work, in shadow
     notes = (
         f"{live.routing.student_id} at {percent(live.routing.weight)} -> {student_id}: its rollout "
         f"{fresh.phase.value} at stage {fresh.stage_index} ({percent(fresh.routing.weight)}) {switch_s:.1f} s after "

@@ -90,16 +90,17 @@ def app_builder(args: AppArgs | dict[str, Any]) -> Application:
         (Variant.TEACHER, args.teacher_id, args.teacher, args.teacher_runtime),
         (Variant.STUDENT, args.student_id, args.student, args.student_runtime),
     ):
+        options = resources.options(variant.value, at_least_ongoing=args.batching.max_batch_size)
         config = ModelConfig(
             registry=registry.root,
             variant=variant,
             cpus=resources.num_cpus,
+            max_ongoing_requests=options["max_ongoing_requests"],
             price_per_cpu_hour=args.price_per_cpu_hour,
             batching=args.batching,
             chaos_error_rate=args.student_chaos_error_rate if variant is Variant.STUDENT else 0.0,
             chaos_delay_s=args.student_chaos_delay_s if variant is Variant.STUDENT else 0.0,
         )
-        options = resources.options(variant.value, at_least_ongoing=args.batching.max_batch_size)
         if ref is not None:  # an unknown bundle fails here, before anything starts
             options["user_config"] = ModelUserConfig(bundle=registry.get(ref).id, runtime=runtime).model_dump()
         models[variant] = MODEL.options(**options).bind(config)

@@ -13,6 +13,7 @@ from serving.schemas import MAX_BODY_BYTES
 
 _CONFIG = ConfigDict(extra="forbid", frozen=True)
 Runtime = Literal["onnx", "torch"]  # what runs a bundle: model.onnx, or an FP32 stage's torch/ weights
+Transport = Literal["stream", "handle"]  # how a router calls the models
 
 
 class Batching(BaseModel):
@@ -91,6 +92,7 @@ class ModelConfig(BaseModel):
     registry: Path
     variant: Variant
     cpus: float = Field(default=1.0, gt=0.0)
+    max_ongoing_requests: int = Field(default=32, ge=1, description="the deployment's: the lane refuses past it")
     price_per_cpu_hour: float = Field(default=0.05, ge=0.0)
     batching: Batching = Batching()
     chaos_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -118,5 +120,5 @@ class RouterConfig(BaseModel):
     # Requests that reach a router together share one call to the model (see CoalescingClient).
     coalesce_calls: bool = True
     # How the router calls models: "stream" (serving/stream.py, the handle as fallback) or "handle".
-    model_transport: Literal["stream", "handle"] = "stream"
+    model_transport: Transport = "stream"
     seed: int | None = None

@@ -22,6 +22,7 @@ Names as Prometheus stores them (histograms add _bucket/_sum/_count):
     ray_kdcanary_model_inputs_total{variant}           inputs the model scored (shadow included)
     ray_kdcanary_cost_dollars_total{variant}           compute seconds x replica CPUs x price / 3600
     ray_kdcanary_model_calls_total{variant,transport}  calls a model replica took; stream (lane) | handle
+    ray_kdcanary_stream_refused_total{variant,reason}  lane calls a replica refused untaken; busy | draining
 
 The rollout controller's (ControllerMetrics):
 
@@ -135,9 +136,15 @@ class ModelMetrics:
             "kdcanary_model_calls_total", "Calls taken, by how they came.", tag_keys=_keys("variant", "transport")
         )
         self._call_tags = {t: {**self._tags, "transport": t} for t in ("stream", "handle")}
+        self._refused = serve_metrics.Counter(
+            "kdcanary_stream_refused_total", "Lane calls refused untaken.", tag_keys=_keys("variant", "reason")
+        )
 
     def record_call(self, transport: str) -> None:
         self._calls.inc(1.0, self._call_tags[transport])
+
+    def record_refused(self, reason: str) -> None:
+        self._refused.inc(1.0, {**self._tags, "reason": reason})
 
     def record_batch(self, inputs: int, compute_s: float, cost_dollars: float) -> None:
         self._compute.inc(compute_s, self._tags)

@@ -13,7 +13,8 @@ scored at once (waiting `batch_wait_timeout_s` for arrivals that cannot come onl
 and at a low canary weight that is most student requests); under load the configured wait applies.
 Callers reach `predict` two ways: through the Serve handle, or over the replica's stream lane
 (serving/stream.py; `stream_endpoint` says where it listens), which skips the handle's per-call
-cost. `CoalescingClient` is the caller's side: it joins concurrent requests into one call.
+cost; the lane refuses calls past `max_ongoing_requests` and drains when Serve stops the replica.
+`CoalescingClient` is the caller's side: it joins concurrent requests into one call.
 """
 
 from __future__ import annotations
@@ -61,7 +62,17 @@ class ModelDeployment:
         self._batcher = batcher
         self._in_flight = 0
         replica = serve.get_replica_context().replica_id.unique_id
-        self._stream = StreamServer(partial(self._answer, transport="stream"), replica, ray.util.get_node_ip_address())
+        self._stream = StreamServer(
+            partial(self._answer, transport="stream"),
+            replica,
+            ray.util.get_node_ip_address(),
+            busy=lambda: self._in_flight >= config.max_ongoing_requests,  # Serve's limit, both paths counted
+            on_refused=self._metrics.record_refused,
+        )
+
+    async def __del__(self) -> None:
+        """Serve stops this replica (scale-down, redeploy) once its handle calls are done: drain the lane too."""
+        await self._stream.drain()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve the bundle `user_config` names (a `ModelUserConfig`); a no-op when it already does.

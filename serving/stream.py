@@ -1,17 +1,30 @@
 """The stream lane: router -> model replica calls as frames on kept-open TCP connections.
 
 Why: a Ray Serve handle call costs about 1.2 ms of CPU per hop on 2 cores (gRPC, Serve's request
-wrapping and metrics, pickling, in both processes); a frame on an open socket costs about 0.1 ms.
-Serve still owns everything else (replicas, placement, health checks, scaling), the handle is
-how a router discovers each replica's lane (`stream_endpoint`, answered by whichever replica
-Serve picks), and it stays the fallback: a call whose lane fails at the connection level (replica
-gone, connection reset) goes through the handle instead, so a dying replica costs no answers.
+wrapping and metrics, pickling, in both processes); a frame on an open socket costs about 0.1 ms
+(bench/results/serving.json measures both, through Serve's proxy and at the replica port).
+Serve still owns everything else, and the lane follows it:
+
+- membership: a router learns the lanes by `DeploymentHandle.broadcast("stream_endpoint")` to
+  the replicas Serve runs, every `rediscover_s`; a replica missing from a complete answer is
+  forgotten, and a replica that says it is draining is forgotten at once;
+- back-pressure: a replica answers a call frame with a refusal ("busy") instead of taking it
+  when it already holds `max_ongoing_requests` calls, lane and handle together; the router then
+  makes the call through the handle, where Serve queues it or picks another replica;
+- draining: when Serve stops a replica (scale-down, redeploy), its `__del__` drains the lane:
+  new call frames are refused ("draining": the router goes through Serve, to another replica),
+  calls in flight finish, then the connections close. A refused call was never computed, so it
+  is computed once; only a replica that dies mid-call (a crash) costs a retry through Serve;
+- fallback: a call whose lane fails at the connection level goes through the handle instead,
+  so a dying replica costs no answers;
+- metrics: each replica counts its calls by transport and its refusals by reason, per replica.
 
 Wire format, both ways: a frame is a 4-byte big-endian length and that many bytes.
     client -> replica   first frame: the lane's token (random per replica, only ever handed out
                         through Serve); then one frame per call: a JSON array of texts
     replica -> client   one frame per call: a 4-byte header length, a JSON `AnswerHeader`, then
-                        the probabilities as little-endian float32 [rows x labels]
+                        the probabilities as little-endian float32 [rows x labels]; or a header
+                        alone, carrying the model's error or the replica's refusal
 Nothing is unpickled, and a connection whose first frame is not the token is closed unread.
 """
 
@@ -25,7 +38,7 @@ import secrets
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
@@ -40,6 +53,8 @@ log = logging.getLogger("ray.serve")
 MAX_FRAME_BYTES = 8 * 1024 * 1024
 CONNECT_TIMEOUT_S = 0.25
 RETRY_BROKEN_AFTER_S = 60.0  # a lane that broke is not used again for this long (its replica may be gone)
+DRAIN_TIMEOUT_S = 15.0  # within Serve's graceful_shutdown_timeout_s (20 s by default)
+Refusal = Literal["busy", "draining"]
 _LENGTH = struct.Struct("!I")
 _TEXTS: TypeAdapter[list[str]] = TypeAdapter(list[str])
 
@@ -67,10 +82,19 @@ class AnswerHeader(BaseModel):
     compute_s: float = 0.0
     cost_dollars: float = 0.0
     error: str | None = None
+    refused: Refusal | None = None  # the call was not taken (nothing was computed)
 
 
 class LaneBroken(Exception):
     """The connection, not the model, failed: the call can go through the handle instead."""
+
+
+class LaneRefused(Exception):
+    """The replica did not take the call (busy, or draining): it can go through the handle."""
+
+    def __init__(self, reason: Refusal) -> None:
+        super().__init__(reason)
+        self.reason: Refusal = reason
 
 
 async def _read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME_BYTES) -> bytes:
@@ -102,11 +126,19 @@ def encode_error(message: str) -> bytes:
     return _frame(_LENGTH.pack(len(head)), head)
 
 
+def encode_refusal(reason: Refusal) -> bytes:
+    head = AnswerHeader(refused=reason).model_dump_json().encode()
+    return _frame(_LENGTH.pack(len(head)), head)
+
+
 def decode_answer(frame: bytes) -> ModelAnswer:
-    """The answer in a frame; ModelCallError when the model raised; LaneBroken when malformed."""
+    """The answer in a frame; ModelCallError when the model raised; LaneRefused when the replica
+    did not take the call; LaneBroken when malformed."""
     try:
         (length,) = _LENGTH.unpack_from(frame)
         header = AnswerHeader.model_validate_json(frame[_LENGTH.size : _LENGTH.size + length])
+        if header.refused is not None:
+            raise LaneRefused(header.refused)
         if header.error is not None:
             raise ModelCallError(header.error)
         values = np.frombuffer(frame, dtype="<f4", offset=_LENGTH.size + length)
@@ -120,14 +152,23 @@ def decode_answer(frame: bytes) -> ModelAnswer:
 
 class StreamServer:
     """A model replica's side: starts on the first `endpoint()` call, on the replica's own event
-    loop, and answers each call frame with `predict` (so lane calls batch with handle calls)."""
+    loop, and answers each call frame with `predict` (so lane calls batch with handle calls),
+    unless `busy()` says the replica is full or it is draining (see the module docstring)."""
 
-    def __init__(self, predict: Predict, replica: str, host: str) -> None:
-        self._predict = predict
+    def __init__(
+        self,
+        predict: Predict,
+        replica: str,
+        host: str,
+        busy: Callable[[], bool] = lambda: False,
+        on_refused: Callable[[Refusal], None] = lambda _: None,
+    ) -> None:
+        self._predict, self._busy, self._on_refused = predict, busy, on_refused
         self._replica, self._host = replica, host
         self._token = secrets.token_hex(16)
         self._server: asyncio.Future[asyncio.Server] | None = None  # one, however many ask at once
         self._writers: set[asyncio.StreamWriter] = set()
+        self._draining = False
         self.in_flight = 0  # lane calls being answered: a custom autoscaling metric
 
     async def endpoint(self) -> Endpoint:
@@ -135,6 +176,16 @@ class StreamServer:
             self._server = asyncio.ensure_future(asyncio.start_server(self._serve, self._host, 0))
         port = (await self._server).sockets[0].getsockname()[1]
         return Endpoint(replica=self._replica, host=self._host, port=port, token=self._token)
+
+    async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Refuse new calls, stop listening, let the calls in flight finish (up to `timeout_s`), close."""
+        self._draining = True
+        if self._server is not None and self._server.done():
+            self._server.result().close()
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self.close()
 
     def close(self) -> None:
         """Stop listening and drop every connection (callers then go through Serve)."""
@@ -151,6 +202,11 @@ class StreamServer:
                 return
             while True:
                 texts = _TEXTS.validate_json(await _read_frame(reader))
+                refusal: Refusal | None = "draining" if self._draining else "busy" if self._busy() else None
+                if refusal is not None:
+                    self._on_refused(refusal)
+                    writer.write(encode_refusal(refusal))
+                    continue
                 self.in_flight += 1
                 try:
                     writer.write(encode_answer(await self._predict(texts)))
@@ -191,9 +247,9 @@ class StreamClient:
     """A router's side for one model deployment: calls its replicas over their lanes, the least
     busy first, and through the Serve handle while none is known or when a lane breaks."""
 
-    def __init__(self, handle: DeploymentHandle[Any], rediscover_s: float = 5.0, max_idle: int = 32) -> None:
+    def __init__(self, handle: DeploymentHandle[Any], rediscover_s: float = 1.0, max_idle: int = 32) -> None:
         self._handle = handle.options(method_name="predict")
-        self._ask_endpoint = handle.options(method_name="stream_endpoint")
+        self._replicas = handle
         self._rediscover_s, self._max_idle = rediscover_s, max_idle
         self._endpoints: dict[str, Endpoint] = {}
         self._busy: dict[str, int] = {}
@@ -210,6 +266,10 @@ class StreamClient:
         self._busy[endpoint.replica] += 1
         try:
             return await self._ask(endpoint, texts)
+        except LaneRefused as refused:  # not computed: Serve queues it, or picks another replica
+            if refused.reason == "draining":
+                self._forget(endpoint.replica)
+            return await self.via_handle(texts)
         except (OSError, asyncio.IncompleteReadError, LaneBroken) as exc:
             log.info("lane to replica %s broke (%s); calling through Serve", endpoint.replica, exc)
             self._broken[endpoint] = time.monotonic()
@@ -234,7 +294,7 @@ class StreamClient:
         connection = idle.pop() if idle else await _Connection.open(endpoint)
         try:
             answer = await connection.ask(texts)
-        except ModelCallError:  # a whole answer frame was read: the connection is still good
+        except (ModelCallError, LaneRefused):  # a whole frame was read: the connection is still good
             self._release(connection)
             raise
         except BaseException:  # broken, or cancelled mid-frame: the connection's state is unknown
@@ -270,18 +330,26 @@ class StreamClient:
             self._idle[endpoint.replica] = []
 
     async def _discover_forever(self) -> None:
-        """Ask through Serve, twice as many times as there are known replicas plus one, which
-        replica lanes exist: Serve spreads the asks, so new replicas are found within a round or two."""
+        """Every `rediscover_s`, ask each replica Serve runs for its lane: new ones are learned, and
+        when every replica answered, the ones no longer among them are forgotten."""
         while True:
             try:
-                asks = [self._ask_endpoint.remote() for _ in range(2 * (len(self._endpoints) + 1))]
-                answers = await asyncio.gather(*(asyncio.wait_for(a, 5.0) for a in asks), return_exceptions=True)
+                response = self._replicas.broadcast("stream_endpoint")
+                answers = await asyncio.wait_for(response.results_async(return_exceptions=True), 5.0)
             except Exception as exc:  # Serve unreachable for now: keep the lanes known, ask again later
                 log.debug("lane discovery failed (%s)", type(exc).__name__)
                 answers = []
             now = time.monotonic()
             self._broken = {e: at for e, at in self._broken.items() if now - at < RETRY_BROKEN_AFTER_S}
-            for answer in answers:
-                if isinstance(answer, Endpoint):
-                    self._learn(answer)
+            self._follow(answers)
             await asyncio.sleep(self._rediscover_s)
+
+    def _follow(self, answers: list[Any]) -> None:
+        """Learn the endpoints among `answers`; if every replica answered one, forget the rest."""
+        endpoints = [answer for answer in answers if isinstance(answer, Endpoint)]
+        for endpoint in endpoints:
+            self._learn(endpoint)
+        if endpoints and len(endpoints) == len(answers):
+            running = {endpoint.replica for endpoint in endpoints}
+            for replica in [r for r in self._endpoints if r not in running]:
+                self._forget(replica)

@@ -49,31 +49,45 @@ class FakeResponse:
         self.cancelled = True
 
 
-class FakeHandle:
-    """A Serve handle to one replica: `stream_endpoint` gives its lane, `predict` answers directly."""
+class FakeBroadcast:
+    def __init__(self, answers: Awaitable[list[Any]]) -> None:
+        self._answers = answers
 
-    def __init__(self, server: StreamServer | None, method: str = "", calls: dict[str, int] | None = None) -> None:
-        self._server, self._method = server, method
+    async def results_async(self, return_exceptions: bool = False) -> list[Any]:
+        return await self._answers
+
+
+class FakeHandle:
+    """A Serve handle to some replicas: `broadcast("stream_endpoint")` gives every running one's
+    lane, `predict` answers directly (as Serve would, from any replica)."""
+
+    def __init__(self, servers: list[StreamServer], method: str = "", calls: dict[str, int] | None = None) -> None:
+        self.servers, self._method = servers, method  # the replicas Serve runs; a test may change them
         self.calls = calls if calls is not None else {}
 
     def options(self, method_name: str = "", **_: Any) -> FakeHandle:
-        return FakeHandle(self._server, method_name or self._method, self.calls)
+        return FakeHandle(self.servers, method_name or self._method, self.calls)
 
     def remote(self, *args: Any) -> FakeResponse:
         self.calls[self._method] = self.calls.get(self._method, 0) + 1
-        if self._method == "stream_endpoint":
-            assert self._server is not None
-            return FakeResponse(self._server.endpoint())
         return FakeResponse(model(*args))
+
+    def broadcast(self, method: str) -> FakeBroadcast:
+        self.calls[f"broadcast {method}"] = self.calls.get(f"broadcast {method}", 0) + 1
+
+        async def answers() -> list[Any]:
+            return [await server.endpoint() for server in list(self.servers)]
+
+        return FakeBroadcast(answers())
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(asyncio.wait_for(test(), timeout=20))
 
 
-async def lane() -> tuple[StreamServer, StreamClient, FakeHandle]:
-    server = StreamServer(model, replica="r1", host="127.0.0.1")
-    handle = FakeHandle(server)
+async def lane(**server_options: Any) -> tuple[StreamServer, StreamClient, FakeHandle]:
+    server = StreamServer(model, replica="r1", host="127.0.0.1", **server_options)
+    handle = FakeHandle([server])
     client = StreamClient(handle, rediscover_s=60)  # type: ignore[arg-type]
     await client(["first call: through the handle, while the lane is discovered"])
     await asyncio.sleep(0.05)
@@ -103,7 +117,7 @@ def test_a_malformed_answer_frame_breaks_the_lane_not_the_model(frame: bytes) ->
 def test_calls_go_over_the_lane_once_it_is_discovered() -> None:
     async def test() -> None:
         server, client, handle = await lane()
-        assert handle.calls == {"predict": 1, "stream_endpoint": 2}
+        assert handle.calls == {"predict": 1, "broadcast stream_endpoint": 1}
         for texts in (["one"], ["two", "three inputs here"], ["four"]):
             got = await client(texts)
             assert np.array_equal(got.probabilities, answer_for(texts).probabilities)
@@ -142,7 +156,7 @@ def test_a_broken_lane_falls_back_to_the_handle_and_is_forgotten() -> None:
 def test_a_lane_that_broke_is_not_rediscovered_at_once() -> None:
     async def test() -> None:
         server = StreamServer(model, replica="r1", host="127.0.0.1")
-        handle = FakeHandle(server)
+        handle = FakeHandle([server])
         client = StreamClient(handle, rediscover_s=0.01)  # type: ignore[arg-type]
         await client(["discovery starts"])
         await asyncio.sleep(0.05)
@@ -153,13 +167,75 @@ def test_a_lane_that_broke_is_not_rediscovered_at_once() -> None:
             return endpoint
 
         server.endpoint = still_named  # type: ignore[method-assign]
-        asks = handle.calls["stream_endpoint"]
+        asks = handle.calls["broadcast stream_endpoint"]
         for _ in range(3):
             await client(["through Serve"])
             await asyncio.sleep(0.05)  # several discovery rounds
             assert not client._endpoints  # named again, but not used again
         assert handle.calls["predict"] == 4  # every call after the break went through Serve
-        assert handle.calls["stream_endpoint"] >= asks + 6
+        assert handle.calls["broadcast stream_endpoint"] >= asks + 3
+
+    run(test)
+
+
+def test_a_replica_serve_no_longer_runs_is_forgotten_at_the_next_discovery() -> None:
+    async def test() -> None:
+        servers = [StreamServer(model, replica=f"r{i}", host="127.0.0.1") for i in (1, 2)]
+        handle = FakeHandle(list(servers))
+        client = StreamClient(handle, rediscover_s=0.01)  # type: ignore[arg-type]
+        await client(["discovery starts"])
+        await asyncio.sleep(0.05)
+        assert set(client._endpoints) == {"r1", "r2"}
+        handle.servers.remove(servers[1])  # Serve stopped r2 (its lane still listens)
+        await asyncio.sleep(0.05)
+        assert set(client._endpoints) == {"r1"}
+        for server in servers:
+            server.close()
+
+    run(test)
+
+
+def test_a_full_replica_refuses_the_call_untaken_and_serve_gets_it() -> None:
+    async def test() -> None:
+        full = {"now": False}
+        refused: list[str] = []
+        server, client, handle = await lane(busy=lambda: full["now"], on_refused=refused.append)
+        full["now"] = True
+        assert (await client(["over the limit"])).model_id == "m1"
+        assert refused == ["busy"] and handle.calls["predict"] == 2 and server.in_flight == 0
+        full["now"] = False
+        await client(["room again: the same lane and connection"])
+        assert handle.calls["predict"] == 2 and "r1" in client._endpoints
+        server.close()
+
+    run(test)
+
+
+def test_a_draining_replica_finishes_its_calls_refuses_new_ones_and_is_forgotten_at_once() -> None:
+    async def test() -> None:
+        release = asyncio.Event()
+
+        async def held(texts: list[str]) -> ModelAnswer:
+            if "held" in texts:
+                await release.wait()
+            return answer_for(texts)
+
+        server = StreamServer(held, replica="r1", host="127.0.0.1")
+        handle = FakeHandle([server])
+        client = StreamClient(handle, rediscover_s=60)  # type: ignore[arg-type]
+        await client(["discover"])
+        await asyncio.sleep(0.05)
+        in_flight = asyncio.ensure_future(client(["held"]))
+        await asyncio.sleep(0.05)
+        draining = asyncio.ensure_future(server.drain(timeout_s=5))
+        await asyncio.sleep(0.05)
+        assert (await client(["new, while draining"])).model_id == "m1"  # through Serve, untaken here
+        assert "r1" not in client._endpoints and handle.calls["predict"] == 2
+        assert not draining.done()  # the held call is not done yet
+        release.set()
+        assert np.array_equal((await in_flight).probabilities, answer_for(["held"]).probabilities)
+        await draining
+        assert handle.calls["predict"] == 2  # the held call was answered once, by its lane
 
     run(test)
 

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import subprocess
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,15 +64,20 @@ class HeyProcess:
     """A hey run in the background (started at once); `wait()` gives its HeyRun."""
 
     def __init__(self, hey: Path, url: str, options: list[str], body: dict[str, Any] = PAYLOAD) -> None:
-        command = _command(hey, url, options, body)
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Output to files, not pipes: nobody reads a pipe while hey runs, and a full one would stop it.
+        self._out = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in wait)
+        self._err = tempfile.TemporaryFile("w+")  # noqa: SIM115
+        self._process = subprocess.Popen(_command(hey, url, options, body), stdout=self._out, stderr=self._err)
 
     @property
     def running(self) -> bool:
         return self._process.poll() is None
 
     def wait(self) -> HeyRun:
-        stdout, stderr = self._process.communicate(timeout=3600)
-        if self._process.returncode != 0:
-            raise RuntimeError(f"hey failed (exit {self._process.returncode}): {stderr[-2000:]}")
-        return HeyRun.from_csv(stdout)
+        self._process.wait(timeout=3600)
+        self._out.seek(0)
+        self._err.seek(0)
+        with self._out, self._err:
+            if self._process.returncode != 0:
+                raise RuntimeError(f"hey failed (exit {self._process.returncode}): {self._err.read()[-2000:]}")
+            return HeyRun.from_csv(self._out.read())

@@ -26,12 +26,18 @@ import os
 import random
 import secrets
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from bench.debian import ensure_tools
+from bench.hey import PAYLOAD, HeyProcess, run_hey
 from bench.readme import best_student, replace_section
 from compression.registry import Registry
+from serving.admin_client import AdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "reliability.json"
@@ -84,6 +90,140 @@ def run_on_cluster(args: argparse.Namespace, names: set[str]) -> list[dict[str, 
             rows.append(result.model_dump() | {"student": args.student, "nodes": 2})
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+LOAD_SCENARIOS = ("overload", "soak")  # sent by hey: a Python client on the measured cores would not reach 2x
+
+
+def run_under_hey(args: argparse.Namespace, names: set[str]) -> list[dict[str, Any]]:
+    """Overload at twice the measured capacity, and a long soak at a steady rate, each on its own
+    application on a local Ray session, with a rollout live at its first stage throughout."""
+    import ray
+    from ray import serve
+
+    (hey,) = ensure_tools("hey", ["hey"])
+    token = os.environ.setdefault("KDCANARY_ADMIN_TOKEN", secrets.token_urlsafe(24))
+    url = f"http://127.0.0.1:{args.port}/load"
+    rows = []
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        for name in [n for n in LOAD_SCENARIOS if n in names]:
+            with tempfile.TemporaryDirectory() as state, AdminClient(url, token, actor="bench") as admin:
+                _serve_load_app(args, Path(state), admit_per_s=None)
+                admin.start("bench: a live rollout under load")
+                before = admin.promote(reason="bench: the student live")
+                predict = url + "/v1/predict"
+                figures = (
+                    _overload(hey, predict, args, Path(state)) if name == "overload" else _soak(hey, predict, args)
+                )
+                after = admin.status()
+                serve.delete("load")
+            same = (after.phase, after.stage_index, after.weight) == (before.phase, before.stage_index, before.weight)
+            figures["notes"] += f"; rollout state intact: {same and after.store.healthy}"
+            rows.append(figures | {"student": args.student})
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return rows
+
+
+def _serve_load_app(args: argparse.Namespace, state: Path, admit_per_s: float | None) -> None:
+    """The application at /load; called again with other router settings, it changes them in place."""
+    from ray import serve
+
+    from rollout.spec import RolloutSpec
+    from serving.app import AppArgs, app_builder
+    from serving.config import Resources, RouterConfig
+    from serving.drills import HOLD, drill_spec
+
+    app = AppArgs(
+        teacher_id=args.teacher, student_id=args.student, registry=args.registry,
+        teacher=Resources(num_cpus=0.5), student=Resources(num_cpus=0.5),
+        router=Resources(num_cpus=0.5, max_ongoing_requests=256),
+        router_settings=RouterConfig(max_requests_per_s=admit_per_s, student_timeout_s=0.5),
+        rollout=RolloutSpec.from_mapping(drill_spec(HOLD)), state_dir=state,
+    )  # fmt: skip
+    serve.run(app_builder(app), name="load", route_prefix="/load")
+
+
+def _overload(hey: Path, url: str, args: argparse.Namespace, state: Path, seconds: int = 60) -> dict[str, Any]:
+    """Capacity with admission off (hey at concurrency 16), then the router admits that many per
+    second (an in-place router update) and hey offers twice as many for `seconds`: the admitted
+    are answered, the rest refused with 429 or 503 and Retry-After, nothing else."""
+    capacity = run_hey(hey, url, ["-c", "16", "-z", "10s"]).throughput_rps
+    _serve_load_app(args, state, admit_per_s=capacity)
+    workers = 128
+    offered = HeyProcess(hey, url, ["-c", str(workers), "-q", f"{2 * capacity / workers:.2f}", "-z", f"{seconds}s"])
+    refusals = _refusals_with_retry_after(url, offered)
+    run = offered.wait()
+    shed = run.codes.get(429, 0) + run.codes.get(503, 0)
+    notes = (
+        f"capacity {capacity:.0f} req/s, offered {2 * capacity:.0f} for {seconds} s: {run.throughput_rps:.0f} req/s "
+        f"came back; codes {dict(sorted(run.codes.items()))}; sampled refusals with Retry-After: {refusals}"
+    )
+    return {"name": "overload_2x", "requests": run.requests, "failed": run.requests - run.codes.get(200, 0) - shed,
+            "shed": shed, "notes": notes}  # fmt: skip
+
+
+def _refusals_with_retry_after(url: str, offered: HeyProcess) -> str:
+    """While hey overloads the router, a few requests of our own: do its refusals say when to retry?"""
+    refused = with_header = 0
+    with httpx.Client(timeout=30) as client:
+        while offered.running:
+            response = client.post(url, json=PAYLOAD)
+            if response.status_code in (429, 503):
+                refused += 1
+                with_header += "retry-after" in response.headers
+            time.sleep(0.2)
+    return f"{with_header}/{refused}"
+
+
+def _soak(hey: Path, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """`args.soak_s` seconds at `args.soak_rate` requests/s: every kdcanary replica's resident
+    memory, sampled every 5 s, against its size when the warm-up (a fifth of the run, at most
+    2 minutes) ends."""
+    from serving.drills import replica_pids
+
+    pids = {f"{deployment}:{pid}": pid for deployment in DEPLOYMENTS for pid in replica_pids("load", deployment)}
+    workers = 4
+    rate = f"{args.soak_rate / workers:.2f}"
+    load = HeyProcess(hey, url, ["-c", str(workers), "-q", rate, "-z", f"{args.soak_s}s"])
+    warmup_s, started = min(120.0, args.soak_s / 5), time.monotonic()
+    samples: dict[str, list[tuple[float, int]]] = {name: [] for name in pids}
+    while load.running:
+        for name, pid in pids.items():
+            samples[name].append((time.monotonic() - started, _rss_bytes(pid)))
+        time.sleep(5.0)
+    run = load.wait()
+    growth = {name: _growth(points, warmup_s) for name, points in samples.items()}
+    worst = max(growth, key=lambda name: growth[name])
+    return {
+        "name": "soak",
+        "requests": run.requests,
+        "failed": run.requests - run.codes.get(200, 0),
+        "duration_s": args.soak_s,
+        "rss_growth_ratio": round(growth[worst], 3),
+        "notes": f"{args.soak_rate:g} req/s; largest growth {worst}; "
+        + ", ".join(f"{name} {ratio:.3f}" for name, ratio in sorted(growth.items())),
+    }
+
+
+DEPLOYMENTS = ("teacher", "student", "controller", "router")
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _growth(points: list[tuple[float, int]], warmup_s: float) -> float:
+    """Largest resident size after the warm-up over the size when it ended."""
+    after = [rss for at, rss in points if at >= warmup_s]
+    return max(after) / after[0] if after and after[0] else float("nan")
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -162,7 +302,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0, help="requests per second through the router")
     parser.add_argument("--port", type=int, default=8472)
     parser.add_argument("--other-student", default=None, help="swapped in by serve deploy; default: its parent")
-    names = [name for name, *_ in _scenarios()] + [name for name, _ in _cluster_scenarios()]
+    parser.add_argument("--soak-s", type=int, default=1200, help="the soak's length (issue 11: 20 minutes)")
+    parser.add_argument("--soak-rate", type=float, default=50.0, help="the soak's steady requests per second")
+    cluster = [name for name, _ in _cluster_scenarios()]
+    names = [name for name, *_ in _scenarios()] + cluster + list(LOAD_SCENARIOS)
     parser.add_argument(
         "--only", action="append", choices=names, help="run this scenario and keep the others' last results"
     )
@@ -170,8 +313,9 @@ def main() -> None:
     args.student = args.student or best_student()
     args.other_student = args.other_student or _parent(args.registry, args.student)
     chosen = set(args.only or names)
-    fresh = run(args) if chosen - {name for name, _ in _cluster_scenarios()} else []
-    fresh += run_on_cluster(args, chosen)
+    fresh = run(args) if chosen - set(cluster) - set(LOAD_SCENARIOS) else []
+    fresh += run_on_cluster(args, chosen) if chosen & set(cluster) else []
+    fresh += run_under_hey(args, chosen) if chosen & set(LOAD_SCENARIOS) else []
     rows = _merged(fresh) if args.only else fresh
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"rate_per_s": args.rate, "scenarios": rows}, indent=2) + "\n")

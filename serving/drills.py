@@ -97,11 +97,7 @@ class Drill:
 
     def replicas(self, deployment: str) -> list[Any]:
         """The actors of `deployment`'s replicas."""
-        import ray
-
-        prefix = f"{self.app}#{deployment}#"
-        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if prefix in a["name"]]
-        return [ray.get_actor(name, namespace="serve") for name in names]
+        return replica_actors(self.app, deployment)
 
     def kill(self, deployment: str, count: int = 1) -> None:
         """Kill `count` replicas of `deployment`; Serve starts new ones."""
@@ -111,16 +107,28 @@ class Drill:
             ray.kill(actor, no_restart=True)
 
     def pid(self, deployment: str) -> int:
-        import os
-
-        import ray
-
-        pid: int = ray.get(self.replicas(deployment)[0].__ray_call__.remote(lambda _: os.getpid()))
-        return pid
+        return replica_pids(self.app, deployment)[0]
 
     def result(self, name: str, **figures: Any) -> DrillResult:
         requests, failed = self.load.failures_since(self.started)
         return DrillResult(name=name, requests=requests, failed=failed, shed=self.load.shed, **figures)
+
+
+def replica_actors(app: str, deployment: str) -> list[Any]:
+    """The Ray actors of an application's deployment's replicas (on the driver's Ray session)."""
+    import ray
+
+    prefix = f"{app}#{deployment}#"
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if prefix in a["name"]]
+    return [ray.get_actor(name, namespace="serve") for name in names]
+
+
+def replica_pids(app: str, deployment: str) -> list[int]:
+    import os
+
+    import ray
+
+    return [int(ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))) for actor in replica_actors(app, deployment)]
 
 
 def transitions_under_load(drill: Drill, within_s: float = 240.0) -> DrillResult:

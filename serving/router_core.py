@@ -19,6 +19,11 @@ One request, as the shell drives it:
 3. Observations wait in `pending` until the shell's flush loop takes them in batches with
    `take_pending(cap)`; `adopt(routing)` takes the controller's newer routing.
 
+A routing names the model pair it is for. While a bundle is swapped in place (serving/app.py),
+a student replica may answer as a bundle the routing does not name: that answer reaches no
+client (the teacher answers; failover reason "other_model") and judges nobody. A routing for a
+new pair is taken whatever its version, and the old pair's pending observations are dropped.
+
 Every time read goes through the injected clock; `drain()` waits for in-flight shadows.
 """
 

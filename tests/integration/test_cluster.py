@@ -19,6 +19,7 @@ No client request fails in any of them. How fast the rollback comes is a benchma
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -102,6 +103,14 @@ def test_prometheus_finds_both_nodes_through_rays_service_discovery_file(
         (teacher_node, _), (student_node, _) = sorted(seen(), key=lambda pair: pair[1] != "teacher")
         assert teacher_node != student_node
         assert len(prometheus.query('up{job="ray"} == 1')["data"]["result"]) >= 2
+        # The dashboard's own per-variant panel shows both (a rate: once two scrapes hold each).
+        panel = _panel_query("Compute seconds / s by variant").replace("$application", "kdcanary")
+        panel = panel.replace("$__rate_interval", "1m")
+
+        def panel_variants() -> set[str]:
+            return {series["metric"]["variant"] for series in prometheus.query(panel)["data"]["result"]}
+
+        wait_until(lambda: panel_variants() == {"teacher", "student"}, 60, "the compute panel's two variants")
 
 
 def test_the_student_node_killed_under_load_fails_no_request_and_rolls_back(
@@ -110,3 +119,10 @@ def test_the_student_node_killed_under_load_fails_no_request_and_rolls_back(
     result = drills.student_node_killed(drill, cluster)
     assert result.failed == 0, result
     assert drill.admin.status().routing.weight == 0.0
+
+
+def _panel_query(title: str) -> str:
+    dashboard = json.loads((SERVE_CONFIG.parent / "grafana" / "dashboards" / "kdcanary.json").read_text())
+    (panel,) = [panel for panel in dashboard["panels"] if panel.get("title") == title]
+    (target,) = panel["targets"]
+    return str(target["expr"])

@@ -65,6 +65,7 @@ def _cluster_scenarios() -> list[tuple[str, Callable[..., Any]]]:
     return [
         ("studentswap", drills.student_swapped_by_serve_deploy),
         ("specchange", drills.spec_changed_by_serve_deploy),
+        ("scaledown", drills.student_scaled_down_by_serve_deploy),
         ("nodekill", drills.student_node_killed),
     ]
 
@@ -275,21 +276,30 @@ def _texts() -> list[str]:
 
 def _update_readme(rows: list[dict[str, Any]], rate: float) -> None:
     lines = [
-        f"Open-loop load at {rate:g} requests/s through the router; one real fault per scenario.",
+        f"The fault drills under open-loop load at {rate:g} requests/s through the router, one real fault each; "
+        "overload_2x and soak are sent by `hey`.",
         "",
-        "| scenario | requests | failed | rollback latency s | resume s | events lost | notes |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | requests | failed | shed | rollback latency s | resume s | events lost | notes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         latency, resume, lost = (
             "" if r.get(k) is None else r[k] for k in ("rollback_latency_s", "resume_s", "events_lost")
         )
-        extra = {"replicas restarted": r.get("replicas_restarted"), "unvetted answers": r.get("unvetted_answers")}
+        extra = {
+            "replicas restarted": r.get("replicas_restarted"),
+            "unvetted answers": r.get("unvetted_answers"),
+            "seconds": r.get("duration_s"),
+            "RSS growth ratio": r.get("rss_growth_ratio"),
+        }
         notes = "; ".join([r["notes"], *(f"{k} {v}" for k, v in extra.items() if v is not None)])
         where = [f"student {r['student']}"] if r.get("student") else []
         where += [f"{r['nodes']} nodes"] if r.get("nodes") else []
         notes += f" ({', '.join(where)})" if where else ""
-        lines.append(f"| {r['name']} | {r['requests']} | {r['failed']} | {latency} | {resume} | {lost} | {notes} |")
+        lines.append(
+            f"| {r['name']} | {r['requests']} | {r['failed']} | {r.get('shed', 0)} | {latency} | {resume} | {lost} "
+            f"| {notes} |"
+        )
     replace_section("reliability", "\n".join(lines))
 
 

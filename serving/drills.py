@@ -26,7 +26,7 @@ from rollout.status import TERMINAL_PHASES, Phase
 from rollout.views import StatusView
 from serving.admin_client import AdminCallError, AdminClient
 from serving.demo.load import LoadGenerator
-from serving.local_cluster import LocalCluster, with_user_config
+from serving.local_cluster import LocalCluster, with_deployment, with_user_config
 
 
 def drill_spec(min_requests: int = 30) -> dict[str, Any]:
@@ -340,6 +340,23 @@ def spec_changed_by_serve_deploy(drill: Drill, cluster: LocalCluster, within_s: 
         replicas_restarted=_restarted(before, cluster.replica_ids()),
         notes=f"spec_changed event; same stage and weight: {same}",
     )
+
+
+def student_scaled_down_by_serve_deploy(drill: Drill, cluster: LocalCluster, within_s: float = 120.0) -> DrillResult:
+    """`serve deploy` scales the live student from 2 replicas to 1: the one Serve stops drains its
+    stream lane (calls in flight finish, new ones are refused untaken and go through Serve), so
+    no request fails, and the other replicas keep running."""
+    _student_live(drill, within_s)
+    cluster.serve_deploy(with_deployment(cluster.config, "student", num_replicas=2), "student-scaled-up")
+    cluster.wait_running(within_s)
+    drill.wait(lambda v: v.evidence.student_requests >= 40, within_s)  # both replicas' lanes in use
+    before = cluster.replica_ids()
+    cluster.serve_deploy(with_deployment(cluster.config, "student", num_replicas=1), "student-scaled-down")
+    cluster.wait_running(within_s)
+    after = cluster.replica_ids()
+    time.sleep(1.0)  # requests after the replica left count too
+    restarted = _restarted(before, after) - 1  # one student replica was meant to go
+    return drill.result("student_scaled_down_by_serve_deploy", replicas_restarted=restarted, notes="2 -> 1 replicas")
 
 
 def student_node_killed(drill: Drill, cluster: LocalCluster, within_s: float = 60.0) -> DrillResult:

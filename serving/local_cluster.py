@@ -198,8 +198,13 @@ def serve_config(
 
 def with_user_config(config: dict[str, Any], deployment: str, user_config: dict[str, Any]) -> dict[str, Any]:
     """`config` with one deployment's user_config replaced: what an operator edits between deploys."""
+    return with_deployment(config, deployment, user_config=user_config)
+
+
+def with_deployment(config: dict[str, Any], deployment: str, **fields: Any) -> dict[str, Any]:
+    """`config` with fields of one deployment's entry set (user_config, num_replicas, ...)."""
     changed = copy.deepcopy(config)
-    _deployment(changed, deployment)["user_config"] = user_config
+    _deployment(changed, deployment).update(fields)
     return changed
 
 

@@ -9,9 +9,10 @@ the drills of serving/drills.py (which bench/reliability.py runs for its figures
    any deployment restarts, a fresh rollout for the new pair is begun (started on its own: the
    old one was) in its shadow stage, and no client gets an answer from the new student;
 2. `serve deploy` with a changed spec: the controller adopts it in place, no replica restarts;
-3. (here only) Prometheus, on Ray's own service-discovery file, scrapes both nodes and sees the
+3. `serve deploy` scales the live student from 2 replicas to 1: the stopped one drains its lane;
+4. (here only) Prometheus, on Ray's own service-discovery file, scrapes both nodes and sees the
    teacher's metrics from one and the student's from the other;
-4. the worker node is killed whole with the new student live: the rollout rolls back to weight 0.
+5. the worker node is killed whole with the new student live: the rollout rolls back to weight 0.
 
 No client request fails in any of them. How fast the rollback comes is a benchmark figure
 (`student_node_killed` in bench/results/reliability.json), not asserted here.
@@ -82,6 +83,12 @@ def test_a_changed_spec_is_adopted_in_place(cluster: LocalCluster, drill: Drill)
     result = drills.spec_changed_by_serve_deploy(drill, cluster)
     assert (result.failed, result.replicas_restarted) == (0, 0), result
     assert "same stage and weight: True" in result.notes
+
+
+def test_a_student_scaled_down_drains_its_lane_and_fails_no_request(cluster: LocalCluster, drill: Drill) -> None:
+    result = drills.student_scaled_down_by_serve_deploy(drill, cluster)
+    assert (result.failed, result.replicas_restarted) == (0, 0), result
+    assert len(cluster.replica_ids()["student"]) == 1
 
 
 def test_prometheus_finds_both_nodes_through_rays_service_discovery_file(

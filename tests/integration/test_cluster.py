@@ -54,7 +54,7 @@ def cluster(serving_bundles: Any, tmp_path_factory: pytest.TempPathFactory) -> I
 
 @pytest.fixture(scope="module")
 def drill(cluster: LocalCluster) -> Iterator[Drill]:
-    """One steady load for the whole module; each test checks the failures since it began."""
+    """One steady load for the whole module: each drill counts every failure since it began."""
     with Drill(cluster.http_url, "kdcanary", ADMIN_TOKEN, REVIEWS, RATE_PER_S) as drill:
         yield drill
 

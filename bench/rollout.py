@@ -58,10 +58,12 @@ SPEC = RolloutSpec.from_mapping(
             for w, s in zip(WEIGHTS, SHADOW, strict=True)
         ],
         "agreement": {"threshold": 0.97, "alpha": 0.05},
+        "agreement_by_class": {"threshold": 0.9, "alpha": 0.05, "classes": 2},
     }
 )
 """kdcanary's spec: the default gates (alpha 0.05 each, error margin 0.01, p99 ratio 1.5, the
-default trip wire, 1 s ticks), agreement threshold 0.97, and stages sized for 50 requests/s."""
+default trip wire, 1 s ticks), agreement threshold 0.97, each class (the teacher's label) at
+0.9, and stages sized for 50 requests/s."""
 
 DEFAULT_SHADOW = tuple(stage.shadow_fraction for stage in default_stages())
 DEFAULT_SHADOW_SPEC = SPEC.model_copy(
@@ -103,8 +105,11 @@ PROFILES: dict[str, StudentProfile] = {
     "slice_disagree": _student("slice_disagree", slice=TrafficSlice(fraction=0.10, agreement=0.60, error_rate=0.001)),
     "slice_errors": _student("slice_errors", slice=TrafficSlice(fraction=0.05, agreement=0.99, error_rate=0.40)),
     "broken": _student("broken", error_rate=1.0),
+    "minority_class": _student(
+        "minority_class", agreement=0.995, slice=TrafficSlice(fraction=0.10, agreement=0.80, error_rate=0.001)
+    ),
 }
-TARGET_PROFILES = ("good", "bad")
+TARGET_PROFILES = ("good", "bad", "minority_class")
 DESCRIPTIONS = {
     "good": "agreement 0.99, errors 0.1 %, latency = teacher's",
     "bad": "agreement 0.90",
@@ -114,6 +119,7 @@ DESCRIPTIONS = {
     "slice_disagree": "agreement 0.60 on 10 % of traffic (0.951 overall)",
     "slice_errors": "errors 40 % on 5 % of traffic (2.1 % overall)",
     "broken": "every student request fails",
+    "minority_class": "agreement 0.80 on a class of 10 % of traffic, 0.995 on the rest (0.9755 overall)",
 }
 
 Task = tuple[str, str, Scenario, list[int]]

@@ -3,7 +3,8 @@
 Only the world is simulated here; the router's core and the controller that serve it are the
 shipped ones. A `StudentProfile` is the truth a student is drawn from. `RequestStream` is a
 Poisson process of requests, each with its truth (does the student fail on it, does the
-teacher, do their answers agree, how long each takes), drawn from a seeded numpy Generator
+teacher, do their answers agree, how long each takes, is it in the student's weak slice, which
+the teacher labels as a class of its own), drawn from a seeded numpy Generator
 independently of any routing, so every system run on one seed sees the same requests.
 `SimulatedModels` are the two model calls the core is given: they answer a request as its
 truth says, and they provide the core's clock, which reports each call's drawn latency
@@ -87,6 +88,7 @@ class Draw(NamedTuple):
     agrees: bool
     student_latency_s: float
     teacher_latency_s: float
+    in_slice: bool  # the student's weak slice: its own class, which the teacher labels "positive"
 
 
 class RequestStream:
@@ -133,6 +135,7 @@ class RequestStream:
             u[:, 3] < agreement,
             p.student_latency.sample(z[:, 0]),
             p.teacher_latency.sample(z[:, 1]),
+            in_slice,
         )
         self._draws = list(map(Draw._make, zip(*(c.tolist() for c in columns), strict=True)))
         self._next, self._last = 0, float(at[-1])
@@ -143,8 +146,10 @@ class SimulatedModelError(RuntimeError):
 
 
 LABELS = ("negative", "positive")
-_TEACHER_ROW = np.array([[0.9, 0.1]], dtype=np.float32)  # the teacher answers "negative"
-_OTHER_ROW = np.array([[0.2, 0.8]], dtype=np.float32)  # a student that disagrees answers "positive"
+_ROWS = {  # one input's probabilities for each top-1 label
+    False: np.array([[0.9, 0.1]], dtype=np.float32),  # "negative": the teacher's answer off the slice
+    True: np.array([[0.2, 0.8]], dtype=np.float32),  # "positive": the teacher's answer on the slice
+}
 
 
 class SimulatedModels:
@@ -180,11 +185,11 @@ class SimulatedModels:
 
     async def _teacher(self, texts: list[str]) -> ModelAnswer:
         draw = self._truths[texts[0]]
-        return self._answer(Variant.TEACHER, draw.teacher_latency_s, draw.teacher_fails, _TEACHER_ROW)
+        return self._answer(Variant.TEACHER, draw.teacher_latency_s, draw.teacher_fails, _ROWS[draw.in_slice])
 
     async def _student(self, texts: list[str]) -> ModelAnswer:
         draw = self._truths[texts[0]]
-        row = _TEACHER_ROW if draw.agrees else _OTHER_ROW
+        row = _ROWS[draw.in_slice == draw.agrees]  # the teacher's label when it agrees, the other when not
         return self._answer(Variant.STUDENT, draw.student_latency_s, draw.student_fails, row)
 
     def _answer(self, variant: Variant, latency_s: float, fails: bool, row: np.ndarray) -> ModelAnswer:

@@ -67,6 +67,9 @@ class Observation(BaseModel):
     cost: float = Field(default=0.0, ge=0.0)
     agreed: bool | None = None
     model_id: str | None = None
+    # Per compared input of a shadowed pair (on the student's observation, as `agreed`): the
+    # teacher's top-1 label and whether the student's matched it, for the per-class guard.
+    by_class: tuple[tuple[str, bool], ...] = ()
 
 
 def bucket_index(latency_s: float) -> int:
@@ -186,6 +189,8 @@ class Evidence(BaseModel):
     teacher: VariantStats = Field(default_factory=VariantStats)
     agreement: Agreement = Field(default_factory=Agreement)
     recent: RecentWindow = Field(default_factory=RecentWindow)
+    # Agreement per teacher label, pooled across stages like `agreement` (same student, same traffic).
+    classes: dict[str, Agreement] = Field(default_factory=dict)
 
 
 def rollover(evidence: Evidence, epoch: int) -> Evidence:
@@ -195,7 +200,7 @@ def rollover(evidence: Evidence, epoch: int) -> Evidence:
     """
     if evidence.epoch == epoch:
         return evidence
-    return Evidence(epoch=epoch, agreement=evidence.agreement, recent=evidence.recent)
+    return Evidence(epoch=epoch, agreement=evidence.agreement, recent=evidence.recent, classes=evidence.classes)
 
 
 def _stats_of(observations: Sequence[Observation]) -> VariantStats:
@@ -220,6 +225,18 @@ def _advance_window(window: RecentWindow, students: Sequence[Observation], now: 
     return RecentWindow(per_second=kept, consecutive_errors=streak)
 
 
+def _add_classes(classes: dict[str, Agreement], batch: Sequence[Observation]) -> dict[str, Agreement]:
+    pairs = [pair for observation in batch for pair in observation.by_class]
+    if not pairs:
+        return classes
+    counts = {label: [a.agreed, a.compared] for label, a in classes.items()}
+    for label, agreed in pairs:
+        count = counts.setdefault(label, [0, 0])
+        count[0] += agreed
+        count[1] += 1
+    return {label: Agreement(agreed=agreed, compared=compared) for label, (agreed, compared) in counts.items()}
+
+
 def add_observations(evidence: Evidence, observations: Iterable[Observation], now: float) -> Evidence:
     """Fold one batch in, in order; `now` (controller clock) timestamps the fast-rollback window."""
     batch = list(observations)
@@ -232,6 +249,7 @@ def add_observations(evidence: Evidence, observations: Iterable[Observation], no
     )
     return Evidence(
         epoch=evidence.epoch,
+        classes=_add_classes(evidence.classes, batch),
         student=merge_stats(evidence.student, _stats_of(students)),
         teacher=merge_stats(evidence.teacher, _stats_of(teachers)),
         agreement=agreement,

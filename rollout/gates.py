@@ -15,7 +15,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict
 
 from rollout.evidence import Evidence, LatencyHistogram, VariantStats
-from rollout.spec import AgreementGate, CostGate, ErrorGate, FastRollback, LatencyGate, RolloutSpec
+from rollout.spec import AgreementGate, ClassAgreementGuard, CostGate, ErrorGate, FastRollback, LatencyGate, RolloutSpec
 from rollout.stats import (
     bernoulli_cs,
     difference_cs,
@@ -90,6 +90,49 @@ def agreement_gate(gate: AgreementGate, evidence: Evidence) -> GateResult:
         upper=cs.upper,
         threshold=gate.threshold,
         message=message,
+    )
+
+
+def class_agreement_guard(gate: ClassAgreementGuard, evidence: Evidence) -> GateResult:
+    """Agreement conditioned on the teacher's label, each class >= threshold (a guard: FAIL or PASS).
+
+    Each class's Robbins sequence runs at alpha / K, K = max(declared classes, classes seen): a
+    union bound over the classes, so the chance that any class fails falsely stays under alpha
+    over the whole rollout. FAIL names the worst failing class and its numbers; with no paired
+    answer yet the guard is INCONCLUSIVE; otherwise it PASSes (no class is shown below its
+    threshold), leaving promotion to the overall agreement gate: a minority class needs many
+    samples to be shown above a threshold, but few to be shown below one when it regresses.
+    """
+    classes = {label: counts for label, counts in sorted(evidence.classes.items()) if counts.compared}
+    n = sum(counts.compared for counts in classes.values())
+    if not classes:
+        return GateResult(
+            name="agreement_by_class",
+            verdict=Verdict.INCONCLUSIVE,
+            n=0,
+            threshold=gate.threshold,
+            message=f"agreement by class: no paired answers yet, threshold {gate.threshold:.4f}",
+        )
+    alpha = gate.alpha / max(gate.classes, len(classes))
+    bounds = {label: bernoulli_cs(c.agreed, c.compared, alpha) for label, c in classes.items()}
+    failing = [label for label, cs in bounds.items() if cs.upper < gate.threshold]
+    shown = min(failing or bounds, key=lambda label: bounds[label].upper)  # the worst class
+    counts, cs = classes[shown], bounds[shown]
+    numbers = (
+        f"class '{shown}': agreement {counts.agreed / counts.compared:.4f} ({counts.agreed}/{counts.compared}), "
+        f"bounds [{cs.lower:.4f}, {cs.upper:.4f}] at alpha={alpha:.3g}"
+    )
+    verdict = Verdict.FAIL if failing else Verdict.PASS
+    relation = "upper bound <" if failing else "the lowest class; none shown below"
+    return GateResult(
+        name="agreement_by_class",
+        verdict=verdict,
+        n=n,
+        estimate=counts.agreed / counts.compared,
+        lower=cs.lower,
+        upper=cs.upper,
+        threshold=gate.threshold,
+        message=f"agreement by class: {numbers}: {relation} {gate.threshold:.4f} ({len(classes)} classes)",
     )
 
 
@@ -290,10 +333,12 @@ def fast_rollback_check(gate: FastRollback, evidence: Evidence, now: float) -> G
 
 
 def evaluate_gates(spec: RolloutSpec, evidence: Evidence) -> tuple[GateResult, ...]:
-    """Every enabled stage gate, in a fixed order (agreement, errors, latency, cost)."""
+    """Every enabled stage gate, in a fixed order (agreement, by class, errors, latency, cost)."""
     results = []
     if spec.agreement is not None:
         results.append(agreement_gate(spec.agreement, evidence))
+    if spec.agreement_by_class is not None:
+        results.append(class_agreement_guard(spec.agreement_by_class, evidence))
     if spec.errors is not None:
         results.append(error_gate(spec.errors, evidence))
     if spec.latency is not None:

@@ -4,8 +4,8 @@ It arrives as the Ray Serve deployment's `user_config` (a mapping) or a YAML fil
 model forbids unknown keys: a typo ("treshold") is an error naming the field, not a silently
 ignored default. A gate set to null is disabled.
 
-Each gate's `alpha` bounds its false verdicts over every look: for agreement, whose evidence
-pools across stages, that covers the whole rollout; errors and latency restart with each
+Each gate's `alpha` bounds its false verdicts over every look: for agreement and the per-class
+guard, whose evidence pools across stages, that covers the whole rollout; errors and latency restart with each
 stage (evidence.py says why), so their alpha holds per stage and a rollout through s stages
 has at most s x alpha chance of a false rollback from each. Gates add up the same way: the
 chance of any false rollback is at most the sum of those budgets.
@@ -66,6 +66,20 @@ class AgreementGate(BaseModel):
 
     threshold: float = Field(default=0.97, gt=0.0, lt=1.0)
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+
+
+class ClassAgreementGuard(BaseModel):
+    """Agreement conditioned on the teacher's label, each class against `threshold`: a regression
+    in one class rolls back even when the average passes. A guard: it fails, or stays out of the
+    way; the overall agreement gate is what must pass to advance.
+
+    Each class gets alpha / max(`classes`, classes seen): declare how many labels the model has."""
+
+    model_config = _STRICT
+
+    threshold: float = Field(default=0.9, gt=0.0, lt=1.0)
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    classes: int = Field(default=2, ge=1, le=1000, description="the model's number of labels")
 
 
 class ErrorGate(BaseModel):
@@ -130,6 +144,7 @@ class RolloutSpec(BaseModel):
 
     stages: list[Stage] = Field(default_factory=default_stages)
     agreement: AgreementGate | None = Field(default_factory=AgreementGate)
+    agreement_by_class: ClassAgreementGuard | None = None
     errors: ErrorGate | None = Field(default_factory=ErrorGate)
     latency: LatencyGate | None = Field(default_factory=LatencyGate)
     cost: CostGate | None = None

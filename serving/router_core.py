@@ -15,7 +15,8 @@ One request, as the shell drives it:
    wait for: the request metric, and for a `shadow_fraction` of the "ok" answers a shadow call
    to the other model as a background task (at most `shadow_concurrency` at once; past that
    the shadow is dropped as "overload"). A shadow that answers records the comparison and puts
-   the verdict (`agreed`) on the student's observation only, so a pair counts once.
+   the verdict (`agreed`, and per input the teacher's label with its verdict, `by_class`) on the
+   student's observation only, so a pair counts once.
 3. Observations wait in `pending` until the shell's flush loop takes them in batches with
    `take_pending(cap)`; `adopt(routing)` takes the controller's newer routing.
 
@@ -257,9 +258,14 @@ class RouterCore:
         agree = top1_agreement(primary.probabilities, shadow.answer.probabilities)
         divergence = total_variation(primary.probabilities, shadow.answer.probabilities)
         self._metrics.record_comparison(int(agree.sum()), divergence.tolist())
-        agreed = bool(agree.all())  # one verdict per request; it goes on the student's observation
+        teacher = primary if primary.variant is Variant.TEACHER else shadow.answer
+        labels = [teacher.label_names[i] for i in teacher.probabilities.argmax(axis=1)]
+        verdicts = {  # one per request, and per input by the teacher's label: on the student's observation
+            "agreed": bool(agree.all()),
+            "by_class": tuple(zip(labels, (bool(a) for a in agree), strict=True)),
+        }
         for obs in [*answered.observations, shadow.observation]:
-            self._pending.append(obs.model_copy(update={"agreed": agreed}) if obs.variant is Variant.STUDENT else obs)
+            self._pending.append(obs.model_copy(update=verdicts) if obs.variant is Variant.STUDENT else obs)
 
     async def drain(self) -> None:
         """Wait until no shadow call is in flight (tests, simulations, shutdown)."""

@@ -10,6 +10,7 @@ from rollout.evidence import (
     HISTOGRAM_MIN_S,
     HISTOGRAM_TOP_INDEX,
     RECENT_RETENTION_S,
+    Agreement,
     Evidence,
     Observation,
     Variant,
@@ -130,3 +131,12 @@ def test_observations_reject_negative_latency_and_unknown_fields() -> None:
         Observation(variant=S, latency_s=-0.1)
     with pytest.raises(ValueError, match="user_id"):
         Observation.model_validate({"variant": "student", "latency_s": 0.1, "user_id": "u1"})
+
+
+def test_per_class_agreement_counts_each_input_under_the_teachers_label_and_survives_a_new_stage() -> None:
+    student = Observation(
+        variant=Variant.STUDENT, latency_s=0.01, agreed=False, by_class=(("pos", True), ("neg", False))
+    )
+    evidence = add_observations(Evidence(), [student, student.model_copy(update={"by_class": (("neg", True),)})], 0.0)
+    assert evidence.classes == {"pos": Agreement(agreed=1, compared=1), "neg": Agreement(agreed=1, compared=2)}
+    assert rollover(evidence, epoch=1).classes == evidence.classes  # pooled across stages, like agreement

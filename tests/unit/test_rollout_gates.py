@@ -8,13 +8,14 @@ from rollout.evidence import Agreement, Evidence, RecentWindow, VariantStats, hi
 from rollout.gates import (
     Verdict,
     agreement_gate,
+    class_agreement_guard,
     cost_gate,
     error_gate,
     evaluate_gates,
     fast_rollback_check,
     latency_gate,
 )
-from rollout.spec import AgreementGate, CostGate, ErrorGate, FastRollback, LatencyGate, RolloutSpec
+from rollout.spec import AgreementGate, ClassAgreementGuard, CostGate, ErrorGate, FastRollback, LatencyGate, RolloutSpec
 
 
 def _latencies(base: float, n: int) -> list[float]:
@@ -141,3 +142,36 @@ def test_fast_rollback_trips_on_a_window_rate_and_ignores_old_seconds() -> None:
     assert fast_rollback_check(gate, too_few, now=30.2).verdict is Verdict.PASS
     healthy = Evidence(recent=RecentWindow(per_second={30: (40, 1)}))
     assert fast_rollback_check(gate, healthy, now=30.2).verdict is Verdict.PASS
+
+
+# --- agreement by class --------------------------------------------------------------------------
+
+
+def _classes(**counts: tuple[int, int]) -> Evidence:
+    """Evidence whose per-class agreement is label=(agreed, compared), pooled overall too."""
+    classes = {label: Agreement(agreed=a, compared=n) for label, (a, n) in counts.items()}
+    overall = Agreement(agreed=sum(a for a, _ in counts.values()), compared=sum(n for _, n in counts.values()))
+    return Evidence(agreement=overall, classes=classes)
+
+
+def test_a_minority_class_regression_fails_the_guard_while_the_average_passes() -> None:
+    evidence = _classes(common=(3582, 3600), minority=(320, 400))  # 0.995 and 0.80: 0.9755 overall
+    spec = RolloutSpec.from_mapping({"agreement": {"threshold": 0.97}, "agreement_by_class": {"threshold": 0.9}})
+    overall, by_class = evaluate_gates(spec, evidence)[:2]
+    assert overall.verdict is not Verdict.FAIL
+    assert by_class.verdict is Verdict.FAIL and by_class.upper is not None and by_class.upper < 0.9
+    assert "class 'minority': agreement 0.8000 (320/400)" in by_class.message and "< 0.9000" in by_class.message
+
+
+def test_healthy_classes_pass_the_guard_naming_the_lowest() -> None:
+    result = class_agreement_guard(ClassAgreementGuard(threshold=0.9), _classes(a=(990, 1000), b=(95, 100)))
+    assert result.verdict is Verdict.PASS and result.n == 1100
+    assert "class 'b'" in result.message and "none shown below 0.9000" in result.message
+
+
+def test_the_guard_is_inconclusive_without_pairs_and_splits_alpha_over_the_classes() -> None:
+    assert class_agreement_guard(ClassAgreementGuard(), Evidence()).verdict is Verdict.INCONCLUSIVE
+    evidence = _classes(a=(70, 100))
+    declared = class_agreement_guard(ClassAgreementGuard(threshold=0.9, classes=10), evidence)
+    alone = class_agreement_guard(ClassAgreementGuard(threshold=0.9, classes=1), evidence)
+    assert declared.upper is not None and alone.upper is not None and declared.upper > alone.upper  # alpha / 10

@@ -84,9 +84,24 @@ def run(test: Coroutine[Any, Any, None]) -> None:
     asyncio.run(asyncio.wait_for(test, timeout=20))
 
 
-def obs(variant: Variant, latency_s: float, *, error: bool = False, agreed: bool | None = None) -> Observation:
+def obs(
+    variant: Variant,
+    latency_s: float,
+    *,
+    error: bool = False,
+    agreed: bool | None = None,
+    by_class: tuple[tuple[str, bool], ...] = (),
+) -> Observation:
     cost, model_id = (0.0, None) if error else (0.5, f"{variant.value}-1")  # a failed call: the routing's id
-    return Observation(variant=variant, latency_s=latency_s, error=error, cost=cost, agreed=agreed, model_id=model_id)
+    return Observation(
+        variant=variant,
+        latency_s=latency_s,
+        error=error,
+        cost=cost,
+        agreed=agreed,
+        model_id=model_id,
+        by_class=by_class,
+    )
 
 
 def test_the_core_imports_no_ray() -> None:
@@ -217,8 +232,20 @@ def test_agreeing_models_mark_the_student_agreed() -> None:
         rig = Rig(weight=1.0, shadow=1.0)
         await rig.request(["first", "second"])
         await rig.core.drain()
-        assert rig.pending() == [obs(S, 0.25, agreed=True), obs(T, 0.5)]
+        both = (("pos", True), ("pos", True))  # per input: the teacher's label, and whether the student matched it
+        assert rig.pending() == [obs(S, 0.25, agreed=True, by_class=both), obs(T, 0.5)]
         assert (rig.metrics.comparisons, rig.metrics.agreements, rig.metrics.divergences) == (2, 2, [0.0, 0.0])
+
+    run(test())
+
+
+def test_a_disagreement_is_filed_under_the_teachers_label() -> None:
+    async def test() -> None:
+        rig = Rig(weight=0.0, shadow=1.0)
+        rig.models.rows[T] = NEGATIVE
+        await rig.request(["a review"])
+        await rig.core.drain()
+        assert rig.pending() == [obs(T, 0.5), obs(S, 0.25, agreed=False, by_class=(("neg", False),))]
 
     run(test())
 
@@ -233,7 +260,8 @@ def test_a_shadow_past_the_free_slots_is_dropped_as_overload() -> None:
         assert rig.pending() == second.observations  # kept, without a verdict
         rig.models.release.set()
         await rig.core.drain()
-        assert rig.pending() == [first.observations[0].model_copy(update={"agreed": True}), obs(T, 0.5)]
+        verdicts = {"agreed": True, "by_class": (("pos", True),)}
+        assert rig.pending() == [first.observations[0].model_copy(update=verdicts), obs(T, 0.5)]
 
     run(test())
 

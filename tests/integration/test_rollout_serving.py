@@ -235,6 +235,22 @@ def test_disagreeing_student_is_rolled_back_with_the_numbers(deploy: Deploy, rev
     assert gate["verdict"] == "fail" and gate["upper"] < 0.95 and gate["n"] > 0
 
 
+def test_a_class_the_student_gets_wrong_is_rolled_back_by_the_class_guard(deploy: Deploy, reviews: list[str]) -> None:
+    """The overall gate passes this student (threshold 0.5); per class (the teacher's label) it
+    is far below 0.99, so the class guard rolls it back and names the class with its numbers."""
+    by_class = spec(0.5, min_requests=100) | {"agreement_by_class": {"threshold": 0.99, "classes": 2}}
+    with deploy("byclass", rollout=by_class) as client, Traffic(client, reviews):
+        with admin_client(client) as admin:
+            admin.start("integration test")
+        view = wait_for(client, lambda v: v.phase is Phase.ROLLED_BACK, within_s=120)
+        log = events(client)
+    assert view.routing.weight == 0.0
+    (rollback,) = [e for e in log if e.action == "rollback"]
+    gates = {g["name"]: g for g in rollback.payload["decision"]["gates"]}
+    assert gates["agreement_by_class"]["verdict"] == "fail" and gates["agreement"]["verdict"] != "fail"
+    assert "class '" in gates["agreement_by_class"]["message"] and gates["agreement_by_class"]["upper"] < 0.99
+
+
 def test_hard_failing_student_is_rolled_back_by_the_trip_wire(deploy: Deploy, reviews: list[str]) -> None:
     failing = {"rollout": spec(0.65, stage0_shadow=0.0), "student_chaos_error_rate": 1.0}
     with deploy("failing", **failing) as client, Traffic(client, reviews, workers=4) as traffic:

@@ -15,7 +15,9 @@ student's first failure; the controller resumes at the same stage with its event
 (issue 11) two controllers on one store: 0 failed, 0 events lost, the old one fenced; on a
 two-node cluster started with Ray's CLI (serving/local_cluster.py): a new student and a new spec
 by `serve deploy` with 0 failed and 0 replicas restarted, no client answer from the unvetted new
-student, and the student's node killed: 0 failed, weight 0 within 1 s of the kill.
+student, and the student's node killed: 0 failed, weight 0 within 1 s of the kill; sent by
+`hey`, twice the measured capacity for 60 s with only 429/503 + Retry-After refusals beyond the
+admitted, and a 20-minute soak with every replica's resident memory within 10 % after warm-up.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def run_on_cluster(args: argparse.Namespace, names: set[str]) -> list[dict[str, 
     return rows
 
 
+DEPLOYMENTS = ("teacher", "student", "controller", "router")
 LOAD_SCENARIOS = ("overload", "soak")  # sent by hey: a Python client on the measured cores would not reach 2x
 
 
@@ -209,9 +212,6 @@ def _soak(hey: Path, url: str, args: argparse.Namespace) -> dict[str, Any]:
         "notes": f"{args.soak_rate:g} req/s; largest growth {worst}; "
         + ", ".join(f"{name} {ratio:.3f}" for name, ratio in sorted(growth.items())),
     }
-
-
-DEPLOYMENTS = ("teacher", "student", "controller", "router")
 
 
 def _rss_bytes(pid: int) -> int:

@@ -23,7 +23,6 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,7 +35,7 @@ from starlette.responses import Response
 from rollout.evidence import Variant
 from rollout.views import PublishedRouting
 from serving.admin_api import DOC_PATHS, PREFIX, build_admin_app, call_asgi
-from serving.answer import ModelAnswer, prediction_payload
+from serving.answer import prediction_payload
 from serving.config import RouterConfig
 from serving.error_table import lookup
 from serving.errors import ModelCallError
@@ -80,7 +79,8 @@ class Router:
     ) -> None:
         from serving.metrics import RouterMetrics  # Ray metrics bind to the replica process
 
-        self._handles = {Variant.TEACHER: teacher, Variant.STUDENT: student}
+        # One lane client per model for the replica's life (a reconfigure keeps it and its discovery).
+        self._lanes = {Variant.TEACHER: _stream_client(teacher), Variant.STUDENT: _stream_client(student)}
         self._clock = time.perf_counter
         self._metrics = RouterMetrics()
         self._config = RouterConfig()
@@ -102,9 +102,10 @@ class Router:
 
     def _model_calls(self) -> dict[Variant, ModelCall]:
         most = MAX_INPUTS if self._config.coalesce_calls else 1  # 1: every request its own call
+        stream = self._config.model_transport == "stream"
         return {
-            variant: CoalescingClient(_model_call(handle, self._config), most).submit
-            for variant, handle in self._handles.items()
+            variant: CoalescingClient(lane if stream else lane.via_handle, most).submit
+            for variant, lane in self._lanes.items()
         }
 
     def _limit(self) -> TokenBucket | None:
@@ -214,12 +215,10 @@ class Router:
         return response
 
 
-def _model_call(handle: DeploymentHandle[Any], config: RouterConfig) -> Callable[[list[str]], Awaitable[ModelAnswer]]:
-    """How the router calls one model's `predict`: over stream lanes, or through the handle
-    (texts in, ModelAnswer out, which plain pickle does without cloudpickle's per-call work)."""
-    predict = handle.options(request_serialization="pickle", response_serialization="pickle")
-    client = StreamClient(predict)
-    return client if config.model_transport == "stream" else client.via_handle
+def _stream_client(handle: DeploymentHandle[Any]) -> StreamClient:
+    """One model's lanes, with its handle as the fallback (texts in, ModelAnswer out, which plain
+    pickle does without cloudpickle's per-call work)."""
+    return StreamClient(handle.options(request_serialization="pickle", response_serialization="pickle"))
 
 
 def _relative_path(request: Request) -> str:

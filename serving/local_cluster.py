@@ -45,8 +45,11 @@ class LocalCluster:
     def __init__(self, folder: Path, admin_token: str) -> None:
         self.folder = folder  # logs and the configs deployed
         self.temp_dir = Path(tempfile.mkdtemp(prefix="kdc-"))  # Ray's socket paths must stay under 108 bytes
-        self.gcs_port, dashboard, http = _free_port(), _free_port(), _free_port()
-        self.dashboard_url, self.http_url = f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{http}"
+        self.gcs_port, self.dashboard_port, self.http_port = _free_port(), _free_port(), _free_port()
+        self.dashboard_url, self.http_url = (
+            f"http://127.0.0.1:{self.dashboard_port}",
+            f"http://127.0.0.1:{self.http_port}",
+        )
         self.env = {
             **os.environ,
             "RAY_AUTH_MODE": "token",
@@ -67,7 +70,7 @@ class LocalCluster:
         try:
             self._start_node(
                 "head", "--head", f"--port={self.gcs_port}", "--include-dashboard=true",
-                "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_url.rsplit(':', 1)[1]}",
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                 f"--temp-dir={self.temp_dir}", '--system-config={"metrics_report_interval_ms": 2000}',
             )  # fmt: skip
             wait_until(lambda: self._alive_nodes() >= 1, 120, "the head node")
@@ -178,7 +181,7 @@ def serve_config(
     on_head, on_worker = {"teacher_node": 0.01}, {"student_node": 0.01}
     config: dict[str, Any] = yaml.safe_load(SERVE_CONFIG.read_text())
     config["proxy_location"] = "HeadOnly"  # one HTTP port per machine: every node here is 127.0.0.1
-    config["http_options"] = {"host": "127.0.0.1", "port": int(cluster.http_url.rsplit(":", 1)[1])}
+    config["http_options"] = {"host": "127.0.0.1", "port": cluster.http_port}
     (app,) = config["applications"]
     app["args"] |= {
         "registry": str(registry),

@@ -167,10 +167,11 @@ class RolloutDeployment:
             self._controller = controller
             self._metrics.new_rollout()
         self._ready.set()
-        self._metrics.show(controller.snapshot())
+        view = controller.snapshot()
+        self._metrics.show(view)
         log.info(
             "rollout controller for %s: state %s (journal %s, writer term %s), %d stages",
-            pair, path, store.journal_mode, controller.snapshot().store.term, len(self._spec.stages),
+            pair, path, store.journal_mode, view.store.term, view.stage_count,
         )  # fmt: skip
 
     def check_health(self) -> None:

@@ -7,7 +7,7 @@ inputs, and every model is pydantic so the controller may persist evidence next 
 
 What is kept per stage and what pools forward (the `epoch` of the status decides):
 
-- Agreement pools across all stages, shadow included. Whether the student answers like the
+- Agreement and accuracy pool across all stages, shadow included. Whether the student answers like the
   teacher does not depend on how much traffic it takes (same student, same traffic), so the
   evidence stays valid and keeps accumulating: the confidence sequence keeps tightening
   instead of restarting at every stage.
@@ -16,6 +16,9 @@ What is kept per stage and what pools forward (the `epoch` of the status decides
   at 50 % they queue. Evidence from a lighter stage would vouch for a heavier one it never
   saw, and mixing load levels breaks the i.i.d. assumption the bounds rest on. The price is
   that each stage must gather its own `min_requests`, which the spec demands anyway.
+- Labels (`add_labels`) arrive late, through feedback: whether an answer was right depends on
+  the model and the input, not on the load it was served under, so accuracy pools like
+  agreement, whatever stage the answer was given in.
 - The fast-rollback window is time-based and survives rollovers: a burst of failures right
   after a promotion is exactly what it exists to catch.
 """
@@ -49,6 +52,16 @@ class Variant(StrEnum):
     STUDENT = "student"
 
 
+class PairedAnswers(BaseModel):
+    """Both models' top-1 label ids, per input, for one request both answered."""
+
+    model_config = _FROZEN
+
+    request_id: str = Field(min_length=1, max_length=64)
+    teacher: tuple[int, ...]
+    student: tuple[int, ...]
+
+
 class Observation(BaseModel):
     """One answer from one model, as a router saw it.
 
@@ -70,6 +83,9 @@ class Observation(BaseModel):
     # Per compared input of a shadowed pair (on the student's observation, as `agreed`): the
     # teacher's top-1 label and whether the student's matched it, for the per-class guard.
     by_class: tuple[tuple[str, bool], ...] = ()
+    # Both models' top-1 label ids for a shadowed request, kept by the controller until feedback
+    # for `request_id` arrives (on the student's observation, as `agreed`).
+    answers: PairedAnswers | None = None
 
 
 def bucket_index(latency_s: float) -> int:
@@ -160,6 +176,44 @@ class Agreement(BaseModel):
     compared: int = Field(default=0, ge=0)
 
 
+class Accuracy(BaseModel):
+    """Labelled answers so far (feedback), pooled across stages.
+
+    Served: per variant, answers that came back with a label, and how many were right.
+    Paired: labelled inputs both models answered (shadowed), by who was right.
+    """
+
+    model_config = _FROZEN
+
+    student_labelled: int = Field(default=0, ge=0)
+    student_correct: int = Field(default=0, ge=0)
+    teacher_labelled: int = Field(default=0, ge=0)
+    teacher_correct: int = Field(default=0, ge=0)
+    both_right: int = Field(default=0, ge=0)
+    both_wrong: int = Field(default=0, ge=0)
+    only_student: int = Field(default=0, ge=0)
+    only_teacher: int = Field(default=0, ge=0)
+
+    @property
+    def labelled(self) -> int:
+        return self.student_labelled + self.teacher_labelled
+
+    @property
+    def paired(self) -> int:
+        return self.both_right + self.both_wrong + self.only_student + self.only_teacher
+
+
+class LabelOutcome(BaseModel):
+    """One labelled input: the variant whose answer was served and whether it was right; for a
+    shadowed input also (teacher right, student right)."""
+
+    model_config = _FROZEN
+
+    served: Variant
+    correct: bool
+    paired: tuple[bool, bool] | None = None
+
+
 class RecentWindow(BaseModel):
     """The student's recent failures, for the fast-rollback trip wire.
 
@@ -191,6 +245,7 @@ class Evidence(BaseModel):
     recent: RecentWindow = Field(default_factory=RecentWindow)
     # Agreement per teacher label, pooled across stages like `agreement` (same student, same traffic).
     classes: dict[str, Agreement] = Field(default_factory=dict)
+    accuracy: Accuracy = Field(default_factory=Accuracy)
 
 
 def rollover(evidence: Evidence, epoch: int) -> Evidence:
@@ -200,7 +255,8 @@ def rollover(evidence: Evidence, epoch: int) -> Evidence:
     """
     if evidence.epoch == epoch:
         return evidence
-    return Evidence(epoch=epoch, agreement=evidence.agreement, recent=evidence.recent, classes=evidence.classes)
+    pooled = {"agreement", "recent", "classes", "accuracy"}
+    return Evidence(epoch=epoch, **{name: getattr(evidence, name) for name in pooled})
 
 
 def _stats_of(observations: Sequence[Observation]) -> VariantStats:
@@ -247,11 +303,24 @@ def add_observations(evidence: Evidence, observations: Iterable[Observation], no
         agreed=evidence.agreement.agreed + sum(paired),
         compared=evidence.agreement.compared + len(paired),
     )
-    return Evidence(
-        epoch=evidence.epoch,
-        classes=_add_classes(evidence.classes, batch),
-        student=merge_stats(evidence.student, _stats_of(students)),
-        teacher=merge_stats(evidence.teacher, _stats_of(teachers)),
-        agreement=agreement,
-        recent=_advance_window(evidence.recent, students, now),
-    )
+    update = {
+        "classes": _add_classes(evidence.classes, batch),
+        "student": merge_stats(evidence.student, _stats_of(students)),
+        "teacher": merge_stats(evidence.teacher, _stats_of(teachers)),
+        "agreement": agreement,
+        "recent": _advance_window(evidence.recent, students, now),
+    }
+    return evidence.model_copy(update=update)
+
+
+def add_labels(evidence: Evidence, outcomes: Iterable[LabelOutcome]) -> Evidence:
+    """Fold labelled inputs (from feedback) into the pooled accuracy counts."""
+    counts = evidence.accuracy.model_dump()
+    for outcome in outcomes:
+        counts[f"{outcome.served.value}_labelled"] += 1
+        counts[f"{outcome.served.value}_correct"] += outcome.correct
+        if outcome.paired is not None:
+            teacher, student = outcome.paired
+            key = {(True, True): "both_right", (False, False): "both_wrong", (False, True): "only_student"}
+            counts[key.get((teacher, student), "only_teacher")] += 1
+    return evidence.model_copy(update={"accuracy": Accuracy(**counts)})

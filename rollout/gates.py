@@ -5,6 +5,9 @@ handed. Three verdicts, and no data is always INCONCLUSIVE, never a pass or a fa
 is a claim the confidence sequence supports at the gate's alpha: PASS when the whole interval
 lies on the good side of the threshold, FAIL when the whole interval lies on the bad side,
 INCONCLUSIVE while it straddles. Every message carries n, estimate, bounds and threshold.
+
+A result is `binding` unless the spec's combination rule set it aside (accuracy deciding in
+place of agreement, see `spec.AccuracyGate`): such a result is shown, and moves nothing.
 """
 
 from __future__ import annotations
@@ -15,10 +18,20 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict
 
 from rollout.evidence import Evidence, LatencyHistogram, VariantStats
-from rollout.spec import AgreementGate, ClassAgreementGuard, CostGate, ErrorGate, FastRollback, LatencyGate, RolloutSpec
+from rollout.spec import (
+    AccuracyGate,
+    AgreementGate,
+    ClassAgreementGuard,
+    CostGate,
+    ErrorGate,
+    FastRollback,
+    LatencyGate,
+    RolloutSpec,
+)
 from rollout.stats import (
     bernoulli_cs,
     difference_cs,
+    paired_difference_cs,
     quantile_cs,
     quantile_estimate,
     quantile_ratio_cs,
@@ -48,6 +61,17 @@ class GateResult(BaseModel):
     upper: float | None = None
     threshold: float
     message: str
+    binding: bool = True  # False: shown, but the spec's combination rule sets it aside
+
+    @property
+    def blocks(self) -> bool:
+        """An inconclusive binding result: the stage waits for it."""
+        return self.binding and self.verdict is Verdict.INCONCLUSIVE
+
+    @property
+    def fails(self) -> bool:
+        """A failing binding result: the rollout rolls back."""
+        return self.binding and self.verdict is Verdict.FAIL
 
 
 def _finite(value: float | None) -> float | None:
@@ -134,6 +158,81 @@ def class_agreement_guard(gate: ClassAgreementGuard, evidence: Evidence) -> Gate
         threshold=gate.threshold,
         message=f"agreement by class: {numbers}: {relation} {gate.threshold:.4f} ({len(classes)} classes)",
     )
+
+
+def accuracy_gate(gate: AccuracyGate, evidence: Evidence) -> GateResult:
+    """Student minus teacher accuracy >= -margin on labelled answers (feedback).
+
+    Two confidence sequences for the same difference, alpha/2 each, intersected (a union bound:
+    both hold at once with probability >= 1 - alpha): the paired one on inputs both models
+    answered (`stats.paired_difference_cs`: only the inputs where exactly one model was right
+    carry information, so it needs far fewer labels when the models mostly agree), and the
+    unpaired one on the answers each model served (`stats.difference_cs`), which covers stages
+    where few requests are shadowed. Without labels it is INCONCLUSIVE.
+    """
+    acc, threshold = evidence.accuracy, -gate.margin
+    counts = (
+        f"student {acc.student_correct}/{acc.student_labelled}, teacher {acc.teacher_correct}/{acc.teacher_labelled} "
+        f"served; paired: {acc.only_student} only student right, {acc.only_teacher} only teacher right, "
+        f"{acc.both_right} both right, {acc.both_wrong} both wrong"
+    )
+    bounds = []
+    if acc.paired:
+        bounds.append(paired_difference_cs(acc.only_student, acc.only_teacher, acc.paired, gate.alpha / 2))
+    if acc.student_labelled and acc.teacher_labelled:
+        served = (acc.student_correct, acc.student_labelled, acc.teacher_correct, acc.teacher_labelled)
+        bounds.append(difference_cs(*served, gate.alpha / 2))
+    if not bounds:
+        message = f"accuracy: no labelled answers to compare yet ({counts}), margin {gate.margin:.4f}"
+        return GateResult(
+            name="accuracy", verdict=Verdict.INCONCLUSIVE, n=acc.labelled, threshold=threshold, message=message
+        )
+    lower, upper = max(cs.lower for cs in bounds), min(cs.upper for cs in bounds)
+    estimate = _accuracy_difference(evidence)
+    verdict = _judge(lower, upper, threshold, higher_is_better=True)
+    relation = {Verdict.PASS: "lower bound >=", Verdict.FAIL: "upper bound <"}.get(verdict, "bounds straddle")
+    message = (
+        f"accuracy difference student - teacher {relation} {threshold:+.4f}: estimate {estimate:+.4f}, "
+        f"bounds [{lower:+.4f}, {upper:+.4f}] at alpha={gate.alpha:g} ({counts})"
+    )
+    return GateResult(
+        name="accuracy",
+        verdict=verdict,
+        n=acc.labelled,
+        estimate=estimate,
+        lower=lower,
+        upper=upper,
+        threshold=threshold,
+        message=message,
+    )
+
+
+def _accuracy_difference(evidence: Evidence) -> float:
+    """The point estimate: the paired difference where pairs exist, else the served rates'."""
+    acc = evidence.accuracy
+    if acc.paired:
+        return (acc.only_student - acc.only_teacher) / acc.paired
+    student = acc.student_correct / acc.student_labelled if acc.student_labelled else 0.0
+    teacher = acc.teacher_correct / acc.teacher_labelled if acc.teacher_labelled else 0.0
+    return student - teacher
+
+
+def combine_accuracy(gate: AccuracyGate, accuracy: GateResult, results: list[GateResult]) -> list[GateResult]:
+    """Apply `gate.mode` to the agreement-family `results` and the accuracy result (spec.AccuracyGate)."""
+    if gate.mode == "also":
+        return [*results, accuracy]
+    if accuracy.verdict is Verdict.FAIL:
+        return [*results, accuracy]
+    if accuracy.n < gate.decides_after:  # agreement guards; accuracy may only fail
+        note = f" (not binding before {gate.decides_after} labelled answers)"
+        return [*results, accuracy.model_copy(update={"binding": False, "message": accuracy.message + note})]
+    decided = accuracy.verdict is Verdict.PASS
+    note = f" (set aside: accuracy {'passed' if decided else 'decides once it is conclusive'})"
+    kept = []
+    for result in results:  # a pass stays binding (harmless); accuracy passing or pending outranks the rest
+        aside = result.verdict is not Verdict.PASS and (decided or result.verdict is Verdict.FAIL)
+        kept.append(result.model_copy(update={"binding": False, "message": result.message + note}) if aside else result)
+    return [*kept, accuracy]
 
 
 def error_gate(gate: ErrorGate, evidence: Evidence) -> GateResult:
@@ -333,12 +432,15 @@ def fast_rollback_check(gate: FastRollback, evidence: Evidence, now: float) -> G
 
 
 def evaluate_gates(spec: RolloutSpec, evidence: Evidence) -> tuple[GateResult, ...]:
-    """Every enabled stage gate, in a fixed order (agreement, by class, errors, latency, cost)."""
+    """Every enabled stage gate, in a fixed order (agreement, by class, accuracy, errors,
+    latency, cost), with the spec's rule for accuracy and agreement applied (`binding`)."""
     results = []
     if spec.agreement is not None:
         results.append(agreement_gate(spec.agreement, evidence))
     if spec.agreement_by_class is not None:
         results.append(class_agreement_guard(spec.agreement_by_class, evidence))
+    if spec.accuracy is not None:
+        results = combine_accuracy(spec.accuracy, accuracy_gate(spec.accuracy, evidence), results)
     if spec.errors is not None:
         results.append(error_gate(spec.errors, evidence))
     if spec.latency is not None:

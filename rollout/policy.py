@@ -11,7 +11,8 @@ Precedence on every tick, first match wins:
 2. the fast-rollback trip wire (the student fails hard) rolls back;
 3. an operator rollback (`abort` intent) rolls back;
 4. a pending rollout starts at stage 0;
-5. any FAILing gate rolls back, even while paused: pausing stops advancing, not protection;
+5. any FAILing gate rolls back, even while paused: pausing stops advancing, not protection
+   (a gate's result counts only where it is `binding`: see `spec.AccuracyGate.mode`);
 6. an operator promote skips the stage's conditions (one stage, or to 100 % and completed);
 7. a pause or manual weight holds progression (at the manual weight if one is set);
 8. a paused rollout whose pause was withdrawn resumes at its stage's weight;
@@ -126,7 +127,7 @@ def decide(spec: RolloutSpec, status: RolloutStatus, evidence: Evidence, now: fl
     if status.phase is Phase.PENDING:
         return _move(spec, now, action=Action.START, index=0, reason="rollout started")
     gates = evaluate_gates(spec, evidence)
-    failed = tuple(gate.message for gate in gates if gate.verdict is Verdict.FAIL)
+    failed = tuple(gate.message for gate in gates if gate.fails)
     if failed:
         return _rollback(status, gates + fast, failed)
     if status.intents.promote is not None:
@@ -243,7 +244,7 @@ def _progress(
 ) -> Decision:
     index, stage = status.stage_index, _stage_text(spec, status.stage_index)
     waiting = _unmet(spec, status, evidence, now)
-    waiting += tuple(gate.message for gate in gates if gate.verdict is Verdict.INCONCLUSIVE)
+    waiting += tuple(gate.message for gate in gates if gate.blocks)
     if waiting:
         next_check_at = now + spec.tick_interval_s
         if status.stage_started_at is not None:

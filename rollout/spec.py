@@ -4,17 +4,17 @@ It arrives as the Ray Serve deployment's `user_config` (a mapping) or a YAML fil
 model forbids unknown keys: a typo ("treshold") is an error naming the field, not a silently
 ignored default. A gate set to null is disabled.
 
-Each gate's `alpha` bounds its false verdicts over every look: for agreement and the per-class
-guard, whose evidence pools across stages, that covers the whole rollout; errors and latency restart with each
-stage (evidence.py says why), so their alpha holds per stage and a rollout through s stages
-has at most s x alpha chance of a false rollback from each. Gates add up the same way: the
-chance of any false rollback is at most the sum of those budgets.
+Each gate's `alpha` bounds its false verdicts over every look: for agreement, the per-class
+guard and accuracy, whose evidence pools across stages, that covers the whole rollout; errors
+and latency restart with each stage (evidence.py says why), so their alpha holds per stage and
+a rollout through s stages has at most s x alpha chance of a false rollback from each. Gates
+add up the same way: the chance of any false rollback is at most the sum of those budgets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -82,6 +82,31 @@ class ClassAgreementGuard(BaseModel):
     classes: int = Field(default=2, ge=1, le=1000, description="the model's number of labels")
 
 
+class AccuracyGate(BaseModel):
+    """Labels from feedback: student accuracy minus the teacher's must be >= -`margin`.
+
+    `mode` says how accuracy and agreement (the overall and per-class agreement gates) combine:
+
+    - "decides" (the default): agreement guards until `decides_after` labelled answers have
+      arrived, and accuracy can only fail meanwhile. From then on accuracy decides the answers'
+      quality: its PASS stands in for the agreement gates (a student proven as accurate as the
+      teacher is promoted even where it disagrees with it), and while it is inconclusive a
+      failing agreement gate holds the stage instead of rolling back.
+    - "also": accuracy is one more gate; with labels configured but none arriving, no stage
+      is ever left.
+
+    Feedback is taken for answers at most `max_label_age_s` old (older request ids are refused).
+    """
+
+    model_config = _STRICT
+
+    margin: float = Field(default=0.01, ge=0.0, lt=1.0)
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    mode: Literal["decides", "also"] = "decides"
+    decides_after: int = Field(default=200, ge=1)
+    max_label_age_s: float = Field(default=24 * 3600.0, gt=0.0, le=30 * 24 * 3600.0)
+
+
 class ErrorGate(BaseModel):
     """Student error rate minus the teacher's must stay <= `margin` (bounds on the difference)."""
 
@@ -145,6 +170,7 @@ class RolloutSpec(BaseModel):
     stages: list[Stage] = Field(default_factory=default_stages)
     agreement: AgreementGate | None = Field(default_factory=AgreementGate)
     agreement_by_class: ClassAgreementGuard | None = None
+    accuracy: AccuracyGate | None = Field(default_factory=AccuracyGate)
     errors: ErrorGate | None = Field(default_factory=ErrorGate)
     latency: LatencyGate | None = Field(default_factory=LatencyGate)
     cost: CostGate | None = None
@@ -211,7 +237,9 @@ def fixed_share_spec(shadow_fraction: float = 0.0) -> RolloutSpec:
     to the student and compare `shadow_fraction` of requests on the other model."""
     hold = Stage(weight=0.0, min_requests=0, min_dwell_s=HOLD_S, shadow_fraction=shadow_fraction)
     full = Stage(weight=1.0, min_requests=0, min_dwell_s=HOLD_S, shadow_fraction=shadow_fraction)
-    return RolloutSpec(stages=[hold, full], agreement=None, errors=None, latency=None, fast_rollback=None)
+    return RolloutSpec(
+        stages=[hold, full], agreement=None, accuracy=None, errors=None, latency=None, fast_rollback=None
+    )
 
 
 def _describe(error: ValidationError) -> str:

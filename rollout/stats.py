@@ -35,6 +35,13 @@ Methods, and exactly what is anytime-valid:
    only widens the interval. Anytime-valid: yes, for i.i.d. latencies; not under load drift,
    which is why latency evidence is kept per stage (see evidence.py).
 4. `quantile_ratio_cs` — q_a / q_b by a union bound over two quantile sequences at alpha/2.
+5. `paired_difference_cs` — the accuracy difference of two models judged on the same inputs:
+   with d = P(they disagree on correctness) and q = P(the first is the right one | they
+   disagree), the difference is d (2q - 1). A Robbins sequence for d over all pairs and one for
+   q over the discordant pairs only (the discordant pairs of an i.i.d. stream are themselves an
+   i.i.d. Bernoulli(q) stream, whenever one looks), alpha/2 each, bound it. Concordant pairs
+   only tighten d, so when the models mostly agree this needs far fewer labels than two
+   unpaired rates (McNemar's idea, made anytime-valid).
 
 Not here, and not anytime-valid: the cost gate's plain ratio of means after a minimum sample
 count (gates.py says so), and the fast-rollback trip wire, a circuit breaker, not a test.
@@ -178,6 +185,18 @@ def difference_cs(successes_a: int, trials_a: int, successes_b: int, trials_b: i
     a = bernoulli_cs(successes_a, trials_a, alpha / 2.0)
     b = bernoulli_cs(successes_b, trials_b, alpha / 2.0)
     return Interval(a.lower - b.upper, a.upper - b.lower)
+
+
+def paired_difference_cs(only_a: int, only_b: int, pairs: int, alpha: float) -> Interval:
+    """Confidence sequence for P(a right) - P(b right) from paired outcomes (method 5):
+    `only_a` pairs where only a was right, `only_b` where only b was, out of `pairs`."""
+    _check_alpha(alpha)
+    discordant = only_a + only_b
+    _check_counts(discordant, pairs)
+    d = bernoulli_cs(discordant, pairs, alpha / 2.0)
+    q = bernoulli_cs(only_a, discordant, alpha / 2.0)
+    low, high = 2.0 * q.lower - 1.0, 2.0 * q.upper - 1.0  # d (2q - 1) is linear in d, rising in q
+    return Interval(min(d.lower * low, d.upper * low), max(d.lower * high, d.upper * high))
 
 
 def _total(buckets: Sequence[Bucket]) -> int:

@@ -137,7 +137,8 @@ def test_advance_reasons_carry_the_gate_numbers() -> None:
     assert decision.reasons[0].startswith("stage 0 (0 %) satisfied (student n=")
     assert decision.reasons[0].endswith("advancing to stage 1 (5 %)")
     assert any(r.startswith("agreement lower bound >= threshold 0.9700") for r in decision.reasons)
-    assert [g.verdict for g in decision.gates] == [Verdict.PASS] * 4  # 3 gates + the trip wire
+    binding = [g.verdict for g in decision.gates if g.binding]  # accuracy waits for labels: not binding yet
+    assert binding == [Verdict.PASS] * 4  # 3 gates + the trip wire
 
 
 def test_bad_agreement_rolls_back_with_the_numbers_in_the_reason() -> None:

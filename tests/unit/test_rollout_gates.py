@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from rollout.evidence import Agreement, Evidence, RecentWindow, VariantStats, histogram_of
+from rollout.evidence import Accuracy, Agreement, Evidence, RecentWindow, VariantStats, histogram_of
 from rollout.gates import (
     Verdict,
+    accuracy_gate,
     agreement_gate,
     class_agreement_guard,
     cost_gate,
@@ -15,7 +16,16 @@ from rollout.gates import (
     fast_rollback_check,
     latency_gate,
 )
-from rollout.spec import AgreementGate, ClassAgreementGuard, CostGate, ErrorGate, FastRollback, LatencyGate, RolloutSpec
+from rollout.spec import (
+    AccuracyGate,
+    AgreementGate,
+    ClassAgreementGuard,
+    CostGate,
+    ErrorGate,
+    FastRollback,
+    LatencyGate,
+    RolloutSpec,
+)
 
 
 def _latencies(base: float, n: int) -> list[float]:
@@ -30,7 +40,7 @@ def _stats(n: int, errors: int = 0, latency: float = 0.01, cost: float = 1.0) ->
 def test_every_gate_is_inconclusive_without_data() -> None:
     spec = RolloutSpec.from_mapping({"cost": {"max_ratio": 0.5}, "latency": {"p99_slo_s": 0.1}})
     results = evaluate_gates(spec, Evidence())
-    assert [r.name for r in results] == ["agreement", "errors", "latency", "cost"]
+    assert [r.name for r in results] == ["agreement", "accuracy", "errors", "latency", "cost"]
     assert all(r.verdict is Verdict.INCONCLUSIVE and r.n == 0 for r in results)
     assert fast_rollback_check(FastRollback(), Evidence(), now=0.0).verdict is Verdict.INCONCLUSIVE
 
@@ -175,3 +185,48 @@ def test_the_guard_is_inconclusive_without_pairs_and_splits_alpha_over_the_class
     declared = class_agreement_guard(ClassAgreementGuard(threshold=0.9, classes=10), evidence)
     alone = class_agreement_guard(ClassAgreementGuard(threshold=0.9, classes=1), evidence)
     assert declared.upper is not None and alone.upper is not None and declared.upper > alone.upper  # alpha / 10
+
+
+def _labelled(**counts: int) -> Evidence:
+    return Evidence(accuracy=Accuracy(**counts))
+
+
+def test_accuracy_is_inconclusive_without_labels_and_fails_a_paired_regression() -> None:
+    assert accuracy_gate(AccuracyGate(), Evidence()).verdict is Verdict.INCONCLUSIVE
+    worse = _labelled(both_right=3600, both_wrong=300, only_teacher=100, teacher_labelled=4000, teacher_correct=3700)
+    result = accuracy_gate(AccuracyGate(margin=0.01), worse)
+    assert result.verdict is Verdict.FAIL and result.upper is not None and result.upper < -0.01
+    assert result.estimate == -0.025 and "100 only teacher right" in result.message
+
+
+def test_accuracy_passes_a_better_student_on_served_answers_alone() -> None:
+    served = _labelled(student_labelled=20000, student_correct=18400, teacher_labelled=20000, teacher_correct=18200)
+    result = accuracy_gate(AccuracyGate(margin=0.01), served)
+    assert result.verdict is Verdict.PASS and result.lower is not None and result.lower >= -0.01
+
+
+def _agreement_and_labels(agreed: int, compared: int, **counts: int) -> Evidence:
+    return Evidence(agreement=Agreement(agreed=agreed, compared=compared), accuracy=Accuracy(**counts))
+
+
+def test_by_default_accuracy_outranks_failing_agreement_once_labels_decide() -> None:
+    spec = RolloutSpec(errors=None, latency=None)  # agreement 0.97, accuracy deciding after 200 labels
+    better = {"both_right": 9000, "both_wrong": 500, "only_student": 300, "only_teacher": 200}
+    early = evaluate_gates(spec, _agreement_and_labels(900, 1000))  # agreement 0.90: fails, no labels
+    assert [g.name for g in early if g.fails] == ["agreement"]
+    proven = evaluate_gates(spec, _agreement_and_labels(900, 1000, **better, teacher_labelled=2000))
+    by_name = {g.name: g for g in proven}
+    assert by_name["accuracy"].verdict is Verdict.PASS and by_name["accuracy"].binding
+    assert by_name["agreement"].verdict is Verdict.FAIL and not by_name["agreement"].binding
+    pending = evaluate_gates(
+        spec, _agreement_and_labels(900, 1000, both_right=190, only_student=5, only_teacher=5, teacher_labelled=200)
+    )
+    assert not any(g.fails for g in pending) and [g.name for g in pending if g.blocks] == ["accuracy"]
+
+
+def test_accuracy_fails_before_it_decides_and_also_mode_makes_it_a_plain_gate() -> None:
+    worse = {"both_right": 80, "only_teacher": 20, "teacher_labelled": 100}
+    results = evaluate_gates(RolloutSpec(), _agreement_and_labels(1990, 2000, **worse))
+    assert [g.name for g in results if g.fails] == ["accuracy"]  # 100 labels < 200, yet a failure counts
+    also = RolloutSpec.from_mapping({"accuracy": {"mode": "also"}, "errors": None, "latency": None})
+    assert [g.name for g in evaluate_gates(also, _agreement_and_labels(1990, 2000)) if g.blocks] == ["accuracy"]

@@ -12,6 +12,8 @@ Driving it (the Ray Serve deployment is a thin shell over these calls):
   that is how a burst of hard failures reaches weight 0 without waiting for the tick loop;
 - the wrapper loops `tick()`, sleeping until `next_tick_at()` (the controller never sleeps);
 - routers poll `routing()` and adopt any update whose `version` is newer than theirs;
+- labels come back through `feedback(items)` (rollout/feedback.py: signed request ids), folded
+  into the pooled accuracy evidence and saved at once;
 - admin endpoints call `start/pause/resume/promote/rollback/set_weight` with who and why
   (authentication stays in the wrapper: this class never sees a token), `snapshot()` for
   GET status and `events()` for GET events.
@@ -46,9 +48,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from rollout.clock import Clock
-from rollout.errors import IntentError, SpecError
+from rollout.errors import FeedbackError, IntentError, SpecError
 from rollout.events import Event, EventKind, summarize
-from rollout.evidence import Evidence, Observation, Variant, add_observations, rollover
+from rollout.evidence import Evidence, Observation, Variant, add_labels, add_observations, rollover
+from rollout.feedback import FeedbackDesk, FeedbackItem, FeedbackResult
 from rollout.gates import GateResult
 from rollout.journal import Draft, Journal
 from rollout.policy import Action, Decision, apply, check_spec_change, decide, urgent
@@ -110,9 +113,11 @@ class RolloutController:
         rate_window_s: float = 60.0,
         holder: str | None = None,
         pair: ModelPair | None = None,
+        desk: FeedbackDesk | None = None,
     ) -> None:
         self._spec, self._clock, self._webhooks = spec, clock, webhooks
         self.pair = pair  # the models this rollout judges; routers check answers against it
+        self._desk = desk  # None: labels are refused (no receipt key or label names for this pair)
         self._lock = threading.RLock()
         now = clock.now()
         self._status: RolloutStatus | None = None
@@ -168,11 +173,27 @@ class RolloutController:
             if not observations:
                 return None
             self._evidence = add_observations(self._evidence, observations, now)
+            if self._desk is not None:
+                self._desk.keep(observations, now, self._spec.max_label_age_s)
             self._rate.add(now, sum(o.variant is Variant.STUDENT for o in observations))
             self._dirty = True
             if self._status is not None and urgent(self._spec, self._status, self._evidence, now):
                 return self._tick(now)
             return None
+
+    def feedback(self, items: Sequence[FeedbackItem]) -> FeedbackResult:
+        """Take a batch of labels (all or nothing: a FeedbackError names the first bad item) into
+        the accuracy evidence, saved at once; the next tick judges it."""
+        with self._lock:
+            if self._desk is None:
+                raise FeedbackError("feedback is not set up for this rollout (no receipt key or label names)")
+            now = self._clock.now()
+            outcomes = self._desk.take(items, now, self._spec.max_label_age_s)
+            self._evidence = add_labels(self._evidence, outcomes)
+            self._dirty = True
+            self._save(now)
+            paired = sum(outcome.paired is not None for outcome in outcomes)
+            return FeedbackResult(requests=len(items), labels=len(outcomes), paired=paired)
 
     def tick(self) -> Decision:
         """Decide, apply, persist (status + evidence + the decision's event, atomically), notify."""

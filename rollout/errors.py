@@ -6,7 +6,12 @@
     ├── StatsError                a statistics routine got arguments outside its domain
     ├── StoreError                the state store could not be read or written (path and cause)
     │   └── FencedError           another controller claimed the store: this one no longer writes
-    └── WebhookError              webhook settings are invalid (a URL that is not http(s), ...)
+    ├── WebhookError              webhook settings are invalid (a URL that is not http(s), ...)
+    └── FeedbackError             a label cannot be taken (`status` is the HTTP answer)
+        ├── UnknownRequestError   404: a request id this deployment never issued (or a forged one)
+        ├── ExpiredRequestError   410: issued too long ago, or for a model pair no longer judged
+        ├── RepeatedRequestError  409: a label for this request id was already taken
+        └── LabelError            422: a label the model does not have, or the wrong count
 
 Gate verdicts are not errors: a failing gate is a normal outcome that the policy turns into a
 rollback, with its numbers in the decision's reasons, not an exception.
@@ -69,3 +74,23 @@ class WebhookError(RolloutError, ValueError):
 
     Delivery failures are not errors: the sender counts them and never raises into a decision.
     """
+
+
+class FeedbackError(RolloutError):
+    """A label sent as feedback cannot be taken; nothing of its batch was."""
+
+
+class UnknownRequestError(FeedbackError):
+    """The request id was not issued by this deployment: malformed, or its signature is wrong."""
+
+
+class ExpiredRequestError(FeedbackError):
+    """The request id is older than the spec's `max_label_age_s`, or its model pair is no longer judged."""
+
+
+class RepeatedRequestError(FeedbackError):
+    """A label for this request id was taken already (a retry that had landed, or a replay)."""
+
+
+class LabelError(FeedbackError):
+    """The label is not one of the model's, or the count does not match the request's inputs."""

@@ -52,6 +52,19 @@ class EvidenceSummary(BaseModel):
     agreement_compared: int
     agreement_agreed: int
     consecutive_student_errors: int
+    # labelled answers (feedback), pooled across stages; absent from events logged before labels
+    student_labelled: int = 0
+    student_correct: int = 0
+    teacher_labelled: int = 0
+    teacher_correct: int = 0
+    both_right: int = 0
+    both_wrong: int = 0
+    only_student: int = 0
+    only_teacher: int = 0
+
+    @property
+    def labelled(self) -> int:
+        return self.student_labelled + self.teacher_labelled
 
 
 def summarize(evidence: Evidence) -> EvidenceSummary:
@@ -65,4 +78,5 @@ def summarize(evidence: Evidence) -> EvidenceSummary:
         agreement_compared=evidence.agreement.compared,
         agreement_agreed=evidence.agreement.agreed,
         consecutive_student_errors=evidence.recent.consecutive_errors,
+        **evidence.accuracy.model_dump(),
     )

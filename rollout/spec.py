@@ -202,6 +202,11 @@ class RolloutSpec(BaseModel):
                 )
         return stages
 
+    @property
+    def max_label_age_s(self) -> float:
+        """How old an answer may be when its label arrives (the accuracy gate's, else its default)."""
+        return (self.accuracy or AccuracyGate()).max_label_age_s
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> RolloutSpec:
         """Validate a mapping (e.g. Ray Serve `user_config`); None or {} gives the defaults."""

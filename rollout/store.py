@@ -1,4 +1,5 @@
-"""Durable state: the status record, an evidence snapshot, and the append-only event log.
+"""Durable state: the status record, an evidence snapshot, the append-only event log, and the
+label ledger (which request ids have been labelled, and both answers of shadowed requests).
 
 `StateStore` is the three-method Protocol the controller writes through (Flagger keeps its
 status on the Canary object; we keep it here). One `save` is one atomic transaction: the
@@ -40,18 +41,18 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rollout.errors import FencedError, StoreError
+from rollout.errors import FencedError, RepeatedRequestError, StoreError
 from rollout.events import Event, EventKind
-from rollout.evidence import Evidence
+from rollout.evidence import Evidence, PairedAnswers
 from rollout.status import RolloutStatus
 
 __all__ = ["Claim", "Event", "EventKind", "MemoryStateStore", "SqliteStateStore", "StateStore", "StoredState"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """1 -> 2: weights became fractions (`weight`, `intents.manual_weight`) instead of percents
 (event payloads keep the words they were written with: the log is history). 2 -> 3: the
-`writer` table (the current writer term and its holder). Older files are migrated in place
-when opened."""
+`writer` table (the current writer term and its holder). 3 -> 4: the `receipts` table (the
+label ledger). Older files are migrated in place when opened."""
 NETWORK_FILESYSTEMS = frozenset(
     {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "9p", "afs", "gpfs", "beegfs"}
 )
@@ -103,6 +104,29 @@ class StateStore(Protocol):
         """Up to `limit` events with id > `after_id`, oldest first."""
         ...
 
+    def keep_answers(self, answers: Sequence[PairedAnswers], expires_at: float) -> None:
+        """Keep both answers of shadowed requests until `expires_at` (ids already held are left)."""
+        ...
+
+    def redeem(self, request_ids: Sequence[str], now: float, expires_at: float) -> dict[str, PairedAnswers | None]:
+        """Mark every id labelled (remembered until `expires_at`) and return the answers kept for
+        each, None where none were; all or nothing: RepeatedRequestError, and nothing marked, if
+        any id was labelled before or appears twice. Rows past their expiry are dropped."""
+        ...
+
+
+def _repeated(request_id: str) -> RepeatedRequestError:
+    return RepeatedRequestError(f"request_id for nonce {request_id}: a label for it was already taken")
+
+
+def _first_twice(request_ids: Sequence[str]) -> str | None:
+    seen: set[str] = set()
+    for request_id in request_ids:
+        if request_id in seen:
+            return request_id
+        seen.add(request_id)
+    return None
+
 
 def _page(limit: int) -> int:
     return max(0, min(limit, MAX_EVENTS_PAGE))
@@ -136,6 +160,7 @@ class MemoryStateStore:
         self._state: tuple[RolloutStatus, Evidence] | None = None
         self._events: list[Event] = []
         self._writer: Claim | None = None
+        self._receipts: dict[str, tuple[PairedAnswers | None, bool, float]] = {}  # id: answers, labelled, expiry
         self._lock = threading.Lock()
         self.outage: str | None = None
         self.saves = 0
@@ -176,6 +201,25 @@ class MemoryStateStore:
         with self._lock:
             self._check("read events")
             return [event for event in self._events if event.id > after_id][: _page(limit)]
+
+    def keep_answers(self, answers: Sequence[PairedAnswers], expires_at: float) -> None:
+        with self._lock:
+            self._check("keep answers")
+            for kept in answers:
+                self._receipts.setdefault(kept.request_id, (kept, False, expires_at))
+
+    def redeem(self, request_ids: Sequence[str], now: float, expires_at: float) -> dict[str, PairedAnswers | None]:
+        with self._lock:
+            self._check("redeem labels")
+            self._receipts = {key: row for key, row in self._receipts.items() if row[2] >= now}
+            twice = _first_twice(request_ids)
+            done = twice or next((key for key in request_ids if self._receipts.get(key, (None, False))[1]), None)
+            if done is not None:
+                raise _repeated(done)
+            found = {key: self._receipts.get(key, (None, False, 0.0))[0] for key in request_ids}
+            for key, answers in found.items():
+                self._receipts[key] = (answers, True, expires_at)
+            return found
 
 
 def default_holder() -> str:
@@ -230,6 +274,9 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS events ("
     " id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL,"
     " action TEXT NOT NULL, actor TEXT, reason TEXT NOT NULL, payload TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS receipts ("
+    " request_id TEXT PRIMARY KEY, answers TEXT, labelled INTEGER NOT NULL, expires_at REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS receipts_expiry ON receipts (expires_at)",
 )
 _UPSERT_STATE = (
     "INSERT INTO state (id, status, evidence) VALUES (1, ?, ?) "
@@ -278,7 +325,12 @@ def _migrate_2_to_3(db: sqlite3.Connection) -> None:
     db.execute("UPDATE schema_version SET version = 3")
 
 
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+def _migrate_3_to_4(db: sqlite3.Connection) -> None:
+    """The receipts table is created with the schema; no label was taken yet."""
+    db.execute("UPDATE schema_version SET version = 4")
+
+
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
 class SqliteStateStore:
@@ -376,6 +428,35 @@ class SqliteStateStore:
         with self._transaction("read events", write=False) as db:
             rows = db.execute(_SELECT_EVENTS, (after_id, _page(limit))).fetchall()
             return [_event(row) for row in rows]
+
+    def keep_answers(self, answers: Sequence[PairedAnswers], expires_at: float) -> None:
+        if not answers:
+            return
+        rows = [(kept.request_id, kept.model_dump_json(), expires_at) for kept in answers]
+        with self._transaction("keep answers") as db:
+            db.executemany("INSERT OR IGNORE INTO receipts VALUES (?, ?, 0, ?)", rows)
+
+    def redeem(self, request_ids: Sequence[str], now: float, expires_at: float) -> dict[str, PairedAnswers | None]:
+        if twice := _first_twice(request_ids):
+            raise _repeated(twice)
+        with self._transaction("redeem labels") as db:
+            db.execute("DELETE FROM receipts WHERE expires_at < ?", (now,))
+            found: dict[str, PairedAnswers | None] = dict.fromkeys(request_ids)
+            for start in range(0, len(request_ids), 500):  # SQLite caps the bound parameters
+                chunk = request_ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT request_id, answers, labelled FROM receipts WHERE request_id IN ({marks})"
+                for request_id, answers, labelled in db.execute(query, chunk):
+                    if labelled:
+                        raise _repeated(request_id)
+                    found[request_id] = PairedAnswers.model_validate_json(answers) if answers else None
+            rows = [(request_id, expires_at) for request_id in request_ids]
+            db.executemany(
+                "INSERT INTO receipts VALUES (?, NULL, 1, ?) "
+                "ON CONFLICT (request_id) DO UPDATE SET labelled = 1, expires_at = excluded.expires_at",
+                rows,
+            )
+            return found
 
 
 def _writer(db: sqlite3.Connection) -> Claim | None:

@@ -14,7 +14,7 @@ from rollout.errors import FencedError, StoreError
 from rollout.events import Event, EventKind
 from rollout.evidence import Evidence, Observation, Variant, add_observations
 from rollout.status import Intents, Phase, RolloutStatus
-from rollout.store import MemoryStateStore, SqliteStateStore, StateStore, journal_mode_for
+from rollout.store import SCHEMA_VERSION, MemoryStateStore, SqliteStateStore, StateStore, journal_mode_for
 
 StateStoreT = TypeVar("StateStoreT", bound=StateStore)
 
@@ -155,7 +155,7 @@ def test_sqlite_uses_wal_on_a_local_disk_and_records_its_schema_version(tmp_path
     assert SqliteStateStore(tmp_path / "r.db").journal_mode == "wal"  # tmp_path is a local filesystem
     with sqlite3.connect(tmp_path / "r.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 
 
 def test_sqlite_state_survives_a_new_store_object_on_the_same_file(tmp_path: Path) -> None:
@@ -169,7 +169,7 @@ def test_sqlite_refuses_a_file_of_another_schema_version(tmp_path: Path) -> None
     SqliteStateStore(path)
     with sqlite3.connect(path) as db:
         db.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(StoreError, match=r"schema version \[99\] on disk, this code reads version 3") as caught:
+    with pytest.raises(StoreError, match=r"schema version \[99\] on disk, this code reads version 4") as caught:
         SqliteStateStore(path)
     assert caught.value.path == str(path)
 
@@ -187,7 +187,7 @@ def test_a_version_1_file_is_migrated_to_fractions_when_opened(tmp_path: Path) -
     state = SqliteStateStore(path).load()
     assert state is not None and state.status == STATUS and state.last_event_id == 1
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 
 
 def test_sqlite_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
@@ -258,7 +258,7 @@ def test_a_version_2_file_gains_the_writer_table_when_opened(tmp_path: Path) -> 
     store = SqliteStateStore(path)
     assert store.claim("after-upgrade", T0).term == 1 and store.load() is not None
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 
 
 MOUNTINFO = """\

@@ -1,7 +1,10 @@
-"""Admin authentication: one bearer token, from `KDCANARY_ADMIN_TOKEN` or the file named by
-`KDCANARY_ADMIN_TOKEN_FILE` (read on every call, so a rotated file takes effect at once).
-With neither configured every admin call is refused and the answer says why. Tokens are
-compared in constant time and never logged or echoed.
+"""Bearer tokens: one for the admin API, another for feedback (a forged label can steer a
+rollout, yet the backend that sends labels should not be able to promote or roll back).
+
+Each comes from its variable or the file its `_FILE` variable names (read on every call, so a
+rotated file takes effect at once): `KDCANARY_ADMIN_TOKEN[_FILE]` and
+`KDCANARY_FEEDBACK_TOKEN[_FILE]`. With neither configured every call is refused and the answer
+says why. Tokens are compared in constant time and never logged or echoed.
 """
 
 from __future__ import annotations
@@ -9,21 +12,33 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from serving.errors import AdminAuthError
 
-TOKEN_ENV = "KDCANARY_ADMIN_TOKEN"
-TOKEN_FILE_ENV = "KDCANARY_ADMIN_TOKEN_FILE"
+
+@dataclass(frozen=True)
+class Credential:
+    """Which token guards what: its name in messages and the variables that configure it."""
+
+    what: str
+    env: str
+    file_env: str
 
 
-def configured_token(env: Mapping[str, str] | None = None) -> str | None:
-    """The admin token, or None when neither variable names a non-empty one."""
+ADMIN = Credential("admin API", "KDCANARY_ADMIN_TOKEN", "KDCANARY_ADMIN_TOKEN_FILE")
+FEEDBACK = Credential("feedback", "KDCANARY_FEEDBACK_TOKEN", "KDCANARY_FEEDBACK_TOKEN_FILE")
+TOKEN_ENV, TOKEN_FILE_ENV = ADMIN.env, ADMIN.file_env
+
+
+def configured_token(env: Mapping[str, str] | None = None, credential: Credential = ADMIN) -> str | None:
+    """The token, or None when neither variable names a non-empty one."""
     env = os.environ if env is None else env
-    token = env.get(TOKEN_ENV, "").strip()
+    token = env.get(credential.env, "").strip()
     if token:
         return token
-    path = env.get(TOKEN_FILE_ENV, "").strip()
+    path = env.get(credential.file_env, "").strip()
     if not path:
         return None
     try:
@@ -32,12 +47,13 @@ def configured_token(env: Mapping[str, str] | None = None) -> str | None:
         return None
 
 
-def authorize(header: str | None, env: Mapping[str, str] | None = None) -> None:
+def authorize(header: str | None, env: Mapping[str, str] | None = None, credential: Credential = ADMIN) -> None:
     """Raise AdminAuthError unless `header` is `Bearer <the configured token>`."""
-    token = configured_token(env)
+    token = configured_token(env, credential)
     if token is None:
         raise AdminAuthError(
-            f"admin API disabled: no token configured (set {TOKEN_ENV} or {TOKEN_FILE_ENV} on the cluster)"
+            f"{credential.what} disabled: no token configured (set {credential.env} or {credential.file_env} "
+            "on the cluster)"
         )
     if not header:
         raise AdminAuthError("missing Authorization header (expected 'Bearer <token>')")
@@ -45,4 +61,4 @@ def authorize(header: str | None, env: Mapping[str, str] | None = None) -> None:
     if scheme.lower() != "bearer" or not given:
         raise AdminAuthError("malformed Authorization header (expected 'Bearer <token>')")
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise AdminAuthError("invalid admin token")
+        raise AdminAuthError(f"invalid {credential.what} token")

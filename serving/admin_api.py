@@ -59,6 +59,17 @@ def _require_token(request: Request, _: Annotated[HTTPAuthorizationCredentials |
         raise HTTPException(lookup(exc).http_status, str(exc), headers={"www-authenticate": "Bearer"}) from exc
 
 
+def controller_refusal(method: str, exc: Exception) -> tuple[int, str]:
+    """(HTTP status, one-line message) for a controller call that raised: its own error's row in
+    the error table, or 503 when the actor died or the call failed (an outage, not a refusal)."""
+    cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+    answer = lookup(cause)
+    if answer is UNKNOWN:
+        log.warning("controller call %s failed: %s", method, type(cause).__name__)
+        return answer.http_status, f"controller unavailable ({type(cause).__name__}); retry"
+    return answer.http_status, f"controller refused: {one_line(cause)}"
+
+
 def build_admin_app(controller: DeploymentHandle[Any]) -> FastAPI:
     """The FastAPI app serving the admin routes against `controller` (the RolloutDeployment's handle)."""
     app = FastAPI(
@@ -77,13 +88,7 @@ def build_admin_app(controller: DeploymentHandle[Any]) -> FastAPI:
         try:
             return await controller.options(method_name=method).remote(*args, **kwargs)
         except Exception as exc:
-            cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
-            answer = lookup(cause)
-            if answer is UNKNOWN:  # the actor died or the call failed: an outage, not a refusal
-                log.warning("controller call %s failed: %s", method, type(cause).__name__)
-                message = f"controller unavailable ({type(cause).__name__}); retry"
-                raise HTTPException(answer.http_status, message) from exc
-            raise HTTPException(answer.http_status, f"controller refused: {one_line(cause)}") from exc
+            raise HTTPException(*controller_refusal(method, exc)) from exc
 
     @app.get(
         PREFIX, response_model=StatusView, summary="Rollout status: phase, stage, weight, each gate's numbers, ETA"

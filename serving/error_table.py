@@ -20,7 +20,19 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from compression.errors import CompressionError, ToleranceError
-from rollout.errors import FencedError, IntentError, RolloutError, SpecError, StoreError, WebhookError
+from rollout.errors import (
+    ExpiredRequestError,
+    FeedbackError,
+    FencedError,
+    IntentError,
+    LabelError,
+    RepeatedRequestError,
+    RolloutError,
+    SpecError,
+    StoreError,
+    UnknownRequestError,
+    WebhookError,
+)
 from serving.errors import AdminAuthError, BundleRejectedError, ModelCallError, PairUnknownError, ServingError
 from serving.schemas import first_error
 
@@ -36,9 +48,14 @@ class ErrorAnswer:
 
 
 TABLE: tuple[ErrorAnswer, ...] = (
-    ErrorAnswer(AdminAuthError, 401, EXIT_REFUSED, "no admin token configured or sent, or the wrong one"),
+    ErrorAnswer(AdminAuthError, 401, EXIT_REFUSED, "no admin (or feedback) token configured or sent, or the wrong one"),
     ErrorAnswer(IntentError, 409, EXIT_REFUSED, "the rollout's current phase forbids this intent"),
     ErrorAnswer(FencedError, 409, EXIT_REFUSED, "another controller took over the rollout's store"),
+    ErrorAnswer(UnknownRequestError, 404, EXIT_BAD_INPUT, "feedback for a request id this deployment never issued"),
+    ErrorAnswer(ExpiredRequestError, 410, EXIT_BAD_INPUT, "feedback too late, or for a model pair no longer judged"),
+    ErrorAnswer(RepeatedRequestError, 409, EXIT_REFUSED, "a label for this request id was already taken"),
+    ErrorAnswer(LabelError, 422, EXIT_BAD_INPUT, "a label the model does not have, or the wrong count"),
+    ErrorAnswer(FeedbackError, 503, EXIT_UNAVAILABLE, "feedback is not set up yet (no key or label names)"),
     ErrorAnswer(StoreError, 503, EXIT_UNAVAILABLE, "the rollout store cannot be read or written"),
     ErrorAnswer(ModelCallError, 503, EXIT_UNAVAILABLE, "a model deployment did not answer"),
     ErrorAnswer(PairUnknownError, 503, EXIT_UNAVAILABLE, "the controller has not yet heard from both models"),

@@ -18,6 +18,8 @@ Names as Prometheus stores them (histograms add _bucket/_sum/_count):
     ray_kdcanary_shadow_divergence                     total-variation distance per compared input
     ray_kdcanary_shadow_dropped_total{reason}          shadow calls skipped; overload | error | other_model
     ray_kdcanary_student_weight                        student share of traffic a router applies (0..1)
+    ray_kdcanary_feedback_labels_total                 labels taken through POST /v1/feedback (refusals:
+                                                       rejected_requests_total, reason = 401 | 404 | 409 | 410 | 422)
     ray_kdcanary_model_compute_seconds_total{variant}  seconds the model spent (shadow included)
     ray_kdcanary_model_inputs_total{variant}           inputs the model scored (shadow included)
     ray_kdcanary_cost_dollars_total{variant}           compute seconds x replica CPUs x price / 3600
@@ -31,6 +33,11 @@ The rollout controller's (ControllerMetrics):
     ray_kdcanary_rollout_weight                        student share the controller publishes (0..1)
     ray_kdcanary_rollout_gate_{estimate,lower,upper,threshold,samples}{gate}
     ray_kdcanary_rollout_gate_verdict{gate}            1 pass, 0 inconclusive, -1 fail
+    ray_kdcanary_rollout_gate_binding{gate}            1 when the verdict counts, 0 when the spec sets it aside
+    ray_kdcanary_rollout_labelled{variant}             labelled answers this rollout, by the variant that served
+    ray_kdcanary_rollout_labelled_correct{variant}     ... of which right (online accuracy = correct / labelled)
+    ray_kdcanary_rollout_paired_labels{outcome}        labelled inputs both answered: both_right | both_wrong
+                                                       | only_student | only_teacher
     ray_kdcanary_rollout_decisions_total{action}       ticks by action: hold | advance | rollback | complete
     ray_kdcanary_rollout_rollbacks_total{reason}       rollbacks by cause: the failing gate, or operator
     ray_kdcanary_rollout_store_healthy                 1 when the state store's last save succeeded, else 0
@@ -91,6 +98,7 @@ class RouterMetrics:
             "kdcanary_shadow_dropped_total", "Shadow comparisons skipped.", tag_keys=_keys("reason")
         )
         self._weight = serve_metrics.Gauge("kdcanary_student_weight", "Student share of traffic a router applies.")
+        self._feedback = serve_metrics.Counter("kdcanary_feedback_labels_total", "Labels taken through feedback.")
 
     def record_request(self, variant: Variant, outcome: str, latency_s: float) -> None:
         tags = {"variant": variant.value}
@@ -115,6 +123,9 @@ class RouterMetrics:
 
     def set_weight(self, weight: float) -> None:
         self._weight.set(weight)
+
+    def record_feedback(self, labels: int) -> None:
+        self._feedback.inc(float(labels))
 
 
 class ModelMetrics:
@@ -170,6 +181,14 @@ class ControllerMetrics:
             for part in ("estimate", "lower", "upper", "threshold", "samples")
         }
         self._verdict = serve_metrics.Gauge("kdcanary_rollout_gate_verdict", "1 pass, 0 inconclusive, -1 fail.", gate)
+        self._binding = serve_metrics.Gauge("kdcanary_rollout_gate_binding", "1 when the verdict counts.", gate)
+        self._labelled = {
+            part: serve_metrics.Gauge(f"kdcanary_rollout_{part}", f"Labelled answers ({part}).", _keys("variant"))
+            for part in ("labelled", "labelled_correct")
+        }
+        self._paired = serve_metrics.Gauge(
+            "kdcanary_rollout_paired_labels", "Labelled inputs both models answered.", _keys("outcome")
+        )
         self._decisions = serve_metrics.Counter("kdcanary_rollout_decisions_total", "Ticks by action.", _keys("action"))
         self._rollbacks = serve_metrics.Counter(
             "kdcanary_rollout_rollbacks_total", "Rollbacks by cause.", _keys("reason")
@@ -191,6 +210,7 @@ class ControllerMetrics:
             self._store_fenced.set(float(view.store.fenced))
             for result in view.gates:
                 self._show_gate(result)
+            self._show_labels(view)
             self._advance(self._decisions, "action", view.counters.decisions)
             self._advance(self._rollbacks, "reason", view.counters.rollbacks)
 
@@ -207,6 +227,16 @@ class ControllerMetrics:
             if value is not None:
                 self._gate[part].set(value, tags)
         self._verdict.set(_VERDICT_VALUE[result.verdict], tags)
+        self._binding.set(float(result.binding), tags)
+
+    def _show_labels(self, view: StatusView) -> None:
+        counts = view.evidence
+        for variant in Variant:
+            tags = {"variant": variant.value}
+            self._labelled["labelled"].set(float(getattr(counts, f"{variant.value}_labelled")), tags)
+            self._labelled["labelled_correct"].set(float(getattr(counts, f"{variant.value}_correct")), tags)
+        for outcome in ("both_right", "both_wrong", "only_student", "only_teacher"):
+            self._paired.set(float(getattr(counts, outcome)), {"outcome": outcome})
 
     def _advance(self, counter: Any, key: str, counts: dict[str, int]) -> None:
         for label, count in counts.items():

@@ -89,6 +89,10 @@ class ModelDeployment:
         """The bundle id this replica serves (None before its first user_config)."""
         return self._loaded.model_id if self._loaded is not None else None
 
+    def label_names(self) -> tuple[str, ...] | None:
+        """The labels this replica answers with, in id order (None before its first user_config)."""
+        return tuple(self._loaded.classifier.label_names) if self._loaded is not None else None
+
     @property
     def _model(self) -> _Loaded:
         if self._loaded is None:

@@ -5,6 +5,10 @@ builds it over a SQLite store and an HTTP webhook sender, ticks it from a backgr
 (sleeping until `next_tick_at()`), and mirrors its status into Prometheus gauges after every
 tick. Routers poll `routing()` and push `record(...)`; the admin API calls the intents.
 
+Feedback: request ids are receipts signed with the key in `<state_dir>/receipts.key` (made
+once; routers fetch it with `receipt_key()`), and `feedback(items)` hands labels to the pair's
+controller, whose desk knows the teacher's label names (asked when the pair is opened).
+
 A rollout judges one model pair, and the models say which: every second the loop asks every
 teacher and student replica (`DeploymentHandle.broadcast("model_id")`). Once all replicas of
 both serve one bundle each and that pair is new, the controller for it is built over
@@ -43,6 +47,8 @@ from ray.serve.handle import DeploymentHandle
 from rollout.clock import SystemClock
 from rollout.controller import RolloutController
 from rollout.evidence import Observation, Variant
+from rollout.feedback import FeedbackDesk, FeedbackItem, FeedbackResult
+from rollout.receipts import ReceiptSigner, load_or_create_key
 from rollout.spec import RolloutSpec
 from rollout.store import SqliteStateStore
 from rollout.views import ModelPair, PublishedRouting
@@ -67,6 +73,10 @@ class ControllerConfig(BaseModel):
     def state_path(self, pair: ModelPair) -> Path:
         return self.state_dir / f"{pair.teacher_id}-{pair.student_id}.sqlite"
 
+    @property
+    def key_path(self) -> Path:
+        return self.state_dir / "receipts.key"
+
 
 @serve.deployment(
     name="controller",
@@ -82,6 +92,7 @@ class RolloutDeployment:
         from serving.metrics import ControllerMetrics  # Ray metrics bind to the replica process
 
         self._config = config
+        self._key = load_or_create_key(config.key_path)
         self._models = {Variant.TEACHER: teacher, Variant.STUDENT: student}
         self._spec = RolloutSpec()  # until the first user_config
         self._controller: RolloutController | None = None  # built once the models name their pair
@@ -140,7 +151,8 @@ class RolloutDeployment:
         pair = ModelPair(teacher_id=teacher, student_id=student)
         if self._controller is None or self._controller.pair != pair:
             try:
-                await asyncio.to_thread(self._switch, pair)
+                labels = await self._label_names()
+                await asyncio.to_thread(self._switch, pair, labels)
             except Exception:
                 log.exception("could not open the rollout for %s", pair)
 
@@ -152,7 +164,14 @@ class RolloutDeployment:
         complete = len(ids) == 1 and all(isinstance(answer, str) for answer in answers)
         return ids.pop() if complete else None
 
-    def _switch(self, pair: ModelPair) -> None:
+    async def _label_names(self) -> tuple[str, ...]:
+        handle = self._models[Variant.TEACHER].options(method_name="label_names")
+        labels: tuple[str, ...] | None = await asyncio.wait_for(handle.remote(), timeout=10.0)
+        if not labels:
+            raise RuntimeError("the teacher answered no label names")
+        return labels
+
+    def _switch(self, pair: ModelPair, labels: tuple[str, ...]) -> None:
         """Judge `pair` from now on: its own store (resumed if it has state); a fresh rollout is
         started when the pair it replaces had been started."""
         path = self._config.state_path(pair)
@@ -160,7 +179,8 @@ class RolloutDeployment:
         with self._lock:
             before = self._controller
             store = SqliteStateStore(path)
-            controller = RolloutController(self._spec, store, SystemClock(), self._webhooks, pair=pair)
+            desk = FeedbackDesk(ReceiptSigner(self._key), pair, labels, store)
+            controller = RolloutController(self._spec, store, SystemClock(), self._webhooks, pair=pair, desk=desk)
             if before is not None and before.status() is not None and controller.status() is None:
                 reason = f"{before.pair} replaced in place by {pair}: a fresh rollout from the shadow stage"
                 controller.start(actor="kdcanary", reason=reason)
@@ -195,6 +215,15 @@ class RolloutDeployment:
         controller.record(ours)  # ticks inside when the trip wire fires
         if controller.routing().version != before:
             self._metrics.show(controller.snapshot())
+
+    def receipt_key(self) -> str:
+        """The key routers sign request ids with (hex), shared by every replica and restart."""
+        return self._key.hex()
+
+    def feedback(self, items: Sequence[FeedbackItem]) -> FeedbackResult:
+        result = self.controller.feedback(items)
+        self._metrics.show(self.controller.snapshot())
+        return result
 
     # --- admin (each returns the status after the intent) -------------------------------
 

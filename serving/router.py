@@ -5,6 +5,10 @@ observations; no Ray). This file owns what needs Ray or HTTP: the model handles 
 metrics it hands the core, HTTP dispatch, admission, parsing, the admin proxy, the two
 background loops, and the mapping of the core's errors to HTTP answers.
 
+Feedback (`POST /v1/feedback`, its own bearer token) is checked and parsed here and handed to
+the controller, which opens the signed request ids and judges the labels; predict never waits
+on it. The key that signs request ids is the controller's, fetched by the poll loop.
+
 Hot path (kept lean: plain Starlette request, pydantic-core parsing, no FastAPI): bound the
 body, validate, let the core answer, send. Model calls go over the models' stream lanes
 (serving/stream.py, about 1 ms cheaper than a Serve handle call) through a CoalescingClient
@@ -22,7 +26,6 @@ import json
 import logging
 import random
 import time
-import uuid
 from typing import Any
 
 from pydantic import ValidationError
@@ -34,20 +37,23 @@ from starlette.responses import Response
 
 from rollout.evidence import Variant
 from rollout.views import PublishedRouting
-from serving.admin_api import DOC_PATHS, PREFIX, build_admin_app, call_asgi
+from serving.admin import FEEDBACK, authorize
+from serving.admin_api import DOC_PATHS, PREFIX, build_admin_app, call_asgi, controller_refusal
 from serving.answer import prediction_payload
 from serving.config import RouterConfig
 from serving.error_table import lookup
-from serving.errors import ModelCallError
+from serving.errors import AdminAuthError, ModelCallError
 from serving.limits import TokenBucket
 from serving.model import CoalescingClient
 from serving.router_core import ModelCall, RouterCore
-from serving.schemas import MAX_INPUTS, MAX_KEY_CHARS, PredictRequest, first_error
+from serving.schemas import MAX_INPUTS, MAX_KEY_CHARS, PredictRequest, feedback_items, first_error
 from serving.stream import StreamClient
 
 log = logging.getLogger("ray.serve")
 
 PREDICT_PATH = "/v1/predict"
+FEEDBACK_PATH = "/v1/feedback"
+FEEDBACK_TIMEOUT_S = 10.0
 ROUTING_KEY_HEADER = "x-routing-key"
 VERSION_HEADER = "x-kdcanary-routing-version"
 
@@ -84,7 +90,9 @@ class Router:
         self._clock = time.perf_counter
         self._metrics = RouterMetrics()
         self._config = RouterConfig()
-        self._core = RouterCore(self._model_calls(), self._config, self._clock, random.Random(), self._metrics)
+        self._core = RouterCore(
+            self._model_calls(), self._config, self._clock, random.Random(), self._metrics, wall=time.time
+        )
         self._admission = self._limit()
         self._controller = controller
         self._admin_app = build_admin_app(controller)
@@ -120,9 +128,12 @@ class Router:
             if path == PREDICT_PATH:
                 _require_method(request, "POST")
                 return await self._predict(request)
+            if path == FEEDBACK_PATH:
+                _require_method(request, "POST")
+                return await self._feedback(request)
             if path == PREFIX or path.startswith(PREFIX + "/") or path in DOC_PATHS:
                 return await self._admin(request)
-            raise RouterError(404, None, f"no route {path}; try POST {PREDICT_PATH}")
+            raise RouterError(404, None, f"no route {path}; try POST {PREDICT_PATH} or POST {FEEDBACK_PATH}")
         except RouterError as exc:
             self._metrics.record_rejected(exc.status)
             retry = {"retry-after": "1"}
@@ -148,10 +159,31 @@ class Router:
             "predictions": prediction_payload(answered.answer),
             "variant": answered.answer.variant.value,
             "model_id": answered.answer.model_id,
-            "request_id": uuid.uuid4().hex,
+            "request_id": answered.request_id,
         }
         headers = {VERSION_HEADER: str(answered.routing.version)}
         return json_response(payload, headers=headers, background=BackgroundTask(self._core.after, answered))
+
+    # --- feedback -----------------------------------------------------------------------------
+
+    async def _feedback(self, request: Request) -> Response:
+        """Labels for earlier answers: authenticated, parsed, then judged by the controller."""
+        try:
+            authorize(request.headers.get("authorization"), credential=FEEDBACK)
+        except AdminAuthError as exc:
+            raise RouterError(401, None, str(exc)) from exc
+        try:
+            items = feedback_items(await self._body(request))
+        except ValidationError as exc:
+            raise RouterError(422, *first_error(exc)) from exc
+        handle = self._controller.options(method_name="feedback")
+        try:
+            result = await asyncio.wait_for(handle.remote(items), FEEDBACK_TIMEOUT_S)
+        except Exception as exc:
+            status, message = controller_refusal("feedback", exc)
+            raise RouterError(status, None, message) from exc
+        self._metrics.record_feedback(result.labels)
+        return json_response(result.model_dump())
 
     async def _parse(self, request: Request) -> tuple[list[str], str | None]:
         """The inputs and the routing key (body field, else header), or a 4xx naming the field."""
@@ -187,6 +219,9 @@ class Router:
             try:
                 routing: PublishedRouting = await asyncio.wait_for(handle.remote(), timeout)
                 self._core.adopt(routing)  # ignored when older than the routing in use
+                if not self._core.has_receipt_key:  # once: the key never changes
+                    key = await asyncio.wait_for(self._controller.options(method_name="receipt_key").remote(), timeout)
+                    self._core.set_receipt_key(bytes.fromhex(key))
             except Exception as exc:  # keep the last known routing
                 log.debug("controller unreachable (%s); keeping weight %.3f", type(exc).__name__, self._core.weight)
             self._metrics.set_weight(self._core.weight)  # every poll: Ray drops a gauge left unset for ~20 s

@@ -20,6 +20,11 @@ One request, as the shell drives it:
 3. Observations wait in `pending` until the shell's flush loop takes them in batches with
    `take_pending(cap)`; `adopt(routing)` takes the controller's newer routing.
 
+Every answer gets a `request_id`: a receipt signed with the controller's key once the shell
+has it (`set_receipt_key`; rollout/receipts.py), which feedback opens later on any replica.
+A shadow that answers also puts both models' label ids, keyed by the receipt's nonce, on the
+student's observation (`answers`), for the controller to keep until labels arrive.
+
 A routing names the model pair it is for. While a bundle is swapped in place (serving/app.py),
 a student replica may answer as a bundle the routing does not name: that answer reaches no
 client (the teacher answers; failover reason "other_model") and judges nobody. A routing for a
@@ -35,10 +40,11 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
-from rollout.evidence import Observation, Variant
+from rollout.evidence import Observation, PairedAnswers, Variant
+from rollout.receipts import Receipt, ReceiptSigner, new_nonce, pair_tag
 from rollout.views import PublishedRouting
 from serving.answer import ModelAnswer
 from serving.config import RouterConfig
@@ -108,6 +114,8 @@ class Answered:
     texts: list[str]
     observations: list[Observation]
     routing: PublishedRouting  # as it was when the request arrived: its version and shadow fraction apply
+    request_id: str = ""  # the signed receipt ("unsigned.<nonce>" before the key is known)
+    nonce: str = ""  # the receipt's nonce: keys the shadow's answers for feedback
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +137,12 @@ class RouterCore:
         clock: Callable[[], float],
         rng: random.Random,
         metrics: RouterMetricsSink,
+        wall: Callable[[], float] | None = None,
     ) -> None:
         self.configure(config, models)
         self._clock = clock
+        self._wall = wall or clock  # receipts carry the time of answer in seconds the controller shares
+        self._signer: ReceiptSigner | None = None
         self._chooser = Chooser(rng)
         self._metrics = metrics
         self._routing = PublishedRouting(weight=0.0, shadow_fraction=0.0, version=0)
@@ -150,6 +161,14 @@ class RouterCore:
     def reseed(self, seed: int) -> None:
         """Make the routing coin reproducible from here on (tests, simulations)."""
         self._chooser = Chooser(random.Random(seed))
+
+    def set_receipt_key(self, key: bytes) -> None:
+        """Sign request ids from now on (the controller's key, shared by every replica)."""
+        self._signer = ReceiptSigner(key)
+
+    @property
+    def has_receipt_key(self) -> bool:
+        return self._signer is not None
 
     @property
     def weight(self) -> float:
@@ -187,7 +206,8 @@ class RouterCore:
         if self._chooser.choose(self._weight, key) is Variant.STUDENT:
             student = await self._call(Variant.STUDENT, texts, routing)
             if student.answer is not None and _of_pair(student.answer, routing):
-                return Answered(student.answer, "ok", self._clock() - started, texts, [student.observation], routing)
+                latency = self._clock() - started
+                return self._receipted(Answered(student.answer, "ok", latency, texts, [student.observation], routing))
             if student.answer is None:
                 self._record_failover(student.error)
                 observations.append(student.observation)
@@ -200,7 +220,23 @@ class RouterCore:
             self._pending.extend([*observations, teacher.observation])
             raise ModelCallError(f"teacher failed: {type(teacher.error).__name__}") from teacher.error
         observations.append(teacher.observation)
-        return Answered(teacher.answer, outcome, self._clock() - started, texts, observations, routing)
+        return self._receipted(Answered(teacher.answer, outcome, self._clock() - started, texts, observations, routing))
+
+    def _receipted(self, answered: Answered) -> Answered:
+        """`answered` with its request id: what was answered, signed (see the module docstring)."""
+        nonce = new_nonce()
+        if self._signer is None:
+            return replace(answered, request_id=f"unsigned.{nonce}", nonce=nonce)
+        routing, answer = answered.routing, answered.answer
+        receipt = Receipt(
+            issued_at=self._wall(),
+            pair=pair_tag(routing.teacher_id, routing.student_id),
+            version=routing.version,
+            served=answer.variant,
+            labels=tuple(answer.probabilities.argmax(axis=1).tolist()),
+            nonce=nonce,
+        )
+        return replace(answered, request_id=self._signer.sign(receipt), nonce=nonce)
 
     async def _call(self, variant: Variant, texts: list[str], routing: PublishedRouting) -> _Call:
         """Call `variant` within its timeout; any Exception is a failed call (an error observation
@@ -258,12 +294,18 @@ class RouterCore:
         agree = top1_agreement(primary.probabilities, shadow.answer.probabilities)
         divergence = total_variation(primary.probabilities, shadow.answer.probabilities)
         self._metrics.record_comparison(int(agree.sum()), divergence.tolist())
-        teacher = primary if primary.variant is Variant.TEACHER else shadow.answer
-        labels = [teacher.label_names[i] for i in teacher.probabilities.argmax(axis=1)]
-        verdicts = {  # one per request, and per input by the teacher's label: on the student's observation
+        teacher, student = (primary, shadow.answer) if primary.variant is Variant.TEACHER else (shadow.answer, primary)
+        teacher_ids = teacher.probabilities.argmax(axis=1).tolist()
+        # On the student's observation only: one verdict per request, one per input by the teacher's label.
+        verdicts: dict[str, object] = {
             "agreed": bool(agree.all()),
-            "by_class": tuple(zip(labels, (bool(a) for a in agree), strict=True)),
+            "by_class": tuple(zip((teacher.label_names[i] for i in teacher_ids), map(bool, agree), strict=True)),
         }
+        if self._signer is not None:  # labels may come back for this request: keep both answers
+            student_ids = tuple(student.probabilities.argmax(axis=1).tolist())
+            verdicts["answers"] = PairedAnswers(
+                request_id=answered.nonce, teacher=tuple(teacher_ids), student=student_ids
+            )
         for obs in [*answered.observations, shadow.observation]:
             self._pending.append(obs.model_copy(update=verdicts) if obs.variant is Variant.STUDENT else obs)
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
+from rollout.feedback import MAX_FEEDBACK_ITEMS, FeedbackItem
 from rollout.status import PromoteTarget
 
 MAX_INPUTS = 64
@@ -31,6 +32,18 @@ class PredictRequest(BaseModel):
 
     inputs: list[Text] = Field(min_length=1, max_length=MAX_INPUTS)
     routing_key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_CHARS)
+
+
+FEEDBACK_BODY = TypeAdapter(
+    FeedbackItem | Annotated[list[FeedbackItem], Field(min_length=1, max_length=MAX_FEEDBACK_ITEMS)]
+)
+"""`POST /v1/feedback` body: one item, or a list of them (rollout/feedback.py)."""
+
+
+def feedback_items(body: bytes) -> list[FeedbackItem]:
+    """The feedback body's items; ValidationError names the field."""
+    parsed = FEEDBACK_BODY.validate_json(body)
+    return parsed if isinstance(parsed, list) else [parsed]
 
 
 class Prediction(BaseModel):

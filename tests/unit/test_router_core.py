@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from rollout.clock import FakeClock
-from rollout.evidence import Observation, Variant
+from rollout.evidence import Observation, PairedAnswers, Variant
+from rollout.receipts import ReceiptSigner, pair_tag
 from rollout.views import PublishedRouting
 from serving.answer import ModelAnswer
 from serving.config import RouterConfig
@@ -360,5 +361,25 @@ def test_take_pending_keeps_the_newest_20_batches_when_behind() -> None:
         await rig.request()  # arrives while the batches go out: joins this round, not trimmed
         rest = [obs.latency_s for batch in batches for obs in batch]
         assert [o.latency_s for o in first] == [5.0, 6.0] and rest == [*map(float, range(7, 45)), 44.0]
+
+    run(test())
+
+
+def test_request_ids_are_signed_receipts_once_the_key_is_known_and_shadows_keep_both_answers() -> None:
+    async def test() -> None:
+        rig = Rig(weight=0.0, shadow=1.0)
+        unsigned = await rig.request(["before the key"])
+        assert unsigned.request_id == f"unsigned.{unsigned.nonce}"
+        await rig.core.drain()
+        assert all(o.answers is None for o in rig.pending())
+        rig.core.set_receipt_key(bytes(32))
+        rig.models.rows[T] = NEGATIVE
+        answered = await rig.request(["one", "two"])
+        receipt = ReceiptSigner(bytes(32)).open(answered.request_id)
+        assert (receipt.served, receipt.labels, receipt.nonce) == (T, (0, 0), answered.nonce)
+        assert receipt.pair == pair_tag(None, None) and receipt.issued_at == rig.clock.now()
+        await rig.core.drain()
+        (student,) = [o for o in rig.pending() if o.variant is S]
+        assert student.answers == PairedAnswers(request_id=answered.nonce, teacher=(0, 0), student=(1, 1))
 
     run(test())

@@ -36,7 +36,7 @@ import numpy as np
 from bench.baseline import BaselineSpec, simulate_baseline
 from bench.readme import replace_section
 from bench.simulation import Outcome, Result, Scenario, causes, simulate_kdcanary
-from bench.world import LatencyProfile, StudentProfile, TrafficSlice
+from bench.world import LabelProfile, LatencyProfile, StudentProfile, TrafficSlice
 from rollout.spec import RolloutSpec, default_stages, percent
 from rollout.stats import bernoulli_cs
 
@@ -108,6 +108,8 @@ PROFILES: dict[str, StudentProfile] = {
     "minority_class": _student(
         "minority_class", agreement=0.995, slice=TrafficSlice(fraction=0.10, agreement=0.80, error_rate=0.001)
     ),
+    "label_worse": _student("label_worse", agreement=0.975, labels=LabelProfile(student_right_when_disagree=0.0)),
+    "label_better": _student("label_better", agreement=0.95, labels=LabelProfile(student_right_when_disagree=0.6)),
 }
 TARGET_PROFILES = ("good", "bad", "minority_class")
 DESCRIPTIONS = {
@@ -120,6 +122,9 @@ DESCRIPTIONS = {
     "slice_errors": "errors 40 % on 5 % of traffic (2.1 % overall)",
     "broken": "every student request fails",
     "minority_class": "agreement 0.80 on a class of 10 % of traffic, 0.995 on the rest (0.9755 overall)",
+    "label_worse": "agreement 0.975, every disagreement the student's mistake (2.5 points less accurate); "
+    "labels for 30 % of requests, 60 s mean delay",
+    "label_better": "agreement 0.95, the student right in 60 % of disagreements (1 point more accurate); same labels",
 }
 
 Task = tuple[str, str, Scenario, list[int]]

@@ -37,6 +37,12 @@ decision-maker ticks whenever the clock reaches `next_tick_at()` (serving/rollou
 `record` ticks at once itself when the controller finds it urgent. At one instant the order is
 flush, tick, poll. The loop ends when the decision-maker has finished or at `max_seconds`.
 
+Labels. A profile with `labels` has some requests' true labels come back after a delay
+(bench/world.py, `TruthLabels`): each answered request's signed request id waits in a queue
+until its label is due, and every flush sends the labels due by then to the controller's
+`feedback` (the same desk, receipts and ledger serving uses). A decision-maker without
+`feedback` (the baseline) never sees them.
+
 The decision-maker is a `DecisionMaker`: `RolloutController` is one as it is; bench/baseline.py
 has a Flagger-style analysis that is one too and runs through this same loop.
 """
@@ -44,6 +50,7 @@ has a Flagger-style analysis that is one too and runs through this same loop.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import random
 from collections import Counter
@@ -55,14 +62,16 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bench.world import Draw, RequestStream, SimulatedModels, StudentProfile
+from bench.world import LABELS, Draw, RequestStream, SimulatedModels, StudentProfile, TruthLabels
 from rollout.clock import FakeClock
 from rollout.controller import RolloutController
 from rollout.evidence import Observation, Variant
+from rollout.feedback import FeedbackDesk, FeedbackItem
+from rollout.receipts import ReceiptSigner
 from rollout.spec import RolloutSpec
 from rollout.status import Phase
 from rollout.store import MemoryStateStore
-from rollout.views import PublishedRouting
+from rollout.views import ModelPair, PublishedRouting
 from rollout.webhooks import RecordingWebhookSender
 from serving import router_core
 from serving.config import RouterConfig
@@ -70,6 +79,9 @@ from serving.errors import ModelCallError
 from serving.router_core import RecordingMetrics, RouterCore
 
 _STRICT = ConfigDict(frozen=True, extra="forbid")
+PAIR = ModelPair(teacher_id="simulated-teacher", student_id="simulated-student")  # the models' ids (world.py)
+RECEIPT_KEY = bytes(range(32))
+Feedback = Callable[[list[FeedbackItem]], object]
 
 
 class Scenario(BaseModel):
@@ -139,7 +151,13 @@ class _Loop:
     """One run's world around one `RouterCore` (see the module docstring)."""
 
     def __init__(
-        self, decider: DecisionMaker, profile: StudentProfile, scenario: Scenario, seed: int, clock: FakeClock
+        self,
+        decider: DecisionMaker,
+        profile: StudentProfile,
+        scenario: Scenario,
+        seed: int,
+        clock: FakeClock,
+        feedback: Feedback | None,
     ) -> None:
         self.decider, self.clock, self.router = decider, clock, scenario.router
         self.start = clock.now()
@@ -149,6 +167,11 @@ class _Loop:
         self.core = RouterCore(self.models.calls(), self.router, self.models.now, random.Random(seed), self.metrics)
         self.stream = RequestStream(profile, scenario.requests_per_s, seed)
         self.student_observations = 0
+        self.feedback = feedback if profile.labels is not None else None
+        self.truth = TruthLabels(profile.labels, seed) if profile.labels is not None else None
+        self.due: list[tuple[float, int, str, int]] = []  # (when, order, request id, label)
+        if self.feedback is not None:
+            self.core.set_receipt_key(RECEIPT_KEY)
 
     async def run(self, finished: Callable[[], bool], max_seconds: float) -> Run:
         start, end, router = self.start, self.start + max_seconds, self.router
@@ -162,6 +185,7 @@ class _Loop:
             self._advance_to(control)
             if control == flush_at:
                 self._flush()
+                self._send_labels()
                 flushes, next_tick = flushes + 1, self.decider.next_tick_at()
             if self.clock.now() >= next_tick:
                 self.decider.tick()
@@ -183,6 +207,9 @@ class _Loop:
         except ModelCallError:  # a 503 to the client; the core has left the observations pending
             return
         await self.core.after(answered)
+        if self.feedback is not None and self.truth is not None and (label := self.truth.label(draw)):
+            delay, truth = label
+            heapq.heappush(self.due, (arrived + delay, len(self.due), answered.request_id, truth))
         self.unsettled += 1
         if self.unsettled >= self.router.shadow_concurrency:  # never past the cap: none dropped
             await self._settle()
@@ -197,6 +224,14 @@ class _Loop:
         for batch in self.core.take_pending(self.router.flush_max_observations):
             self.student_observations += sum(o.variant is Variant.STUDENT for o in batch)
             self.decider.record(batch)
+
+    def _send_labels(self) -> None:
+        items = []
+        while self.due and self.due[0][0] <= self.clock.now():
+            _, _, request_id, label = heapq.heappop(self.due)
+            items.append(FeedbackItem(request_id=request_id, label=LABELS[label]))
+        if items and self.feedback is not None:
+            self.feedback(items)
 
     def _measured(self) -> Run:
         m = self.metrics
@@ -222,10 +257,12 @@ def run_rollout(
     scenario: Scenario,
     seed: int,
     clock: FakeClock,
+    feedback: Feedback | None = None,
 ) -> Run:
     """Drive `decider` (built on `clock`) through one run of `profile`'s world until `finished()`
-    or `scenario.max_seconds`; the request stream and the router's coin are fixed by `seed`."""
-    loop = _Loop(decider, profile, scenario, seed, clock)
+    or `scenario.max_seconds`; the request stream and the router's coin are fixed by `seed`.
+    Labels (when the profile has them) go to `feedback`, signed with `RECEIPT_KEY`."""
+    loop = _Loop(decider, profile, scenario, seed, clock, feedback)
     with _quiet(router_core.log):
         return asyncio.run(loop.run(finished, scenario.max_seconds))
 
@@ -243,14 +280,16 @@ def simulate_kdcanary(spec: RolloutSpec, profile: StudentProfile, scenario: Scen
     """One rollout of `profile` under `RolloutController` with `spec`, started at once by an operator."""
     clock = FakeClock()
     start = clock.now()
-    controller = RolloutController(spec, MemoryStateStore(), clock, RecordingWebhookSender())
+    store = MemoryStateStore()
+    desk = FeedbackDesk(ReceiptSigner(RECEIPT_KEY), PAIR, LABELS, store)
+    controller = RolloutController(spec, store, clock, RecordingWebhookSender(), pair=PAIR, desk=desk)
     controller.start(actor="simulation", reason=f"simulated rollout, seed {seed}")
 
     def finished() -> bool:
         status = controller.status()
         return status is not None and status.terminal
 
-    run = run_rollout(controller, finished, profile, scenario, seed, clock)
+    run = run_rollout(controller, finished, profile, scenario, seed, clock, controller.feedback)
     status = controller.status()
     assert status is not None  # started above
     ended = status.last_transition_at if status.terminal else None

@@ -6,6 +6,8 @@ Poisson process of requests, each with its truth (does the student fail on it, d
 teacher, do their answers agree, how long each takes, is it in the student's weak slice, which
 the teacher labels as a class of its own), drawn from a seeded numpy Generator
 independently of any routing, so every system run on one seed sees the same requests.
+`TruthLabels` draws the labels a product's backend sends back later (`LabelProfile`) from a
+Generator of its own, so profiles without labels see exactly the requests they saw before.
 `SimulatedModels` are the two model calls the core is given: they answer a request as its
 truth says, and they provide the core's clock, which reports each call's drawn latency
 (bench/simulation.py explains how simulated time and latency fit together).
@@ -62,8 +64,21 @@ class TrafficSlice(BaseModel):
     error_rate: float = Field(ge=0.0, le=1.0)
 
 
+class LabelProfile(BaseModel):
+    """True labels that come back for `fraction` of requests, an exponential `delay_mean_s` after
+    the answer. Where the models agree both are right with probability `both_right`; where they
+    disagree (two labels: exactly one is right) the student is with `student_right_when_disagree`."""
+
+    model_config = _STRICT
+
+    fraction: Fraction = 0.3
+    delay_mean_s: float = Field(default=60.0, ge=0.0)
+    both_right: Fraction = 0.9
+    student_right_when_disagree: Fraction = 0.5
+
+
 class StudentProfile(BaseModel):
-    """The truth a simulated student is drawn from: agreement, error rates, latencies, slice."""
+    """The truth a simulated student is drawn from: agreement, error rates, latencies, slice, labels."""
 
     model_config = _STRICT
 
@@ -74,6 +89,7 @@ class StudentProfile(BaseModel):
     student_latency: LatencyProfile
     teacher_latency: LatencyProfile
     slice: TrafficSlice | None = None
+    labels: LabelProfile | None = None
 
 
 # --- requests and the two models ---------------------------------------------------------------
@@ -139,6 +155,27 @@ class RequestStream:
         )
         self._draws = list(map(Draw._make, zip(*(c.tolist() for c in columns), strict=True)))
         self._next, self._last = 0, float(at[-1])
+
+
+class TruthLabels:
+    """The label of each answered request, if one comes back, and when (seconds after it)."""
+
+    def __init__(self, profile: LabelProfile, seed: int) -> None:
+        self._profile = profile
+        self._rng = np.random.default_rng([seed, 1])  # not the request stream's Generator
+
+    def label(self, draw: Draw) -> tuple[float, int] | None:
+        """(delay, label id) for `draw`'s request, or None when no label comes back for it."""
+        p = self._profile
+        labelled, right, delay = self._rng.random(), self._rng.random(), self._rng.exponential(p.delay_mean_s or 1.0)
+        if labelled >= p.fraction:
+            return None
+        teacher = int(draw.in_slice)  # the teacher's answer (_ROWS)
+        if draw.agrees:
+            label = teacher if right < p.both_right else 1 - teacher
+        else:
+            label = 1 - teacher if right < p.student_right_when_disagree else teacher
+        return (delay if p.delay_mean_s else 0.0), label
 
 
 class SimulatedModelError(RuntimeError):

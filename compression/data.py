@@ -74,17 +74,19 @@ def load_corpus(config: DataConfig, seed: int) -> Corpus:
     return Corpus(train, validation, test, transfer, names)
 
 
-def held_out_texts(config: DataConfig, seed: int) -> list[str]:
-    """Texts of the source that this data config never trains or selects on: its test split
-    plus every example a `max_examples` subset left out (the demo's live traffic)."""
+def held_out(config: DataConfig, seed: int) -> list[tuple[str, str]]:
+    """(text, label name) of the source's examples that this data config never trains or selects
+    on: its test split plus every example a `max_examples` subset left out (the demo's live
+    traffic, whose labels come back as feedback)."""
     corpus = load_corpus(config, seed)
     used = set(corpus.train.texts) | set(corpus.validation.texts) | set(corpus.transfer.texts)
     if config.source == "rotten_tomatoes":
-        everything = _read_rotten_tomatoes()[0]
+        texts, labels, names, _ = _read_rotten_tomatoes()
     else:
         assert config.path is not None
-        everything = read_labelled_file(config.path, config.text_column, config.label_column)[0]
-    return sorted(set(everything) - used)
+        texts, labels, names = read_labelled_file(config.path, config.text_column, config.label_column)
+    examples = {text: names[int(label)] for text, label in zip(texts, labels, strict=True) if text not in used}
+    return sorted(examples.items())
 
 
 def _read_rotten_tomatoes() -> tuple[list[str], np.ndarray, list[str], list[str]]:

@@ -13,6 +13,7 @@ place of agreement, see `spec.AccuracyGate`): such a result is shown, and moves 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
@@ -218,21 +219,38 @@ def _accuracy_difference(evidence: Evidence) -> float:
 
 
 def combine_accuracy(gate: AccuracyGate, accuracy: GateResult, results: list[GateResult]) -> list[GateResult]:
-    """Apply `gate.mode` to the agreement-family `results` and the accuracy result (spec.AccuracyGate)."""
-    if gate.mode == "also":
+    """Apply `gate.mode` to the accuracy result and the overall agreement gate among `results`
+    (spec.AccuracyGate). The per-class guard is never set aside: an average proves nothing
+    about a class."""
+    if gate.mode == "also" or accuracy.verdict is Verdict.FAIL:
         return [*results, accuracy]
-    if accuracy.verdict is Verdict.FAIL:
-        return [*results, accuracy]
-    if accuracy.n < gate.decides_after:  # agreement guards; accuracy may only fail
-        note = f" (not binding before {gate.decides_after} labelled answers)"
-        return [*results, accuracy.model_copy(update={"binding": False, "message": accuracy.message + note})]
+    labelled = accuracy.n
+    if gate.mode == "guards" or labelled < gate.decides_after:  # accuracy may only fail
+        note = " (a guard: binding only when it fails)"
+        if gate.mode == "decides":
+            note = f" (not binding before {gate.decides_after} labelled answers)"
+        pending = accuracy.model_copy(update={"binding": False, "message": accuracy.message + note})
+        if gate.mode == "guards" or labelled == 0:  # agreement guards as it would without labels
+            return [*results, pending]
+        waiting = f" (set aside: labels are arriving, {labelled} of the {gate.decides_after} that let accuracy decide)"
+        return [*_set_aside(results, waiting, lambda r: r.verdict is Verdict.FAIL), pending]
     decided = accuracy.verdict is Verdict.PASS
     note = f" (set aside: accuracy {'passed' if decided else 'decides once it is conclusive'})"
-    kept = []
-    for result in results:  # a pass stays binding (harmless); accuracy passing or pending outranks the rest
-        aside = result.verdict is not Verdict.PASS and (decided or result.verdict is Verdict.FAIL)
-        kept.append(result.model_copy(update={"binding": False, "message": result.message + note}) if aside else result)
-    return [*kept, accuracy]
+    # A pass stays binding (harmless); accuracy passing outranks agreement, pending it outranks its failure.
+    aside = _set_aside(
+        results, note, lambda r: r.verdict is not Verdict.PASS and (decided or r.verdict is Verdict.FAIL)
+    )
+    return [*aside, accuracy]
+
+
+def _set_aside(results: list[GateResult], note: str, which: Callable[[GateResult], bool]) -> list[GateResult]:
+    """`results` with the overall agreement gate made non-binding (and `note` added) where `which` says."""
+    return [
+        r.model_copy(update={"binding": False, "message": r.message + note})
+        if r.name == "agreement" and which(r)
+        else r
+        for r in results
+    ]
 
 
 def error_gate(gate: ErrorGate, evidence: Evidence) -> GateResult:

@@ -85,13 +85,17 @@ class ClassAgreementGuard(BaseModel):
 class AccuracyGate(BaseModel):
     """Labels from feedback: student accuracy minus the teacher's must be >= -`margin`.
 
-    `mode` says how accuracy and agreement (the overall and per-class agreement gates) combine:
+    `mode` says how accuracy and the overall agreement gate combine (the per-class guard always
+    stands: an average proves nothing about a class):
 
-    - "decides" (the default): agreement guards until `decides_after` labelled answers have
-      arrived, and accuracy can only fail meanwhile. From then on accuracy decides the answers'
-      quality: its PASS stands in for the agreement gates (a student proven as accurate as the
-      teacher is promoted even where it disagrees with it), and while it is inconclusive a
-      failing agreement gate holds the stage instead of rolling back.
+    - "decides" (the default): accuracy can fail at any time; otherwise, before the first label,
+      agreement guards alone. Once labels are arriving, a failing agreement gate holds the stage
+      instead of rolling back (the labels will tell), and from `decides_after` labelled answers
+      on, accuracy decides the answers' quality: its PASS stands in for the agreement gates (a
+      student proven as accurate as the teacher is promoted even where it disagrees with it),
+      and while it is inconclusive the stage holds.
+    - "guards": agreement decides as it would without labels; accuracy can only fail (a veto
+      for a team that accepts a margin its labels cannot prove quickly).
     - "also": accuracy is one more gate; with labels configured but none arriving, no stage
       is ever left.
 
@@ -102,8 +106,8 @@ class AccuracyGate(BaseModel):
 
     margin: float = Field(default=0.01, ge=0.0, lt=1.0)
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
-    mode: Literal["decides", "also"] = "decides"
-    decides_after: int = Field(default=200, ge=1)
+    mode: Literal["decides", "guards", "also"] = "decides"
+    decides_after: int = Field(default=50, ge=1)
     max_label_age_s: float = Field(default=24 * 3600.0, gt=0.0, le=30 * 24 * 3600.0)
 
 

@@ -1,4 +1,5 @@
-"""AdminClient: the admin API over HTTP, typed both ways.
+"""AdminClient: the admin API over HTTP, typed both ways (and FeedbackClient: labels for
+earlier answers, with the feedback token).
 
 Requests are the API's own body models (`serving.schemas`), answers are parsed into the
 models the routes declare (`rollout.views.StatusView`, `rollout.events.Event`). The CLI
@@ -9,6 +10,9 @@ rollout through this one class.
         admin.start(reason="ship minilm-l2")
         admin.set_weight(0.05, reason="hold 5 % over the weekend")
         print(admin.status().phase)
+
+    with FeedbackClient("http://127.0.0.1:8000", feedback_token) as feedback:
+        feedback.send([FeedbackItem(request_id=answer["request_id"], label="positive")])
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from rollout.events import Event
+from rollout.feedback import FeedbackItem, FeedbackResult
 from rollout.status import TERMINAL_PHASES, Phase, PromoteTarget
 from rollout.views import StatusView
 from serving.schemas import AdminNote, PromoteRequest, RollbackRequest, WeightUpdate
@@ -39,8 +44,8 @@ class AdminCallError(Exception):
         self.status = status
 
 
-class AdminClient:
-    """One rollout's admin API at `base_url` (the application's route prefix)."""
+class _ApiClient:
+    """An application's HTTP API at `base_url` (its route prefix) with a bearer token."""
 
     def __init__(
         self,
@@ -64,6 +69,31 @@ class AdminClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise AdminCallError(f"cannot reach {self._http.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = response.text[:200]
+            raise AdminCallError(f"{method} {path} answered {response.status_code}: {detail}", response.status_code)
+        return response.json()
+
+
+class FeedbackClient(_ApiClient):
+    """`POST /v1/feedback`: labels for answers given earlier (one batch is taken all or nothing)."""
+
+    def send(self, items: list[FeedbackItem]) -> FeedbackResult:
+        body = [item.model_dump(mode="json") for item in items]
+        return FeedbackResult.model_validate(self._call("POST", "/v1/feedback", json=body))
+
+
+class AdminClient(_ApiClient):
+    """One rollout's admin API at `base_url` (the application's route prefix)."""
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -115,19 +145,6 @@ class AdminClient:
     def _intent(self, method: str, action: str, body: BaseModel) -> StatusView:
         answer = self._call(method, f"{PREFIX}/{action}", json=body.model_dump(mode="json", exclude_none=True))
         return StatusView.model_validate(answer)
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise AdminCallError(f"cannot reach {self._http.base_url}: {exc}") from exc
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail")
-            except ValueError:
-                detail = response.text[:200]
-            raise AdminCallError(f"{method} {path} answered {response.status_code}: {detail}", response.status_code)
-        return response.json()
 
 
 def _pinned(view: StatusView, weight: float) -> bool:

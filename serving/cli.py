@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--realistic", action="store_true", help="production-like stages and gates (much longer)")
     demo.add_argument("--good", default="minilm-l2-pruned-int8", help="student of scenario 1")
     demo.add_argument("--bad", default="minilm-l2-short-int8", help="student of scenario 2")
+    demo.add_argument("--one-class", default="minilm-l2", help="student of scenario 3 (fails one class)")
     _registry_flag(demo)
     demo.set_defaults(run=_demo)
 
@@ -149,6 +150,7 @@ def _demo(args: argparse.Namespace) -> int:
         out=args.out,
         good=args.good,
         bad=args.bad,
+        one_class=args.one_class,
         rate=args.rate,
         realistic=args.realistic,
         port=args.port,

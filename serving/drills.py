@@ -67,7 +67,7 @@ class Drill:
     def __init__(self, base_url: str, app: str, token: str, texts: list[str], rate: float) -> None:
         self.app = app
         self.admin = AdminClient(base_url, token, actor="drill", timeout_s=30.0)
-        self.load = LoadGenerator(f"{base_url}/v1/predict", texts, rate)
+        self.load = LoadGenerator(f"{base_url}/v1/predict", [(text, None) for text in texts], rate)
         self.started = time.monotonic()
 
     def __enter__(self) -> Drill:

@@ -18,8 +18,9 @@ Names as Prometheus stores them (histograms add _bucket/_sum/_count):
     ray_kdcanary_shadow_divergence                     total-variation distance per compared input
     ray_kdcanary_shadow_dropped_total{reason}          shadow calls skipped; overload | error | other_model
     ray_kdcanary_student_weight                        student share of traffic a router applies (0..1)
-    ray_kdcanary_feedback_labels_total                 labels taken through POST /v1/feedback (refusals:
-                                                       rejected_requests_total, reason = 401 | 404 | 409 | 410 | 422)
+    ray_kdcanary_feedback_labels_total                 labels taken through POST /v1/feedback
+    ray_kdcanary_feedback_refused_total{reason}        feedback requests refused; reason = HTTP status (401 token,
+                                                       404 unknown id, 409 repeated, 410 too old, 422 bad label)
     ray_kdcanary_model_compute_seconds_total{variant}  seconds the model spent (shadow included)
     ray_kdcanary_model_inputs_total{variant}           inputs the model scored (shadow included)
     ray_kdcanary_cost_dollars_total{variant}           compute seconds x replica CPUs x price / 3600
@@ -99,6 +100,9 @@ class RouterMetrics:
         )
         self._weight = serve_metrics.Gauge("kdcanary_student_weight", "Student share of traffic a router applies.")
         self._feedback = serve_metrics.Counter("kdcanary_feedback_labels_total", "Labels taken through feedback.")
+        self._feedback_refused = serve_metrics.Counter(
+            "kdcanary_feedback_refused_total", "Feedback requests refused, by HTTP status.", tag_keys=_keys("reason")
+        )
 
     def record_request(self, variant: Variant, outcome: str, latency_s: float) -> None:
         tags = {"variant": variant.value}
@@ -126,6 +130,9 @@ class RouterMetrics:
 
     def record_feedback(self, labels: int) -> None:
         self._feedback.inc(float(labels))
+
+    def record_feedback_refused(self, status: int) -> None:
+        self._feedback_refused.inc(1.0, {"reason": str(status)})
 
 
 class ModelMetrics:

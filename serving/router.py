@@ -169,6 +169,13 @@ class Router:
     async def _feedback(self, request: Request) -> Response:
         """Labels for earlier answers: authenticated, parsed, then judged by the controller."""
         try:
+            return await self._take_feedback(request)
+        except RouterError as exc:
+            self._metrics.record_feedback_refused(exc.status)
+            raise
+
+    async def _take_feedback(self, request: Request) -> Response:
+        try:
             authorize(request.headers.get("authorization"), credential=FEEDBACK)
         except AdminAuthError as exc:
             raise RouterError(401, None, str(exc)) from exc

@@ -13,6 +13,7 @@ from serving.router import VERSION_HEADER
 
 ADMIN_TOKEN = "integration-test-token"  # what the serve_cluster fixture configures
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+FEEDBACK_TOKEN = "integration-feedback-token"  # ... and for POST /v1/feedback
 SETTLE = 12  # answers in a row from routers holding a pinned weight before it counts as applied
 
 

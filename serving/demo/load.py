@@ -1,4 +1,5 @@
-"""A steady-rate load generator: held-out review snippets at a fixed rate, each from a user.
+"""A steady-rate load generator: held-out review snippets at a fixed rate, each from a user,
+and `LabelFeed`, the product's backend sending the true labels of a share of them later.
 
 Open loop (a request leaves every 1/rate seconds whether or not the last one answered, as
 live traffic does), bounded in flight so an overloaded server sheds load here instead of
@@ -9,6 +10,7 @@ of the last s seconds per variant.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 import threading
 import time
@@ -17,6 +19,9 @@ from dataclasses import dataclass
 
 import httpx
 import numpy as np
+
+from rollout.feedback import FeedbackItem
+from serving.admin_client import AdminCallError, FeedbackClient
 
 
 @dataclass(frozen=True)
@@ -45,11 +50,64 @@ class Window:
         return self.variants[variant].requests / total if total and variant in self.variants else 0.0
 
 
+class LabelFeed:
+    """The true labels of a `share` of the answers, sent `delay_s` after each through the typed
+    FeedbackClient, in one batch every half second, as a product's backend would."""
+
+    def __init__(self, client: FeedbackClient, share: float = 0.5, delay_s: float = 3.0, seed: int = 0) -> None:
+        self._client, self._share, self._delay_s = client, share, delay_s
+        self._rng = random.Random(seed)
+        self._due: list[tuple[float, str, str]] = []  # (when, request id, label)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="labels")
+        self.labels = self.refused = 0
+
+    def offer(self, request_id: str, label: str) -> None:
+        """An answer and its true label: sent later, or not at all (outside the share)."""
+        with self._lock:
+            if self._rng.random() < self._share:
+                heapq.heappush(self._due, (time.monotonic() + self._delay_s, request_id, label))
+
+    def start(self) -> LabelFeed:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self._client.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            with self._lock:
+                due = []
+                while self._due and self._due[0][0] <= time.monotonic():
+                    due.append(heapq.heappop(self._due))
+            if not due:
+                continue
+            try:
+                self.labels += self._client.send(
+                    [FeedbackItem(request_id=r, label=label) for _, r, label in due]
+                ).labels
+            except AdminCallError:  # e.g. a request id signed before the routers had the key
+                self.refused += len(due)
+
+
 class LoadGenerator:
-    def __init__(self, url: str, texts: list[str], rate: float, users: int = 500, seed: int = 0) -> None:
-        if rate <= 0 or not texts:
-            raise ValueError(f"need a positive rate and some texts; got rate={rate}, {len(texts)} texts")
-        self._url, self._texts, self._rate, self._users = url, texts, rate, users
+    def __init__(
+        self,
+        url: str,
+        examples: list[tuple[str, str | None]],  # (text, its true label: None when unknown)
+        rate: float,
+        users: int = 500,
+        seed: int = 0,
+        labels: LabelFeed | None = None,
+    ) -> None:
+        if rate <= 0 or not examples:
+            raise ValueError(f"need a positive rate and some examples; got rate={rate}, {len(examples)} examples")
+        self._url, self._examples, self._rate, self._users = url, examples, rate, users
+        self._labels = labels
         self._rng = random.Random(seed)
         self._answers: deque[Answer] = deque(maxlen=200_000)
         self._stop = threading.Event()
@@ -58,11 +116,15 @@ class LoadGenerator:
 
     def start(self) -> LoadGenerator:
         self._thread.start()
+        if self._labels is not None:
+            self._labels.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        if self._labels is not None:
+            self._labels.stop()
 
     async def _run(self, max_in_flight: int = 64) -> None:
         limits = httpx.Limits(max_connections=max_in_flight)
@@ -81,7 +143,8 @@ class LoadGenerator:
             await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _one(self, client: httpx.AsyncClient) -> None:
-        body = {"inputs": [self._rng.choice(self._texts)], "routing_key": f"user-{self._rng.randrange(self._users)}"}
+        text, label = self._rng.choice(self._examples)
+        body = {"inputs": [text], "routing_key": f"user-{self._rng.randrange(self._users)}"}
         self.sent += 1
         started = time.monotonic()
         model_id = None
@@ -89,6 +152,8 @@ class LoadGenerator:
             response = await client.post(self._url, json=body)
             answer = response.json() if response.status_code == 200 else {"variant": "error"}
             variant, model_id = answer["variant"], answer.get("model_id")
+            if self._labels is not None and label is not None and variant != "error":
+                self._labels.offer(answer["request_id"], label)
         except (httpx.HTTPError, ValueError, KeyError):
             variant = "error"
         done = time.monotonic()

@@ -46,6 +46,8 @@ def _section(result: ScenarioResult, chart: str) -> str:
     ]
     if result.rollback_reason:
         lines.append(f"\nReason: {result.rollback_reason}")
+    if result.samples:
+        lines.append(f"\n{_labels(result.samples[-1])}")
     lines += ["", f"![{result.name}]({chart})", "", "| t (s) | event | by | weight | reasons and evidence |"]
     lines.append("|---|---|---|---|---|")
     start = result.events[0].at if result.events else 0.0
@@ -57,6 +59,27 @@ def _section(result: ScenarioResult, chart: str) -> str:
             f"| {'' if weight is None else percent(weight)} | {reason} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _labels(last: Sample) -> str:
+    """What the labels sent back as feedback showed, at the end of the rollout."""
+    online = ", ".join(
+        f"{v} {'n/a' if last.online_accuracy[v] is None else f'{last.online_accuracy[v]:.3f}'} (n={last.labelled[v]})"
+        for v in VARIANTS
+    )
+    p, a = last.paired, last.accuracy
+    gate = "no verdict yet" if a["estimate"] is None else (
+        f"student - teacher {a['estimate']:+.3f}, bounds [{_text(a['lower'])}, {_text(a['upper'])}], "
+        f"{last.gates.get('accuracy', 'n/a')}"
+    )  # fmt: skip
+    return (
+        f"Labels (feedback): online accuracy {online}; paired inputs {sum(p.values())}: only the student "
+        f"right {p['only_student']}, only the teacher right {p['only_teacher']}; accuracy gate: {gate}."
+    )
+
+
+def _text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
 
 
 def _chart(result: ScenarioResult, path: Path) -> None:

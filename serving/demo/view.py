@@ -17,6 +17,8 @@ from rollout.views import StatusView
 from serving.demo.load import Window
 
 VARIANTS = ("teacher", "student")
+GATE_NUMBERS = ("estimate", "lower", "upper", "threshold", "n")
+PAIRED = ("both_right", "both_wrong", "only_student", "only_teacher")
 
 
 class Sample(BaseModel):
@@ -28,6 +30,10 @@ class Sample(BaseModel):
     stage_count: int
     weight: float
     agreement: dict[str, float | None]  # estimate, lower, upper, threshold, n
+    accuracy: dict[str, float | None]  # the accuracy gate: estimate, lower, upper, threshold, n
+    online_accuracy: dict[str, float | None]  # per variant: right / labelled (None: no label yet)
+    labelled: dict[str, int]  # per variant: labelled answers it served
+    paired: dict[str, int]  # labelled inputs both answered: both_right, both_wrong, only_student, only_teacher
     gates: dict[str, str]  # gate name -> verdict
     rate_per_s: float
     student_share: float
@@ -63,6 +69,10 @@ def scrape_costs(metrics_url: str, application: str) -> dict[str, float | None]:
 def sample(t: float, status: StatusView, window: Window, costs: dict[str, float | None]) -> Sample:
     gates = {g.name: g for g in status.gates}
     agreement = gates["agreement"].model_dump() if "agreement" in gates else {}
+    accuracy = gates["accuracy"].model_dump() if "accuracy" in gates else {}
+    counts = status.evidence
+    labelled = {v: getattr(counts, f"{v}_labelled") for v in VARIANTS}
+    right = {v: getattr(counts, f"{v}_correct") for v in VARIANTS}
     teacher, student = costs.get("teacher"), costs.get("student")
     return Sample(
         t=t,
@@ -70,7 +80,11 @@ def sample(t: float, status: StatusView, window: Window, costs: dict[str, float 
         stage_index=status.stage_index,
         stage_count=status.stage_count,
         weight=status.routing.weight,
-        agreement={k: agreement.get(k) for k in ("estimate", "lower", "upper", "threshold", "n")},
+        agreement={k: agreement.get(k) for k in GATE_NUMBERS},
+        accuracy={k: accuracy.get(k) for k in GATE_NUMBERS},
+        online_accuracy={v: right[v] / labelled[v] if labelled[v] else None for v in VARIANTS},
+        labelled=labelled,
+        paired={k: getattr(counts, k) for k in PAIRED},
         gates={name: g.verdict.value for name, g in gates.items()},
         rate_per_s=window.rate_per_s,
         student_share=window.share("student"),
@@ -92,6 +106,7 @@ def render(title: str, s: Sample) -> str:
         f"observed student share {s.student_share:6.1%}",
         f"agreement {bounds}  threshold {_f(a['threshold'])}  n={int(a['n'] or 0)}   "
         + "  ".join(f"{name}: {verdict}" for name, verdict in s.gates.items()),
+        _accuracy_line(s),
         f"traffic {s.rate_per_s:5.1f} req/s   errors {s.errors}",
     ]
     for v in VARIANTS:
@@ -103,6 +118,19 @@ def render(title: str, s: Sample) -> str:
     lines.append(f"projected saving at 100 % student: {'n/a' if s.saving is None else f'{s.saving:.0%}'}")
     lines.append(f"controller: {s.message[:110]}")
     return "\n".join(lines)
+
+
+def _accuracy_line(s: Sample) -> str:
+    """Online accuracy per variant, the paired counts and the accuracy gate's difference."""
+    online = "  ".join(f"{v} {_f(s.online_accuracy[v])} (n={s.labelled[v]})" for v in VARIANTS)
+    p, a = s.paired, s.accuracy
+    difference = (
+        "n/a" if a["estimate"] is None else f"{a['estimate']:+.3f} [{_f(a['lower'], '+.3f')}, {_f(a['upper'], '+.3f')}]"
+    )
+    return (
+        f"labels: accuracy {online}   paired: only student {p['only_student']}, only teacher {p['only_teacher']} "
+        f"of {sum(p.values())}   student - teacher {difference}"
+    )
 
 
 def _f(value: float | None, spec: str = ".3f") -> str:

@@ -106,18 +106,23 @@ def test_cli_lists_shows_and_reports(
     assert "minilm-l2-pruned-int8" in (tmp_path / "pareto.md").read_text()
 
 
-def test_demo_promotes_one_student_and_rolls_back_the_other(
+def test_demo_promotes_one_student_and_rolls_back_the_others(
     first_run: tuple[Registry, RunSummary], tmp_path: Path
 ) -> None:
-    """`make demo` on the session's registry: its own Ray cluster, both live rollouts, reports.
-    The exit code is 0 only when the good student completed and the bad one was rolled back."""
+    """`make demo` on the session's registry: its own Ray cluster, three live rollouts with labels
+    coming back, reports. The exit code is 0 only when the good student completed, the bad one
+    was rolled back, and the one failing a class was rolled back by the per-class guard."""
     registry, _ = first_run
     port = str(free_port())  # not the default 8000: the README test's server may hold it meanwhile
     demo = kdcanary("demo", "--registry", registry.root, "--out", tmp_path, "--rate", "30", "--port", port)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     summary = (tmp_path / "summary.md").read_text()
     assert "**promoted to 100 %**" in summary and "**rolled back**" in summary and "agreement upper bound" in summary
-    assert all((tmp_path / name).stat().st_size > 10_000 for name in ("good.png", "bad.png", "pareto.png"))
+    assert (
+        "agreement by class: class 'negative'" in summary and "Labels (feedback): online accuracy teacher 0." in summary
+    )
+    charts = ("good.png", "bad.png", "class.png", "pareto.png")
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in charts)
     assert "kdcanary demo: report in" in demo.stdout and (tmp_path / "pareto.md").is_file()
 
 

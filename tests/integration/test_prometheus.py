@@ -18,12 +18,15 @@ Two canaries run real traffic meanwhile:
   sends it to weight 0. (Ray exports every few seconds and a counter's series appears only when first
   incremented, so a burst that ends before Ray's next export would show no rate at all.)
 
-A 4xx on each gives the rejected counter its series. Then every PromQL expression is run as an
-instant query: the dashboard's panel targets, annotation queries and `application` variable
-(Grafana variables substituted: `$application` = the two apps, `$__rate_interval` = 5m so the
-windows span the whole test) and every recording rule's `expr` and recorded series; each must
-succeed and return at least one finite value (all-NaN is an empty panel). Prometheus must
-also report every rule healthy.
+Labels flow to `prom-good` through POST /v1/feedback a second after each teacher answer (the
+truth: every disagreement is the teacher's mistake, so the accuracy gate passes), which gives
+the accuracy panels and the online-accuracy rule their data; a forged request id gives the
+refused-feedback counter its series. A 4xx on each gives the rejected counter its series. Then
+every PromQL expression is run as an instant query: the dashboard's panel targets, annotation
+queries and `application` variable (Grafana variables substituted: `$application` = the two
+apps, `$__rate_interval` = 5m so the windows span the whole test) and every recording rule's
+`expr` and recorded series; each must succeed and return at least one finite value (all-NaN is
+an empty panel). Prometheus must also report every rule healthy.
 
 Alerts are conditions, usually empty while things are healthy. For them the test asks that
 the expression succeeds, that the expression without its final comparison (`... > 0.02`)
@@ -48,13 +51,14 @@ import pytest
 import yaml
 from prometheus_install import PrometheusTools, ensure_prometheus
 from prometheus_run import Prometheus, running_prometheus
-from rollout_admin import admin_client
-from traffic import Traffic
+from rollout_admin import FEEDBACK_TOKEN, admin_client
+from traffic import Labeller, Traffic
 
 from compression.data import _read_rotten_tomatoes
+from rollout.feedback import FeedbackItem
 from rollout.status import TERMINAL_PHASES, Phase
 from rollout.views import StatusView
-from serving.admin_client import AdminClient
+from serving.admin_client import AdminCallError, AdminClient, FeedbackClient
 
 Deploy = Any  # tests/integration/conftest.py
 ServeCluster = Any
@@ -74,6 +78,8 @@ SELECTOR = re.compile(r"\b(ray_\w+|[a-z_]+:kdcanary_\w+:\w+|up)\b(\{[^}]*\})?")
 FAILOVERS_SEEN = {"failovers": 'increase(ray_kdcanary_failovers_total{application="prom-fail"}[5m]) > 0'}
 SHADOW_COUNTERS = ("shadow_comparisons_total", "shadow_agreements_total", "shadow_divergence_count")
 SHADOW_SEEN = {name: f'increase(ray_kdcanary_{name}{{application="prom-good"}}[5m]) > 0' for name in SHADOW_COUNTERS}
+LABELS_SEEN = {"labels": 'increase(ray_kdcanary_feedback_labels_total{application="prom-good"}[5m]) > 0'}
+LABELS = ("negative", "positive")
 QUIET_WHEN_HEALTHY = {  # nothing in the test stops the controller, the store or the scrape
     "KdcanaryControllerDown",
     "KdcanaryControllerNotTicking",
@@ -81,6 +87,7 @@ QUIET_WHEN_HEALTHY = {  # nothing in the test stops the controller, the store or
     "KdcanaryControllerFenced",
     "KdcanaryRayMetricsDown",
     "KdcanaryAgreementBelowThreshold",
+    "KdcanaryStudentLessAccurate",
 }
 FINAL_COMPARISON = re.compile(r"^(?P<body>.*?)\s*(==|!=|>=|<=|>|<)\s*-?[\d.]+\s*$", re.DOTALL)
 
@@ -152,6 +159,12 @@ FAIL_SPEC = {  # no gate can roll it back: the test does, once Prometheus has se
     "fast_rollback": None,
     "tick_interval_s": 0.2,
 }
+
+
+def teacher_is_wrong(answer: dict[str, Any]) -> str | None:
+    """The label opposite the teacher's answer (student answers stay unlabelled)."""
+    said = answer["predictions"][0]["label"]
+    return LABELS[1 - LABELS.index(said)] if answer["variant"] == "teacher" else None
 
 
 @pytest.fixture(scope="module")
@@ -271,17 +284,24 @@ def test_every_dashboard_and_rule_expression_returns_data(
         deploy("prom-fail", **failing) as bad,
         admin_client(good) as good_admin,
         admin_client(bad) as bad_admin,
+        FeedbackClient(str(good.base_url), FEEDBACK_TOKEN) as feedback,
     ):
         for client, admin in ((good, good_admin), (bad, bad_admin)):
             assert client.post("/v1/predict", json={"inputs": []}).status_code == 422  # a rejected request
             admin.start("prometheus test")
         good_admin.pause("no traffic yet: it cannot leave the shadow stage before it resumes")
         wait_for_phase(good_admin, {Phase.PAUSED}, within_s=30)
-        with Traffic(good, reviews, workers=2), Traffic(bad, reviews, workers=2):
+        with pytest.raises(AdminCallError):  # an id this deployment never signed: refused, counted
+            feedback.send([FeedbackItem(request_id="forged.id", label=0)])
+        with (
+            Traffic(good, reviews, workers=2) as good_traffic,
+            Traffic(bad, reviews, workers=2),
+            Labeller(good_traffic, feedback, teacher_is_wrong),
+        ):
             assert bad_admin.promote(reason="prometheus test").weight == 0.5  # every student call now fails over
             # rate() sees a counter move only between two scrapes: each rollout moves on only once
             # Prometheus holds an increase of what its panels divide by, so no window is 0/0.
-            assert not wait_for_data(prometheus, FAILOVERS_SEEN | SHADOW_SEEN, within_s=120)
+            assert not wait_for_data(prometheus, FAILOVERS_SEEN | SHADOW_SEEN | LABELS_SEEN, within_s=120)
             assert bad_admin.rollback("prometheus test").weight == 0.0
             good_admin.resume("prometheus test")
             view = wait_for_phase(good_admin, set(TERMINAL_PHASES), within_s=120)

@@ -114,6 +114,12 @@ ALERT_SERIES = {
     'ray_kdcanary_requests_total{application="flaky",variant="student",outcome="ok"}': "0+90x20",
     'ray_kdcanary_requests_total{application="flaky",variant="teacher",outcome="failover"}': "0+10x20",
     'ray_kdcanary_failovers_total{application="flaky",reason="error"}': "0+10x20",
+    'ray_kdcanary_rollout_gate_upper{application="ok",gate="accuracy",replica="r1"}': "0.02x20",
+    'ray_kdcanary_rollout_gate_threshold{application="ok",gate="accuracy",replica="r1"}': "-0.01x20",
+    'ray_kdcanary_rollout_gate_upper{application="worse",gate="accuracy",replica="r1"}': "0.02x10 -0.03x10",
+    'ray_kdcanary_rollout_gate_threshold{application="worse",gate="accuracy",replica="r1"}': "-0.01x20",
+    'ray_kdcanary_feedback_refused_total{application="ok",reason="409",replica="r1"}': "0+5x20",  # retries
+    'ray_kdcanary_feedback_refused_total{application="forged",reason="404",replica="r1"}': "0x10 0+3x10",
     'up{job="ray",instance="node-1:8080"}': "1x20",
     'up{job="ray",instance="node-2:8080"}': "1x10 0x10",
 }
@@ -128,6 +134,9 @@ COST_SERIES = {
     'ray_kdcanary_cost_dollars_total{application="c",variant="teacher"}': "0+0.005x20",
     'ray_kdcanary_shadow_comparisons_total{application="c"}': "0+5x20",
     'ray_kdcanary_shadow_agreements_total{application="c"}': "0+4x20",
+    'ray_kdcanary_rollout_labelled{application="c",variant="student",replica="r1"}': "0+10x20",
+    'ray_kdcanary_rollout_labelled_correct{application="c",variant="student",replica="r1"}': "0+9x20",
+    'ray_kdcanary_rollout_labelled{application="c",variant="teacher",replica="r1"}': "0x20",
 }
 
 
@@ -149,6 +158,8 @@ def test_alerts_and_cost_rules_on_synthetic_series(promtool: Path, tmp_path: Pat
         firing("KdcanaryStudentErrorRate", app("flaky")),  # 10 % of its attempts
         firing("KdcanaryFailoverSpike", app("flaky")),  # 10 % of all answers
         firing("KdcanaryRayMetricsDown", '{instance="node-2:8080"}'),
+        firing("KdcanaryStudentLessAccurate", app("worse")),
+        firing("KdcanaryFeedbackRefused", app("forged")),  # 30 in the last 10 min; repeats do not count
     ]
     variant = '{{application="c",variant="{}"}}'.format
     cost = [
@@ -163,6 +174,7 @@ def test_alerts_and_cost_rules_on_synthetic_series(promtool: Path, tmp_path: Pat
         milli("application:kdcanary_shadow_agreement:ratio_rate5m", {app("c"): 800}),
         milli("application:kdcanary_student_errors:ratio_rate5m", {app("c"): 0}),  # no failover series yet
         milli("application:kdcanary_failovers:ratio_rate2m", {app("c"): 0}),
+        milli("application_variant:kdcanary_online_accuracy:ratio", {variant("student"): 900}),  # no teacher label
     ]
     tests = [
         {"interval": "15s", "input_series": series(ALERT_SERIES), "promql_expr_test": alerts},
@@ -210,7 +222,7 @@ def test_dashboard_covers_the_issue_list() -> None:
     titles = " | ".join(panel["title"] for panel in board["panels"]).lower()
     for words in ("traffic split", "requests / s", "errors", "p50 / p99", "agreement", "divergence"):
         assert words in titles, words
-    for words in ("cost per 1k requests", "saving", "stage over time", "failovers", "rollbacks"):
+    for words in ("cost per 1k requests", "saving", "stage over time", "failovers", "rollbacks", "online accuracy"):
         assert words in titles, words
     rollbacks = next(note for note in board["annotations"]["list"] if note["name"] == "Rollbacks")
     assert "ray_kdcanary_rollout_rollbacks_total" in rollbacks["expr"]

@@ -210,10 +210,12 @@ def _agreement_and_labels(agreed: int, compared: int, **counts: int) -> Evidence
 
 
 def test_by_default_accuracy_outranks_failing_agreement_once_labels_decide() -> None:
-    spec = RolloutSpec(errors=None, latency=None)  # agreement 0.97, accuracy deciding after 200 labels
+    spec = RolloutSpec(errors=None, latency=None)  # agreement 0.97, accuracy deciding after 50 labels
     better = {"both_right": 9000, "both_wrong": 500, "only_student": 300, "only_teacher": 200}
     early = evaluate_gates(spec, _agreement_and_labels(900, 1000))  # agreement 0.90: fails, no labels
     assert [g.name for g in early if g.fails] == ["agreement"]
+    arriving = evaluate_gates(spec, _agreement_and_labels(900, 1000, both_right=10, teacher_labelled=10))
+    assert not any(g.fails for g in arriving) and "labels are arriving, 10 of the 50" in arriving[0].message
     proven = evaluate_gates(spec, _agreement_and_labels(900, 1000, **better, teacher_labelled=2000))
     by_name = {g.name: g for g in proven}
     assert by_name["accuracy"].verdict is Verdict.PASS and by_name["accuracy"].binding
@@ -224,9 +226,26 @@ def test_by_default_accuracy_outranks_failing_agreement_once_labels_decide() -> 
     assert not any(g.fails for g in pending) and [g.name for g in pending if g.blocks] == ["accuracy"]
 
 
-def test_accuracy_fails_before_it_decides_and_also_mode_makes_it_a_plain_gate() -> None:
+def test_a_failing_accuracy_always_counts_and_also_mode_makes_it_a_plain_gate() -> None:
     worse = {"both_right": 80, "only_teacher": 20, "teacher_labelled": 100}
     results = evaluate_gates(RolloutSpec(), _agreement_and_labels(1990, 2000, **worse))
-    assert [g.name for g in results if g.fails] == ["accuracy"]  # 100 labels < 200, yet a failure counts
+    assert [g.name for g in results if g.fails] == ["accuracy"]  # a failure counts whatever the count
     also = RolloutSpec.from_mapping({"accuracy": {"mode": "also"}, "errors": None, "latency": None})
     assert [g.name for g in evaluate_gates(also, _agreement_and_labels(1990, 2000)) if g.blocks] == ["accuracy"]
+
+
+def test_the_class_guard_stands_when_accuracy_decides_and_guards_mode_only_vetoes() -> None:
+    classes = _classes(common=(3582, 3600), minority=(320, 400))
+    better = {
+        "both_right": 9000,
+        "both_wrong": 500,
+        "only_student": 300,
+        "only_teacher": 200,
+        "teacher_labelled": 10000,
+    }
+    evidence = classes.model_copy(update={"accuracy": Accuracy(**better)})
+    spec = RolloutSpec.from_mapping({"agreement_by_class": {"threshold": 0.9}, "errors": None, "latency": None})
+    assert [g.name for g in evaluate_gates(spec, evidence) if g.fails] == ["agreement_by_class"]
+    guards = spec.model_copy(update={"accuracy": AccuracyGate(mode="guards")})
+    low = _agreement_and_labels(900, 1000, **better)  # accuracy passes; agreement 0.90 still fails
+    assert [g.name for g in evaluate_gates(guards, low) if g.fails] == ["agreement"]

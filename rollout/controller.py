@@ -414,7 +414,9 @@ class RolloutController:
             if self._status is None:
                 return PublishedRouting(weight=0.0, shadow_fraction=0.0, version=0, **ids)
             current = policy_routing(self._spec, self._status)
-            return PublishedRouting(**current.model_dump(), version=routing_version(self._status), **ids)
+            segments = self._spec.segments.names if self._spec.segments is not None else ()
+            version = routing_version(self._status)
+            return PublishedRouting(**current.model_dump(), version=version, segments=segments, **ids)
 
     def status(self) -> RolloutStatus | None:
         """The status record as it stands in memory (None before the first start)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rollout.evidence import Evidence
+from rollout.evidence import Evidence, Segment
 
 
 class EventKind(StrEnum):
@@ -61,6 +61,7 @@ class EvidenceSummary(BaseModel):
     both_wrong: int = 0
     only_student: int = 0
     only_teacher: int = 0
+    segments: dict[str, Segment] = Field(default_factory=dict)  # per declared segment (and "other")
 
     @property
     def labelled(self) -> int:
@@ -79,4 +80,5 @@ def summarize(evidence: Evidence) -> EvidenceSummary:
         agreement_agreed=evidence.agreement.agreed,
         consecutive_student_errors=evidence.recent.consecutive_errors,
         **evidence.accuracy.model_dump(),
+        segments=evidence.segments,
     )

@@ -86,6 +86,8 @@ class Observation(BaseModel):
     # Both models' top-1 label ids for a shadowed request, kept by the controller until feedback
     # for `request_id` arrives (on the student's observation, as `agreed`).
     answers: PairedAnswers | None = None
+    # The request's segment: one the spec declares, or "other"; None when the spec declares none.
+    segment: str | None = None
 
 
 def bucket_index(latency_s: float) -> int:
@@ -212,6 +214,16 @@ class LabelOutcome(BaseModel):
     served: Variant
     correct: bool
     paired: tuple[bool, bool] | None = None
+    segment: str | None = None  # the request's segment, as its receipt says
+
+
+class Segment(BaseModel):
+    """One declared segment's evidence, pooled like the overall agreement and accuracy."""
+
+    model_config = _FROZEN
+
+    agreement: Agreement = Field(default_factory=Agreement)
+    accuracy: Accuracy = Field(default_factory=Accuracy)
 
 
 class RecentWindow(BaseModel):
@@ -246,6 +258,8 @@ class Evidence(BaseModel):
     # Agreement per teacher label, pooled across stages like `agreement` (same student, same traffic).
     classes: dict[str, Agreement] = Field(default_factory=dict)
     accuracy: Accuracy = Field(default_factory=Accuracy)
+    # Agreement and accuracy per segment the request declared ("other" for undeclared ones).
+    segments: dict[str, Segment] = Field(default_factory=dict)
 
 
 def rollover(evidence: Evidence, epoch: int) -> Evidence:
@@ -255,7 +269,7 @@ def rollover(evidence: Evidence, epoch: int) -> Evidence:
     """
     if evidence.epoch == epoch:
         return evidence
-    pooled = {"agreement", "recent", "classes", "accuracy"}
+    pooled = {"agreement", "recent", "classes", "accuracy", "segments"}
     return Evidence(epoch=epoch, **{name: getattr(evidence, name) for name in pooled})
 
 
@@ -293,6 +307,21 @@ def _add_classes(classes: dict[str, Agreement], batch: Sequence[Observation]) ->
     return {label: Agreement(agreed=agreed, compared=compared) for label, (agreed, compared) in counts.items()}
 
 
+def _add_segment_agreement(segments: dict[str, Segment], batch: Sequence[Observation]) -> dict[str, Segment]:
+    paired = [(o.segment, o.agreed) for o in batch if o.segment is not None and o.agreed is not None]
+    if not paired:
+        return segments
+    counts = {name: [s.agreement.agreed, s.agreement.compared] for name, s in segments.items()}
+    for name, agreed in paired:
+        count = counts.setdefault(name, [0, 0])
+        count[0] += agreed
+        count[1] += 1
+    return {
+        name: segments.get(name, Segment()).model_copy(update={"agreement": Agreement(agreed=a, compared=n)})
+        for name, (a, n) in counts.items()
+    }
+
+
 def add_observations(evidence: Evidence, observations: Iterable[Observation], now: float) -> Evidence:
     """Fold one batch in, in order; `now` (controller clock) timestamps the fast-rollback window."""
     batch = list(observations)
@@ -305,6 +334,7 @@ def add_observations(evidence: Evidence, observations: Iterable[Observation], no
     )
     update = {
         "classes": _add_classes(evidence.classes, batch),
+        "segments": _add_segment_agreement(evidence.segments, batch),
         "student": merge_stats(evidence.student, _stats_of(students)),
         "teacher": merge_stats(evidence.teacher, _stats_of(teachers)),
         "agreement": agreement,
@@ -313,14 +343,23 @@ def add_observations(evidence: Evidence, observations: Iterable[Observation], no
     return evidence.model_copy(update=update)
 
 
-def add_labels(evidence: Evidence, outcomes: Iterable[LabelOutcome]) -> Evidence:
-    """Fold labelled inputs (from feedback) into the pooled accuracy counts."""
-    counts = evidence.accuracy.model_dump()
+def _count_labels(accuracy: Accuracy, outcomes: Sequence[LabelOutcome]) -> Accuracy:
+    counts = accuracy.model_dump()
     for outcome in outcomes:
         counts[f"{outcome.served.value}_labelled"] += 1
         counts[f"{outcome.served.value}_correct"] += outcome.correct
         if outcome.paired is not None:
-            teacher, student = outcome.paired
             key = {(True, True): "both_right", (False, False): "both_wrong", (False, True): "only_student"}
-            counts[key.get((teacher, student), "only_teacher")] += 1
-    return evidence.model_copy(update={"accuracy": Accuracy(**counts)})
+            counts[key.get(outcome.paired, "only_teacher")] += 1
+    return Accuracy(**counts)
+
+
+def add_labels(evidence: Evidence, outcomes: Iterable[LabelOutcome]) -> Evidence:
+    """Fold labelled inputs (from feedback) into the pooled accuracy counts, overall and per segment."""
+    batch = list(outcomes)
+    segments = dict(evidence.segments)
+    for name in {o.segment for o in batch if o.segment is not None}:
+        segment = segments.get(name, Segment())
+        accuracy = _count_labels(segment.accuracy, [o for o in batch if o.segment == name])
+        segments[name] = segment.model_copy(update={"accuracy": accuracy})
+    return evidence.model_copy(update={"accuracy": _count_labels(evidence.accuracy, batch), "segments": segments})

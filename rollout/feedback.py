@@ -101,5 +101,6 @@ def _outcomes(receipt: Receipt, truth: list[int], kept: PairedAnswers | None) ->
     outcomes = []
     for index, label in enumerate(truth):
         paired = (kept.teacher[index] == label, kept.student[index] == label) if both and kept else None
-        outcomes.append(LabelOutcome(served=receipt.served, correct=receipt.labels[index] == label, paired=paired))
+        correct = receipt.labels[index] == label
+        outcomes.append(LabelOutcome(served=receipt.served, correct=correct, paired=paired, segment=receipt.segment))
     return outcomes

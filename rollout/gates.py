@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from rollout.evidence import Evidence, LatencyHistogram, VariantStats
+from rollout.evidence import Accuracy, Agreement, Evidence, LatencyHistogram, VariantStats
 from rollout.spec import (
     AccuracyGate,
     AgreementGate,
@@ -28,8 +28,10 @@ from rollout.spec import (
     FastRollback,
     LatencyGate,
     RolloutSpec,
+    SegmentGuard,
 )
 from rollout.stats import (
+    Interval,
     bernoulli_cs,
     difference_cs,
     paired_difference_cs,
@@ -128,94 +130,145 @@ def class_agreement_guard(gate: ClassAgreementGuard, evidence: Evidence) -> Gate
     threshold), leaving promotion to the overall agreement gate: a minority class needs many
     samples to be shown above a threshold, but few to be shown below one when it regresses.
     """
-    classes = {label: counts for label, counts in sorted(evidence.classes.items()) if counts.compared}
-    n = sum(counts.compared for counts in classes.values())
-    if not classes:
-        return GateResult(
-            name="agreement_by_class",
-            verdict=Verdict.INCONCLUSIVE,
-            n=0,
-            threshold=gate.threshold,
-            message=f"agreement by class: no paired answers yet, threshold {gate.threshold:.4f}",
-        )
-    alpha = gate.alpha / max(gate.classes, len(classes))
-    bounds = {label: bernoulli_cs(c.agreed, c.compared, alpha) for label, c in classes.items()}
-    failing = [label for label, cs in bounds.items() if cs.upper < gate.threshold]
-    shown = min(failing or bounds, key=lambda label: bounds[label].upper)  # the worst class
-    counts, cs = classes[shown], bounds[shown]
+    classes = {label: counts for label, counts in evidence.classes.items() if counts.compared}
+    alpha = gate.alpha / max(gate.classes, len(classes), 1)
+    return _agreement_by("class", "agreement_by_class", classes, gate.threshold, alpha)
+
+
+_PLURAL = {"class": "classes"}
+
+
+def _agreement_by(kind: str, name: str, groups: dict[str, Agreement], threshold: float, alpha: float) -> GateResult:
+    """The guard over per-group agreement (classes, segments), each group at `alpha`."""
+    title = f"agreement by {kind}"
+    if not groups:
+        message = f"{title}: no paired answers yet, threshold {threshold:.4f}"
+        return GateResult(name=name, verdict=Verdict.INCONCLUSIVE, n=0, threshold=threshold, message=message)
+    bounds = {group: bernoulli_cs(c.agreed, c.compared, alpha) for group, c in sorted(groups.items())}
+    failing = [group for group, cs in bounds.items() if cs.upper < threshold]
+    shown = min(failing or bounds, key=lambda group: bounds[group].upper)  # the worst group
+    counts, cs = groups[shown], bounds[shown]
     numbers = (
-        f"class '{shown}': agreement {counts.agreed / counts.compared:.4f} ({counts.agreed}/{counts.compared}), "
+        f"{kind} '{shown}': agreement {counts.agreed / counts.compared:.4f} ({counts.agreed}/{counts.compared}), "
         f"bounds [{cs.lower:.4f}, {cs.upper:.4f}] at alpha={alpha:.3g}"
     )
-    verdict = Verdict.FAIL if failing else Verdict.PASS
-    relation = "upper bound <" if failing else "the lowest class; none shown below"
+    relation = "upper bound <" if failing else f"the lowest {kind}; none shown below"
     return GateResult(
-        name="agreement_by_class",
-        verdict=verdict,
-        n=n,
+        name=name,
+        verdict=Verdict.FAIL if failing else Verdict.PASS,
+        n=sum(c.compared for c in groups.values()),
         estimate=counts.agreed / counts.compared,
         lower=cs.lower,
         upper=cs.upper,
-        threshold=gate.threshold,
-        message=f"agreement by class: {numbers}: {relation} {gate.threshold:.4f} ({len(classes)} classes)",
+        threshold=threshold,
+        message=f"{title}: {numbers}: {relation} {threshold:.4f} ({len(groups)} {_PLURAL.get(kind, kind + 's')})",
+    )
+
+
+def segment_guard(gate: SegmentGuard, evidence: Evidence) -> GateResult:
+    """Agreement, and accuracy where labelled, per declared segment (a guard: FAIL or PASS).
+
+    K sequences share alpha (spec.SegmentGuard): each segment's agreement, and its accuracy
+    difference when `accuracy_margin` is set. FAIL names the worst failing segment (agreement
+    before accuracy) with its numbers; no paired answer and no label yet is INCONCLUSIVE.
+    """
+    judged = gate.accuracy_margin is not None
+    alpha = gate.alpha / (max(len(gate.names) + 1, len(evidence.segments)) * (2 if judged else 1))
+    agreements = {name: s.agreement for name, s in evidence.segments.items() if s.agreement.compared}
+    agreement = _agreement_by("segment", "segments", agreements, gate.threshold, alpha)
+    if agreement.verdict is Verdict.FAIL or gate.accuracy_margin is None:
+        return agreement
+    threshold = -gate.accuracy_margin
+    bounds = {name: b for name, s in evidence.segments.items() if (b := _accuracy_bounds(s.accuracy, alpha))}
+    if not bounds:
+        return agreement
+    worst = min(sorted(bounds), key=lambda name: bounds[name][1].upper)
+    acc, (estimate, cs) = evidence.segments[worst].accuracy, bounds[worst]
+    failing = cs.upper < threshold
+    if not failing and agreement.verdict is Verdict.PASS:
+        return agreement
+    relation = "upper bound <" if failing else "the lowest segment; none shown below"
+    return GateResult(
+        name="segments",
+        verdict=Verdict.FAIL if failing else Verdict.PASS,
+        n=acc.labelled,
+        estimate=estimate,
+        lower=cs.lower,
+        upper=cs.upper,
+        threshold=threshold,
+        message=(
+            f"accuracy by segment: segment '{worst}': student - teacher {estimate:+.4f}, "
+            f"bounds [{cs.lower:+.4f}, {cs.upper:+.4f}] at alpha={alpha:.3g}: {relation} {threshold:+.4f} "
+            f"({_accuracy_counts(acc)})"
+        ),
     )
 
 
 def accuracy_gate(gate: AccuracyGate, evidence: Evidence) -> GateResult:
-    """Student minus teacher accuracy >= -margin on labelled answers (feedback).
-
-    Two confidence sequences for the same difference, alpha/2 each, intersected (a union bound:
-    both hold at once with probability >= 1 - alpha): the paired one on inputs both models
-    answered (`stats.paired_difference_cs`: only the inputs where exactly one model was right
-    carry information, so it needs far fewer labels when the models mostly agree), and the
-    unpaired one on the answers each model served (`stats.difference_cs`), which covers stages
-    where few requests are shadowed. Without labels it is INCONCLUSIVE.
-    """
+    """Student minus teacher accuracy >= -margin on labelled answers (feedback), by
+    `_accuracy_bounds`. Without labels it is INCONCLUSIVE."""
     acc, threshold = evidence.accuracy, -gate.margin
-    counts = (
-        f"student {acc.student_correct}/{acc.student_labelled}, teacher {acc.teacher_correct}/{acc.teacher_labelled} "
-        f"served; paired: {acc.only_student} only student right, {acc.only_teacher} only teacher right, "
-        f"{acc.both_right} both right, {acc.both_wrong} both wrong"
-    )
-    bounds = []
-    if acc.paired:
-        bounds.append(paired_difference_cs(acc.only_student, acc.only_teacher, acc.paired, gate.alpha / 2))
-    if acc.student_labelled and acc.teacher_labelled:
-        served = (acc.student_correct, acc.student_labelled, acc.teacher_correct, acc.teacher_labelled)
-        bounds.append(difference_cs(*served, gate.alpha / 2))
-    if not bounds:
-        message = f"accuracy: no labelled answers to compare yet ({counts}), margin {gate.margin:.4f}"
+    judged = _accuracy_bounds(acc, gate.alpha)
+    if judged is None:
+        message = f"accuracy: no labelled answers to compare yet ({_accuracy_counts(acc)}), margin {gate.margin:.4f}"
         return GateResult(
             name="accuracy", verdict=Verdict.INCONCLUSIVE, n=acc.labelled, threshold=threshold, message=message
         )
-    lower, upper = max(cs.lower for cs in bounds), min(cs.upper for cs in bounds)
-    estimate = _accuracy_difference(evidence)
-    verdict = _judge(lower, upper, threshold, higher_is_better=True)
+    estimate, bounds = judged
+    verdict = _judge(bounds.lower, bounds.upper, threshold, higher_is_better=True)
     relation = {Verdict.PASS: "lower bound >=", Verdict.FAIL: "upper bound <"}.get(verdict, "bounds straddle")
     message = (
         f"accuracy difference student - teacher {relation} {threshold:+.4f}: estimate {estimate:+.4f}, "
-        f"bounds [{lower:+.4f}, {upper:+.4f}] at alpha={gate.alpha:g} ({counts})"
+        f"bounds [{bounds.lower:+.4f}, {bounds.upper:+.4f}] at alpha={gate.alpha:g} ({_accuracy_counts(acc)})"
     )
     return GateResult(
         name="accuracy",
         verdict=verdict,
         n=acc.labelled,
         estimate=estimate,
-        lower=lower,
-        upper=upper,
+        lower=bounds.lower,
+        upper=bounds.upper,
         threshold=threshold,
         message=message,
     )
 
 
-def _accuracy_difference(evidence: Evidence) -> float:
-    """The point estimate: the paired difference where pairs exist, else the served rates'."""
-    acc = evidence.accuracy
+def _accuracy_bounds(acc: Accuracy, alpha: float) -> tuple[float, Interval] | None:
+    """Student minus teacher accuracy: two confidence sequences for the same difference, alpha/2
+    each, intersected (a union bound: both hold at once with probability >= 1 - alpha). The
+    paired one on inputs both models answered (`stats.paired_difference_cs`: only the inputs
+    where exactly one model was right carry information, so it needs far fewer labels when the
+    models mostly agree), and the unpaired one on the answers each model served
+    (`stats.difference_cs`), which covers stages where few requests are shadowed. None without
+    anything to compare; else (the estimate, the interval)."""
+    estimate = accuracy_difference(acc)
+    bounds = []
+    if acc.paired:
+        bounds.append(paired_difference_cs(acc.only_student, acc.only_teacher, acc.paired, alpha / 2))
+    if acc.student_labelled and acc.teacher_labelled:
+        served = (acc.student_correct, acc.student_labelled, acc.teacher_correct, acc.teacher_labelled)
+        bounds.append(difference_cs(*served, alpha / 2))
+    if not bounds or estimate is None:
+        return None
+    return estimate, Interval(max(cs.lower for cs in bounds), min(cs.upper for cs in bounds))
+
+
+def _accuracy_counts(acc: Accuracy) -> str:
+    return (
+        f"student {acc.student_correct}/{acc.student_labelled}, teacher {acc.teacher_correct}/{acc.teacher_labelled} "
+        f"served; paired: {acc.only_student} only student right, {acc.only_teacher} only teacher right, "
+        f"{acc.both_right} both right, {acc.both_wrong} both wrong"
+    )
+
+
+def accuracy_difference(acc: Accuracy) -> float | None:
+    """Student minus teacher accuracy, estimated: the paired difference where pairs exist, else
+    the served rates'; None while neither can be formed (exactly when `_accuracy_bounds` is None)."""
     if acc.paired:
         return (acc.only_student - acc.only_teacher) / acc.paired
-    student = acc.student_correct / acc.student_labelled if acc.student_labelled else 0.0
-    teacher = acc.teacher_correct / acc.teacher_labelled if acc.teacher_labelled else 0.0
-    return student - teacher
+    if acc.student_labelled and acc.teacher_labelled:
+        return acc.student_correct / acc.student_labelled - acc.teacher_correct / acc.teacher_labelled
+    return None
 
 
 def combine_accuracy(gate: AccuracyGate, accuracy: GateResult, results: list[GateResult]) -> list[GateResult]:
@@ -450,13 +503,15 @@ def fast_rollback_check(gate: FastRollback, evidence: Evidence, now: float) -> G
 
 
 def evaluate_gates(spec: RolloutSpec, evidence: Evidence) -> tuple[GateResult, ...]:
-    """Every enabled stage gate, in a fixed order (agreement, by class, accuracy, errors,
-    latency, cost), with the spec's rule for accuracy and agreement applied (`binding`)."""
+    """Every enabled stage gate, in a fixed order (agreement, by class, segments, accuracy,
+    errors, latency, cost), with the spec's rule for accuracy and agreement applied (`binding`)."""
     results = []
     if spec.agreement is not None:
         results.append(agreement_gate(spec.agreement, evidence))
     if spec.agreement_by_class is not None:
         results.append(class_agreement_guard(spec.agreement_by_class, evidence))
+    if spec.segments is not None:
+        results.append(segment_guard(spec.segments, evidence))
     if spec.accuracy is not None:
         results = combine_accuracy(spec.accuracy, accuracy_gate(spec.accuracy, evidence), results)
     if spec.errors is not None:

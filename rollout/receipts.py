@@ -10,7 +10,7 @@ shadow call runs after the response is sent); the controller keeps those, keyed 
 until they expire (rollout/store.py).
 
 Format: base64url(JSON [version, issued_at, pair tag, routing version, variant, labels,
-nonce]) "." base64url(first 16 bytes of HMAC-SHA256). A receipt cannot be forged or altered
+nonce, segment]) "." base64url(first 16 bytes of HMAC-SHA256). A receipt cannot be forged or altered
 without the key, and it is opaque to clients by convention only: it holds no secret.
 
 The key is the controller's: `load_or_create_key` makes it once under the state directory
@@ -48,6 +48,7 @@ class Receipt(BaseModel):
     served: Variant
     labels: tuple[int, ...]  # the served answer's top-1 label id, per input
     nonce: str = Field(min_length=1, max_length=64)
+    segment: str | None = None  # the request's segment (declared, or "other"), when the spec declares any
 
 
 def pair_tag(teacher_id: str | None, student_id: str | None) -> str:
@@ -80,7 +81,7 @@ class ReceiptSigner:
 
     def sign(self, receipt: Receipt) -> str:
         fields = [FORMAT, round(receipt.issued_at, 3), receipt.pair, receipt.version]
-        fields += [receipt.served.value, list(receipt.labels), receipt.nonce]
+        fields += [receipt.served.value, list(receipt.labels), receipt.nonce, receipt.segment]
         body = _b64(json.dumps(fields, separators=(",", ":")).encode())
         return f"{body}.{self._tag(body)}"
 
@@ -90,10 +91,11 @@ class ReceiptSigner:
         if len(request_id) > MAX_REQUEST_ID_CHARS or not hmac.compare_digest(tag, self._tag(body)):
             raise UnknownRequestError(f"request_id {_shown(request_id)}: not issued by this deployment")
         try:
-            version, issued_at, pair, routing, served, labels, nonce = json.loads(_unb64(body))
+            version, issued_at, pair, routing, served, labels, nonce, segment = json.loads(_unb64(body))
             if version != FORMAT:
                 raise ValueError(f"format {version}")
-            return Receipt(issued_at=issued_at, pair=pair, version=routing, served=served, labels=labels, nonce=nonce)
+            fields = {"issued_at": issued_at, "pair": pair, "version": routing, "served": served}
+            return Receipt(**fields, labels=labels, nonce=nonce, segment=segment)
         except (ValueError, TypeError, ValidationError) as exc:  # signed by us, yet unreadable: another format
             raise UnknownRequestError(f"request_id {_shown(request_id)}: unreadable receipt ({exc})") from exc
 

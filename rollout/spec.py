@@ -14,10 +14,10 @@ add up the same way: the chance of any false rollback is at most the sum of thos
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from rollout.errors import SpecError
 from rollout.evidence import RECENT_RETENTION_S
@@ -80,6 +80,42 @@ class ClassAgreementGuard(BaseModel):
     threshold: float = Field(default=0.9, gt=0.0, lt=1.0)
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
     classes: int = Field(default=2, ge=1, le=1000, description="the model's number of labels")
+
+
+OTHER_SEGMENT = "other"
+MAX_SEGMENTS = 48
+SegmentName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class SegmentGuard(BaseModel):
+    """Agreement, and accuracy once labels arrive, per declared segment of the traffic (a request
+    names its segment; anything undeclared counts as "other"). Like the class guard it fails, or
+    stays out of the way: a regression in one segment rolls back while the average passes.
+
+    Each segment's agreement runs at alpha / K and its accuracy (student minus teacher >=
+    -`accuracy_margin`, paired and served, as the accuracy gate) at alpha / K too, with K = 2 x
+    (declared segments + "other") when accuracy is judged, else declared + 1: a union bound.
+    Segment names become a metric label, which is why they are declared and bounded."""
+
+    model_config = _STRICT
+
+    names: tuple[SegmentName, ...] = Field(min_length=1, max_length=MAX_SEGMENTS)
+    threshold: float = Field(default=0.9, gt=0.0, lt=1.0)
+    accuracy_margin: float | None = Field(default=0.01, ge=0.0, lt=1.0)
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+
+    @field_validator("names")
+    @classmethod
+    def _distinct_and_not_other(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        if OTHER_SEGMENT in names:
+            raise ValueError(f"'{OTHER_SEGMENT}' is where undeclared segments go; do not declare it")
+        if len(set(names)) != len(names):
+            raise ValueError(f"each segment once: {sorted(n for n in set(names) if names.count(n) > 1)} repeat")
+        return names
+
+    def canonical(self, segment: str | None) -> str:
+        """The segment a request counts in: its own when declared, else "other"."""
+        return segment if segment in self.names else OTHER_SEGMENT
 
 
 class AccuracyGate(BaseModel):
@@ -175,6 +211,7 @@ class RolloutSpec(BaseModel):
     agreement: AgreementGate | None = Field(default_factory=AgreementGate)
     agreement_by_class: ClassAgreementGuard | None = None
     accuracy: AccuracyGate | None = Field(default_factory=AccuracyGate)
+    segments: SegmentGuard | None = None
     errors: ErrorGate | None = Field(default_factory=ErrorGate)
     latency: LatencyGate | None = Field(default_factory=LatencyGate)
     cost: CostGate | None = None

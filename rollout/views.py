@@ -48,6 +48,7 @@ class PublishedRouting(Routing):
     version: int = Field(ge=0)
     teacher_id: str | None = None
     student_id: str | None = None
+    segments: tuple[str, ...] = ()  # the spec's declared segments (a request naming another is "other")
 
     def same_pair(self, other: PublishedRouting) -> bool:
         return (self.teacher_id, self.student_id) == (other.teacher_id, other.student_id)

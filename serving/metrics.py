@@ -39,6 +39,9 @@ The rollout controller's (ControllerMetrics):
     ray_kdcanary_rollout_labelled_correct{variant}     ... of which right (online accuracy = correct / labelled)
     ray_kdcanary_rollout_paired_labels{outcome}        labelled inputs both answered: both_right | both_wrong
                                                        | only_student | only_teacher
+    ray_kdcanary_rollout_segment_{agreed,compared}{segment}   shadow-compared inputs per declared segment (and
+                                                       "other"), and how many agreed
+    ray_kdcanary_rollout_segment_accuracy_difference{segment} student - teacher accuracy on labelled inputs
     ray_kdcanary_rollout_decisions_total{action}       ticks by action: hold | advance | rollback | complete
     ray_kdcanary_rollout_rollbacks_total{reason}       rollbacks by cause: the failing gate, or operator
     ray_kdcanary_rollout_store_healthy                 1 when the state store's last save succeeded, else 0
@@ -52,7 +55,7 @@ from typing import Any
 from ray.serve import metrics as serve_metrics
 
 from rollout.evidence import Variant
-from rollout.gates import GateResult, Verdict
+from rollout.gates import GateResult, Verdict, accuracy_difference
 from rollout.status import Phase
 from rollout.views import StatusView
 
@@ -196,6 +199,10 @@ class ControllerMetrics:
         self._paired = serve_metrics.Gauge(
             "kdcanary_rollout_paired_labels", "Labelled inputs both models answered.", _keys("outcome")
         )
+        self._segment = {
+            part: serve_metrics.Gauge(f"kdcanary_rollout_segment_{part}", f"Per segment: {part}.", _keys("segment"))
+            for part in ("agreed", "compared", "accuracy_difference")
+        }
         self._decisions = serve_metrics.Counter("kdcanary_rollout_decisions_total", "Ticks by action.", _keys("action"))
         self._rollbacks = serve_metrics.Counter(
             "kdcanary_rollout_rollbacks_total", "Rollbacks by cause.", _keys("reason")
@@ -244,6 +251,12 @@ class ControllerMetrics:
             self._labelled["labelled_correct"].set(float(getattr(counts, f"{variant.value}_correct")), tags)
         for outcome in ("both_right", "both_wrong", "only_student", "only_teacher"):
             self._paired.set(float(getattr(counts, outcome)), {"outcome": outcome})
+        for name, segment in counts.segments.items():  # names the spec declared (and "other"): bounded
+            tags = {"segment": name}
+            self._segment["agreed"].set(float(segment.agreement.agreed), tags)
+            self._segment["compared"].set(float(segment.agreement.compared), tags)
+            if (difference := accuracy_difference(segment.accuracy)) is not None:
+                self._segment["accuracy_difference"].set(difference, tags)
 
     def _advance(self, counter: Any, key: str, counts: dict[str, int]) -> None:
         for label, count in counts.items():

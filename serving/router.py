@@ -150,9 +150,9 @@ class Router:
             raise RouterError(
                 429, None, f"over this router's limit of {self._admission.rate:g} requests/s; retry in {wait} s"
             )
-        texts, key = await self._parse(request)
+        texts, key, segment = await self._parse(request)
         try:
-            answered = await self._core.answer(texts, key, started)
+            answered = await self._core.answer(texts, key, started, segment)
         except ModelCallError as exc:  # the teacher failed: nothing left to answer with
             raise RouterError(lookup(exc).http_status, None, "the model is unavailable; retry later") from exc
         payload = {
@@ -192,8 +192,8 @@ class Router:
         self._metrics.record_feedback(result.labels)
         return json_response(result.model_dump())
 
-    async def _parse(self, request: Request) -> tuple[list[str], str | None]:
-        """The inputs and the routing key (body field, else header), or a 4xx naming the field."""
+    async def _parse(self, request: Request) -> tuple[list[str], str | None, str | None]:
+        """The inputs, the routing key (body field, else header) and the segment, or a 4xx naming the field."""
         try:
             parsed = PredictRequest.model_validate_json(await self._body(request))
         except ValidationError as exc:
@@ -201,7 +201,7 @@ class Router:
         key = parsed.routing_key or request.headers.get(ROUTING_KEY_HEADER)
         if key is not None and not 0 < len(key) <= MAX_KEY_CHARS:
             raise RouterError(422, "X-Routing-Key", f"must be 1 to {MAX_KEY_CHARS} characters")
-        return list(parsed.inputs), key
+        return list(parsed.inputs), key, parsed.segment
 
     def _check_declared_size(self, request: Request) -> None:
         limit = self._config.max_body_bytes

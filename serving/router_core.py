@@ -45,6 +45,7 @@ from typing import Literal, Protocol
 
 from rollout.evidence import Observation, PairedAnswers, Variant
 from rollout.receipts import Receipt, ReceiptSigner, new_nonce, pair_tag
+from rollout.spec import OTHER_SEGMENT
 from rollout.views import PublishedRouting
 from serving.answer import ModelAnswer
 from serving.config import RouterConfig
@@ -114,6 +115,7 @@ class Answered:
     texts: list[str]
     observations: list[Observation]
     routing: PublishedRouting  # as it was when the request arrived: its version and shadow fraction apply
+    segment: str | None = None  # declared by the spec, or "other"; None when the spec declares none
     request_id: str = ""  # the signed receipt ("unsigned.<nonce>" before the key is known)
     nonce: str = ""  # the receipt's nonce: keys the shadow's answers for feedback
 
@@ -195,19 +197,24 @@ class RouterCore:
 
     # --- the request path -------------------------------------------------------------------
 
-    async def answer(self, texts: list[str], key: str | None = None, started: float | None = None) -> Answered:
+    async def answer(
+        self, texts: list[str], key: str | None = None, started: float | None = None, segment: str | None = None
+    ) -> Answered:
         """Answer one request. `started` (on this core's clock) is when it arrived; default now.
+        `segment` is the one the request names (any name: an undeclared one counts as "other").
 
         Raises ModelCallError when the teacher fails; its observations are pending by then."""
         started = self._clock() if started is None else started
         routing = self._routing
+        segment = _segment_of(segment, routing)
         outcome: Outcome = "ok"
         observations: list[Observation] = []
         if self._chooser.choose(self._weight, key) is Variant.STUDENT:
             student = await self._call(Variant.STUDENT, texts, routing)
             if student.answer is not None and _of_pair(student.answer, routing):
                 latency = self._clock() - started
-                return self._receipted(Answered(student.answer, "ok", latency, texts, [student.observation], routing))
+                answered = Answered(student.answer, "ok", latency, texts, [student.observation], routing, segment)
+                return self._receipted(answered)
             if student.answer is None:
                 self._record_failover(student.error)
                 observations.append(student.observation)
@@ -220,7 +227,8 @@ class RouterCore:
             self._pending.extend([*observations, teacher.observation])
             raise ModelCallError(f"teacher failed: {type(teacher.error).__name__}") from teacher.error
         observations.append(teacher.observation)
-        return self._receipted(Answered(teacher.answer, outcome, self._clock() - started, texts, observations, routing))
+        latency = self._clock() - started
+        return self._receipted(Answered(teacher.answer, outcome, latency, texts, observations, routing, segment))
 
     def _receipted(self, answered: Answered) -> Answered:
         """`answered` with its request id: what was answered, signed (see the module docstring)."""
@@ -235,6 +243,7 @@ class RouterCore:
             served=answer.variant,
             labels=tuple(answer.probabilities.argmax(axis=1).tolist()),
             nonce=nonce,
+            segment=answered.segment,
         )
         return replace(answered, request_id=self._signer.sign(receipt), nonce=nonce)
 
@@ -300,6 +309,7 @@ class RouterCore:
         verdicts: dict[str, object] = {
             "agreed": bool(agree.all()),
             "by_class": tuple(zip((teacher.label_names[i] for i in teacher_ids), map(bool, agree), strict=True)),
+            "segment": answered.segment,
         }
         if self._signer is not None:  # labels may come back for this request: keep both answers
             student_ids = tuple(student.probabilities.argmax(axis=1).tolist())
@@ -328,6 +338,13 @@ class RouterCore:
         while self._pending:
             batch, self._pending = self._pending[:cap], self._pending[cap:]
             yield batch
+
+
+def _segment_of(segment: str | None, routing: PublishedRouting) -> str | None:
+    """The segment a request counts in: its own when declared, else "other" (None when none are)."""
+    if not routing.segments:
+        return None
+    return segment if segment in routing.segments else OTHER_SEGMENT
 
 
 def _of_pair(answer: ModelAnswer, routing: PublishedRouting) -> bool:

@@ -32,6 +32,7 @@ class PredictRequest(BaseModel):
 
     inputs: list[Text] = Field(min_length=1, max_length=MAX_INPUTS)
     routing_key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_CHARS)
+    segment: str | None = Field(default=None, min_length=1, max_length=64, description="one the spec declares")
 
 
 FEEDBACK_BODY = TypeAdapter(

@@ -10,7 +10,16 @@ import pytest
 from rollout.clock import FakeClock
 from rollout.controller import RolloutController
 from rollout.errors import ExpiredRequestError, LabelError, RepeatedRequestError, UnknownRequestError
-from rollout.evidence import Observation, PairedAnswers, Variant
+from rollout.evidence import (
+    Evidence,
+    LabelOutcome,
+    Observation,
+    PairedAnswers,
+    Variant,
+    add_labels,
+    add_observations,
+    rollover,
+)
 from rollout.feedback import FeedbackDesk, FeedbackItem
 from rollout.receipts import Receipt, ReceiptSigner, load_or_create_key, new_nonce, pair_tag
 from rollout.spec import RolloutSpec
@@ -129,3 +138,23 @@ def test_without_a_desk_feedback_is_refused() -> None:
     controller = RolloutController(RolloutSpec(), MemoryStateStore(), FakeClock(T0), RecordingWebhookSender())
     with pytest.raises(Exception, match="feedback is not set up"):
         controller.feedback([FeedbackItem(request_id="x.y", label=1)])
+
+
+def test_labels_and_shadow_verdicts_count_per_segment_too() -> None:
+    evidence = add_observations(
+        Evidence(),
+        [
+            Observation(variant=Variant.STUDENT, latency_s=0.01, agreed=False, segment="mobile"),
+            Observation(variant=Variant.STUDENT, latency_s=0.01, agreed=True, segment="mobile"),
+            Observation(variant=Variant.STUDENT, latency_s=0.01, agreed=True, segment="other"),
+        ],
+        now=T0,
+    )
+    labelled = add_labels(
+        evidence, [LabelOutcome(served=Variant.TEACHER, correct=True, paired=(True, False), segment="mobile")]
+    )
+    mobile = labelled.segments["mobile"]
+    assert (mobile.agreement.agreed, mobile.agreement.compared) == (1, 2)
+    assert (mobile.accuracy.only_teacher, labelled.accuracy.only_teacher) == (1, 1)
+    assert labelled.segments["other"].accuracy.labelled == 0
+    assert rollover(labelled, epoch=3).segments == labelled.segments  # pooled across stages

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rollout.evidence import Accuracy, Agreement, Evidence, RecentWindow, VariantStats, histogram_of
+from rollout.errors import SpecError
+from rollout.evidence import Accuracy, Agreement, Evidence, RecentWindow, Segment, VariantStats, histogram_of
 from rollout.gates import (
     Verdict,
     accuracy_gate,
@@ -15,6 +16,7 @@ from rollout.gates import (
     evaluate_gates,
     fast_rollback_check,
     latency_gate,
+    segment_guard,
 )
 from rollout.spec import (
     AccuracyGate,
@@ -25,6 +27,7 @@ from rollout.spec import (
     FastRollback,
     LatencyGate,
     RolloutSpec,
+    SegmentGuard,
 )
 
 
@@ -249,3 +252,44 @@ def test_the_class_guard_stands_when_accuracy_decides_and_guards_mode_only_vetoe
     guards = spec.model_copy(update={"accuracy": AccuracyGate(mode="guards")})
     low = _agreement_and_labels(900, 1000, **better)  # accuracy passes; agreement 0.90 still fails
     assert [g.name for g in evaluate_gates(guards, low) if g.fails] == ["agreement"]
+
+
+def _segments(**counts: tuple[int, int]) -> Evidence:
+    segments = {name: Segment(agreement=Agreement(agreed=a, compared=n)) for name, (a, n) in counts.items()}
+    return Evidence(segments=segments)
+
+
+def test_a_segment_regression_fails_the_segment_guard_naming_the_segment() -> None:
+    guard = SegmentGuard(names=("web", "mobile"), threshold=0.9)
+    result = segment_guard(guard, _segments(web=(3582, 3600), mobile=(330, 412)))
+    assert result.verdict is Verdict.FAIL and result.upper is not None and result.upper < 0.9
+    assert "segment 'mobile': agreement 0.8010 (330/412)" in result.message and "< 0.9000" in result.message
+    healthy = segment_guard(guard, _segments(web=(990, 1000), other=(95, 100)))
+    assert healthy.verdict is Verdict.PASS and "segment 'other'" in healthy.message
+    assert segment_guard(guard, Evidence()).verdict is Verdict.INCONCLUSIVE
+
+
+def test_a_segment_less_accurate_on_labels_fails_while_its_agreement_passes() -> None:
+    worse = Accuracy(both_right=3600, both_wrong=300, only_teacher=100, teacher_labelled=4000)
+    evidence = Evidence(
+        segments={
+            "web": Segment(agreement=Agreement(agreed=3900, compared=4000), accuracy=worse),
+            "api": Segment(agreement=Agreement(agreed=990, compared=1000)),
+        }
+    )
+    result = segment_guard(SegmentGuard(names=("web", "api"), threshold=0.9), evidence)
+    assert (
+        result.verdict is Verdict.FAIL
+        and "accuracy by segment: segment 'web': student - teacher -0.0250" in result.message
+    )
+    blind = segment_guard(SegmentGuard(names=("web", "api"), threshold=0.9, accuracy_margin=None), evidence)
+    assert blind.verdict is Verdict.PASS
+
+
+def test_segments_are_declared_distinct_and_never_other() -> None:
+    for names, needle in ((["web", "other"], "undeclared segments go"), (["a", "a"], "each segment once")):
+        with pytest.raises(SpecError, match=needle):
+            RolloutSpec.from_mapping({"segments": {"names": names}})
+    with pytest.raises(SpecError, match=r"segments\.names"):
+        RolloutSpec.from_mapping({"segments": {"names": ["no spaces please"]}})
+    assert SegmentGuard(names=("web",)).canonical("tv") == "other"

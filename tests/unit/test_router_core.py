@@ -383,3 +383,23 @@ def test_request_ids_are_signed_receipts_once_the_key_is_known_and_shadows_keep_
         assert student.answers == PairedAnswers(request_id=answered.nonce, teacher=(0, 0), student=(1, 1))
 
     run(test())
+
+
+def test_a_request_counts_in_its_declared_segment_or_other_and_its_receipt_says_which() -> None:
+    async def test() -> None:
+        rig = Rig(weight=0.0, shadow=1.0)
+        plain = await rig.request(["no segments declared"])
+        assert plain.segment is None
+        rig.core.adopt(PublishedRouting(weight=0.0, shadow_fraction=1.0, version=1, segments=("web", "mobile")))
+        rig.core.set_receipt_key(bytes(32))
+        declared = await rig.core.answer(["a"], segment="mobile")
+        undeclared = await rig.core.answer(["b"], segment="smart-fridge")
+        unnamed = await rig.core.answer(["c"])
+        assert [a.segment for a in (declared, undeclared, unnamed)] == ["mobile", "other", "other"]
+        assert ReceiptSigner(bytes(32)).open(declared.request_id).segment == "mobile"
+        await rig.core.after(declared)
+        await rig.core.drain()
+        students = [o for o in rig.pending() if o.variant is S and o.agreed is not None]
+        assert [o.segment for o in students] == [None, "mobile"]
+
+    run(test())

@@ -59,6 +59,7 @@ SPEC = RolloutSpec.from_mapping(
         ],
         "agreement": {"threshold": 0.97, "alpha": 0.05},
         "agreement_by_class": {"threshold": 0.9, "alpha": 0.05, "classes": 2},
+        "segments": {"names": ["mobile", "web"], "threshold": 0.9, "alpha": 0.05},
     }
 )
 """kdcanary's spec: the default gates (alpha 0.05 each, error margin 0.01, p99 ratio 1.5, the
@@ -108,6 +109,11 @@ PROFILES: dict[str, StudentProfile] = {
     "minority_class": _student(
         "minority_class", agreement=0.995, slice=TrafficSlice(fraction=0.10, agreement=0.80, error_rate=0.001)
     ),
+    "segment_regression": _student(
+        "segment_regression",
+        agreement=0.995,
+        slice=TrafficSlice(fraction=0.10, agreement=0.80, error_rate=0.001, segment="mobile"),
+    ),
     "label_worse": _student("label_worse", agreement=0.975, labels=LabelProfile(student_right_when_disagree=0.0)),
     "label_better": _student("label_better", agreement=0.95, labels=LabelProfile(student_right_when_disagree=0.6)),
 }
@@ -122,6 +128,8 @@ DESCRIPTIONS = {
     "slice_errors": "errors 40 % on 5 % of traffic (2.1 % overall)",
     "broken": "every student request fails",
     "minority_class": "agreement 0.80 on a class of 10 % of traffic, 0.995 on the rest (0.9755 overall)",
+    "segment_regression": "agreement 0.80 on requests of the declared segment 'mobile' (10 % of traffic), "
+    "0.995 on the rest (0.9755 overall)",
     "label_worse": "agreement 0.975, every disagreement the student's mistake (2.5 points less accurate); "
     "labels for 30 % of requests, 60 s mean delay",
     "label_better": "agreement 0.95, the student right in 60 % of disagreements (1 point more accurate); same labels",

@@ -203,7 +203,7 @@ class _Loop:
         self._advance_to(arrived)
         texts = self.models.admit(draw, arrived)
         try:
-            answered = await self.core.answer(texts)
+            answered = await self.core.answer(texts, segment=draw.segment)
         except ModelCallError:  # a 503 to the client; the core has left the observations pending
             return
         await self.core.after(answered)

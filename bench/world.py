@@ -55,13 +55,16 @@ class LatencyProfile(BaseModel):
 
 
 class TrafficSlice(BaseModel):
-    """A fraction of the traffic (one kind of input) on which the student does worse."""
+    """A fraction of the traffic (one kind of input) on which the student does worse: a class of
+    its own (the teacher labels it "positive"), or, with `segment`, requests that name that
+    segment (the teacher's labels on it are as everywhere else)."""
 
     model_config = _STRICT
 
     fraction: float = Field(gt=0.0, le=1.0)
     agreement: float = Field(ge=0.0, le=1.0)
     error_rate: float = Field(ge=0.0, le=1.0)
+    segment: str | None = None
 
 
 class LabelProfile(BaseModel):
@@ -104,7 +107,13 @@ class Draw(NamedTuple):
     agrees: bool
     student_latency_s: float
     teacher_latency_s: float
-    in_slice: bool  # the student's weak slice: its own class, which the teacher labels "positive"
+    in_slice: bool  # the student's weak slice
+    segment: str | None  # the segment the request names: the slice's, when the slice is a segment
+
+    @property
+    def teacher_label(self) -> int:
+        """The teacher's answer: 1 ("positive") on a slice that is a class of its own, else 0."""
+        return int(self.in_slice and self.segment is None)
 
 
 class RequestStream:
@@ -153,7 +162,9 @@ class RequestStream:
             p.teacher_latency.sample(z[:, 1]),
             in_slice,
         )
-        self._draws = list(map(Draw._make, zip(*(c.tolist() for c in columns), strict=True)))
+        segment = weak.segment if weak is not None else None
+        rows = zip(*(c.tolist() for c in columns), strict=True)
+        self._draws = [Draw._make([*row, segment if row[-1] else None]) for row in rows]
         self._next, self._last = 0, float(at[-1])
 
 
@@ -170,7 +181,7 @@ class TruthLabels:
         labelled, right, delay = self._rng.random(), self._rng.random(), self._rng.exponential(p.delay_mean_s or 1.0)
         if labelled >= p.fraction:
             return None
-        teacher = int(draw.in_slice)  # the teacher's answer (_ROWS)
+        teacher = draw.teacher_label
         if draw.agrees:
             label = teacher if right < p.both_right else 1 - teacher
         else:
@@ -184,8 +195,8 @@ class SimulatedModelError(RuntimeError):
 
 LABELS = ("negative", "positive")
 _ROWS = {  # one input's probabilities for each top-1 label
-    False: np.array([[0.9, 0.1]], dtype=np.float32),  # "negative": the teacher's answer off the slice
-    True: np.array([[0.2, 0.8]], dtype=np.float32),  # "positive": the teacher's answer on the slice
+    0: np.array([[0.9, 0.1]], dtype=np.float32),  # "negative": the teacher's answer off a class slice
+    1: np.array([[0.2, 0.8]], dtype=np.float32),  # "positive": the teacher's answer on it
 }
 
 
@@ -222,11 +233,11 @@ class SimulatedModels:
 
     async def _teacher(self, texts: list[str]) -> ModelAnswer:
         draw = self._truths[texts[0]]
-        return self._answer(Variant.TEACHER, draw.teacher_latency_s, draw.teacher_fails, _ROWS[draw.in_slice])
+        return self._answer(Variant.TEACHER, draw.teacher_latency_s, draw.teacher_fails, _ROWS[draw.teacher_label])
 
     async def _student(self, texts: list[str]) -> ModelAnswer:
         draw = self._truths[texts[0]]
-        row = _ROWS[draw.in_slice == draw.agrees]  # the teacher's label when it agrees, the other when not
+        row = _ROWS[draw.teacher_label == draw.agrees]  # the teacher's label when it agrees, the other when not
         return self._answer(Variant.STUDENT, draw.student_latency_s, draw.student_fails, row)
 
     def _answer(self, variant: Variant, latency_s: float, fails: bool, row: np.ndarray) -> ModelAnswer:

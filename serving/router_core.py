@@ -21,7 +21,8 @@ One request, as the shell drives it:
    `take_pending(cap)`; `adopt(routing)` takes the controller's newer routing.
 
 Every answer gets a `request_id`: a receipt signed with the controller's key once the shell
-has it (`set_receipt_key`; rollout/receipts.py), which feedback opens later on any replica.
+has it (`set_receipt_key`; rollout/receipts.py) and the routing names the model pair a label
+would judge, which feedback opens later on any replica ("unsigned.<nonce>" until then).
 A shadow that answers also puts both models' label ids, keyed by the receipt's nonce, on the
 student's observation (`answers`), for the controller to keep until labels arrive.
 
@@ -56,6 +57,7 @@ log = logging.getLogger("ray.serve")  # a name only (no Ray import): Serve shows
 
 ModelCall = Callable[[list[str]], Awaitable[ModelAnswer]]
 Outcome = Literal["ok", "failover"]
+UNSIGNED = "unsigned."
 KEEP_BATCHES = 20  # controller unreachable for a while: keep only the newest 20 batches' worth
 
 
@@ -116,8 +118,13 @@ class Answered:
     observations: list[Observation]
     routing: PublishedRouting  # as it was when the request arrived: its version and shadow fraction apply
     segment: str | None = None  # declared by the spec, or "other"; None when the spec declares none
-    request_id: str = ""  # the signed receipt ("unsigned.<nonce>" before the key is known)
+    request_id: str = ""  # the signed receipt, or UNSIGNED + nonce (no key or no pair yet)
     nonce: str = ""  # the receipt's nonce: keys the shadow's answers for feedback
+
+    @property
+    def signed(self) -> bool:
+        """Whether feedback can label this answer."""
+        return bool(self.request_id) and not self.request_id.startswith(UNSIGNED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,9 +240,9 @@ class RouterCore:
     def _receipted(self, answered: Answered) -> Answered:
         """`answered` with its request id: what was answered, signed (see the module docstring)."""
         nonce = new_nonce()
-        if self._signer is None:
-            return replace(answered, request_id=f"unsigned.{nonce}", nonce=nonce)
         routing, answer = answered.routing, answered.answer
+        if self._signer is None or routing.teacher_id is None or routing.student_id is None:
+            return replace(answered, request_id=UNSIGNED + nonce, nonce=nonce)  # no rollout to label for
         receipt = Receipt(
             issued_at=self._wall(),
             pair=pair_tag(routing.teacher_id, routing.student_id),
@@ -311,7 +318,7 @@ class RouterCore:
             "by_class": tuple(zip((teacher.label_names[i] for i in teacher_ids), map(bool, agree), strict=True)),
             "segment": answered.segment,
         }
-        if self._signer is not None:  # labels may come back for this request: keep both answers
+        if answered.signed:  # labels may come back for this request: keep both answers
             student_ids = tuple(student.probabilities.argmax(axis=1).tolist())
             verdicts["answers"] = PairedAnswers(
                 request_id=answered.nonce, teacher=tuple(teacher_ids), student=student_ids

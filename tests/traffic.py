@@ -18,8 +18,14 @@ class Traffic:
     """Background clients posting one random review per request until stopped; each answer is
     kept with its `input` and the monotonic time it arrived `at`."""
 
-    def __init__(self, client: httpx.Client, texts: list[str], workers: int = 3) -> None:
-        self.client, self.texts = client, texts
+    def __init__(
+        self,
+        client: httpx.Client,
+        texts: list[str],
+        workers: int = 3,
+        segment_of: Callable[[str], str] | None = None,  # each request names the segment of its text
+    ) -> None:
+        self.client, self.texts, self.segment_of = client, texts, segment_of
         self.answers: list[dict[str, Any]] = []
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -30,7 +36,8 @@ class Traffic:
         while not self._stop.is_set():
             try:
                 text = rng.choice(self.texts)
-                response = self.client.post("/v1/predict", json={"inputs": [text]})
+                segment = {"segment": self.segment_of(text)} if self.segment_of else {}
+                response = self.client.post("/v1/predict", json={"inputs": [text], **segment})
             except httpx.HTTPError as exc:  # a reset or a timeout is a failure a client sees too
                 self.failures.append(f"{type(exc).__name__}: {exc}")
                 continue

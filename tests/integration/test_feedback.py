@@ -27,8 +27,10 @@ from rollout.feedback import FeedbackItem
 from rollout.status import TERMINAL_PHASES, Phase
 from rollout.views import StatusView
 from serving.admin_client import AdminCallError, AdminClient, FeedbackClient
+from serving.router import VERSION_HEADER
 
 Deploy = Any  # tests/integration/conftest.py
+Truth = Callable[[dict[str, Any]], str | None]  # the label an answer gets, None: left unlabelled
 LABELS = ("negative", "positive")
 
 
@@ -54,12 +56,14 @@ def feedback_client(client: httpx.Client, token: str = FEEDBACK_TOKEN) -> Feedba
     return FeedbackClient(str(client.base_url), token)
 
 
-def signed_answer(client: httpx.Client, text: str, within_s: float = 30.0) -> dict[str, Any]:
-    """An answer whose request id is signed (routers fetch the key at their first poll)."""
+def signed_answer(client: httpx.Client, text: str, version: int = 0, within_s: float = 30.0) -> dict[str, Any]:
+    """An answer whose request id is signed (once routers hold the key and a routing naming the
+    pair) from a router holding routing `version` or newer."""
     deadline = time.monotonic() + within_s
     while True:
-        answer: dict[str, Any] = client.post("/v1/predict", json={"inputs": [text]}).json()
-        if not answer["request_id"].startswith("unsigned."):
+        response = client.post("/v1/predict", json={"inputs": [text]})
+        answer: dict[str, Any] = response.json()
+        if not answer["request_id"].startswith("unsigned.") and int(response.headers[VERSION_HEADER]) >= version:
             return answer
         assert time.monotonic() < deadline, "routers never got the receipt key"
         time.sleep(0.1)
@@ -131,12 +135,13 @@ def teacher_is_wrong(answer: dict[str, Any]) -> str | None:
 def test_labels_roll_back_a_less_accurate_student_whose_agreement_passes(deploy: Deploy, reviews: list[str]) -> None:
     """Every disagreement is the student's mistake: it agrees well enough (threshold 0.5), but
     the paired accuracy difference is about -0.12 and the accuracy gate rolls it back."""
+    worse = spec(0.5, {"margin": 0.01, "decides_after": 1})
     with (
-        deploy("labels-worse", rollout=spec(0.5, {"margin": 0.01})) as client,
+        deploy("labels-worse", rollout=worse) as client,
         admin_client(client) as admin,
         feedback_client(client) as feedback,
     ):
-        admin.start("integration test")
+        first_label(client, admin, feedback, reviews[0], teacher_says)
         with Traffic(client, reviews) as traffic, Labeller(traffic, feedback, teacher_says) as labeller:
             view = wait_for(admin, lambda v: v.phase in TERMINAL_PHASES, 180, "rolled back")
         events = admin.events(limit=1000)
@@ -146,6 +151,17 @@ def test_labels_roll_back_a_less_accurate_student_whose_agreement_passes(deploy:
     assert gates["accuracy"]["verdict"] == "fail" and gates["agreement"]["verdict"] != "fail"
     assert gates["accuracy"]["upper"] < -0.01 and "only teacher right" in gates["accuracy"]["message"]
     assert view.evidence.only_teacher > 0 and view.evidence.only_student == 0
+
+
+def first_label(client: httpx.Client, admin: AdminClient, feedback: FeedbackClient, text: str, truth: Truth) -> None:
+    """Start the rollout and label its first shadowed answer before any other traffic: with
+    `decides_after: 1` accuracy decides from then on, whatever the agreement evidence does next."""
+    admin.start("integration test")
+    live = wait_for(admin, lambda v: v.phase is Phase.PROGRESSING, 30, "progressing")
+    first = signed_answer(client, text, version=live.routing.version)  # shadowed: stage 0 mirrors all
+    wait_for(admin, lambda v: v.evidence.agreement_compared >= 1, 30, "holding the first pair")
+    label = truth(first)
+    assert label is not None and feedback.send([FeedbackItem(request_id=first["request_id"], label=label)]).paired == 1
 
 
 def test_labels_promote_a_more_accurate_student_that_agreement_alone_would_roll_back(
@@ -160,7 +176,8 @@ def test_labels_promote_a_more_accurate_student_that_agreement_alone_would_roll_
         feedback_client(client) as feedback,
     ):
         admin.start("integration test")
-        first = signed_answer(client, reviews[0])
+        live = wait_for(admin, lambda v: v.phase is Phase.PROGRESSING, 30, "progressing")
+        first = signed_answer(client, reviews[0], version=live.routing.version)  # shadowed: stage 0 mirrors all
         wait_for(admin, lambda v: v.evidence.agreement_compared >= 1, 30, "holding the first pair")
         truth = teacher_is_wrong(first)
         assert (

@@ -25,6 +25,7 @@ from rollout_admin import ADMIN_TOKEN, AUTH, admin_client
 from traffic import Traffic
 
 from compression.data import _read_rotten_tomatoes
+from compression.registry import Registry
 from rollout.events import Event, EventKind
 from rollout.status import TERMINAL_PHASES, Phase
 from rollout.views import StatusView
@@ -32,6 +33,7 @@ from serving.admin_client import AdminCallError
 from serving.cli import main as kdcanary
 
 Deploy = Any  # tests/integration/conftest.py
+Bundles = Any
 ServeCluster = Any
 
 
@@ -249,6 +251,36 @@ def test_a_class_the_student_gets_wrong_is_rolled_back_by_the_class_guard(deploy
     gates = {g["name"]: g for g in rollback.payload["decision"]["gates"]}
     assert gates["agreement_by_class"]["verdict"] == "fail" and gates["agreement"]["verdict"] != "fail"
     assert "class '" in gates["agreement_by_class"]["message"] and gates["agreement_by_class"]["upper"] < 0.99
+
+
+def test_a_segment_the_student_gets_wrong_is_rolled_back_by_the_segment_guard(
+    deploy: Deploy, serving_bundles: Bundles
+) -> None:
+    """Requests name their segment: the reviews' own sentiment (as a product might tag the source
+    of a request). The unpruned student agrees well enough overall (threshold 0.5) but far less on
+    negative reviews (about 0.72 against 0.88 on positive ones), and the segment guard (0.85)
+    rolls it back naming that segment."""
+    texts, labels, names, _ = _read_rotten_tomatoes()
+    chosen = random.Random(3).sample(range(len(texts)), 400)
+    segment = {texts[i][:500]: f"{names[labels[i]]}-reviews" for i in chosen}
+    by_segment = spec(0.5, min_requests=300) | {
+        "segments": {"names": ["negative-reviews", "positive-reviews"], "threshold": 0.85, "accuracy_margin": None}
+    }
+    unpruned = Registry(serving_bundles.registry).get("minilm-l2").id
+    with (
+        deploy("bysegment", rollout=by_segment, student_id=unpruned) as client,
+        Traffic(client, list(segment), segment_of=segment.get),
+    ):
+        with admin_client(client) as admin:
+            admin.start("integration test")
+        view = wait_for(client, lambda v: v.phase in TERMINAL_PHASES, within_s=120)
+        log = events(client)
+    assert view.phase is Phase.ROLLED_BACK, view.message
+    (rollback,) = [e for e in log if e.action == "rollback"]
+    gates = {g["name"]: g for g in rollback.payload["decision"]["gates"]}
+    assert gates["segments"]["verdict"] == "fail" and gates["agreement"]["verdict"] != "fail"
+    assert "segment 'negative-reviews'" in gates["segments"]["message"] and gates["segments"]["upper"] < 0.85
+    assert set(view.evidence.segments) == {"negative-reviews", "positive-reviews"}
 
 
 def test_hard_failing_student_is_rolled_back_by_the_trip_wire(deploy: Deploy, reviews: list[str]) -> None:

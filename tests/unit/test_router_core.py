@@ -25,6 +25,7 @@ from serving.routing import sticky_variant
 
 T, S = Variant.TEACHER, Variant.STUDENT
 POSITIVE, NEGATIVE = [0.2, 0.8], [0.9, 0.1]
+PAIR_IDS = {"teacher_id": "teacher-1", "student_id": "student-1"}  # what the fake models answer as
 TIMEOUT_S = 0.05  # a hanging model is cut off after this long (real time); nothing asserts on speed
 
 
@@ -373,13 +374,15 @@ def test_request_ids_are_signed_receipts_once_the_key_is_known_and_shadows_keep_
         await rig.core.drain()
         assert all(o.answers is None for o in rig.pending())
         rig.core.set_receipt_key(bytes(32))
+        assert not (await rig.request(["no pair named yet"])).signed  # no rollout a label could judge
+        rig.core.adopt(PublishedRouting(weight=0.0, shadow_fraction=1.0, version=1, **PAIR_IDS))
         rig.models.rows[T] = NEGATIVE
         answered = await rig.request(["one", "two"])
         receipt = ReceiptSigner(bytes(32)).open(answered.request_id)
         assert (receipt.served, receipt.labels, receipt.nonce) == (T, (0, 0), answered.nonce)
-        assert receipt.pair == pair_tag(None, None) and receipt.issued_at == rig.clock.now()
+        assert receipt.pair == pair_tag("teacher-1", "student-1") and receipt.issued_at == rig.clock.now()
         await rig.core.drain()
-        (student,) = [o for o in rig.pending() if o.variant is S]
+        (student,) = [o for o in rig.pending() if o.variant is S and o.answers is not None]
         assert student.answers == PairedAnswers(request_id=answered.nonce, teacher=(0, 0), student=(1, 1))
 
     run(test())
@@ -390,7 +393,8 @@ def test_a_request_counts_in_its_declared_segment_or_other_and_its_receipt_says_
         rig = Rig(weight=0.0, shadow=1.0)
         plain = await rig.request(["no segments declared"])
         assert plain.segment is None
-        rig.core.adopt(PublishedRouting(weight=0.0, shadow_fraction=1.0, version=1, segments=("web", "mobile")))
+        segments = ("web", "mobile")
+        rig.core.adopt(PublishedRouting(weight=0.0, shadow_fraction=1.0, version=1, segments=segments, **PAIR_IDS))
         rig.core.set_receipt_key(bytes(32))
         declared = await rig.core.answer(["a"], segment="mobile")
         undeclared = await rig.core.answer(["b"], segment="smart-fridge")

@@ -11,11 +11,16 @@ What is kept per stage and what pools forward (the `epoch` of the status decides
   teacher does not depend on how much traffic it takes (same student, same traffic), so the
   evidence stays valid and keeps accumulating: the confidence sequence keeps tightening
   instead of restarting at every stage.
-- Errors, latency and cost restart whenever the published weight changes (`rollover`).
-  They depend on load: at 5 % the student's batches flush on timeouts and its replicas idle,
-  at 50 % they queue. Evidence from a lighter stage would vouch for a heavier one it never
-  saw, and mixing load levels breaks the i.i.d. assumption the bounds rest on. The price is
-  that each stage must gather its own `min_requests`, which the spec demands anyway.
+- Errors, latency and cost are kept twice. `student` and `teacher` restart whenever the
+  published weight changes (`rollover`): they may depend on load (at 5 % the student's batches
+  flush on timeouts and its replicas idle, at 50 % they queue), and a stage's own evidence is
+  what shows a heavier stage breaking something a lighter one did not. `pooled_student` and
+  `pooled_teacher` never restart: under the spec's `pool_stages` (the default) the error and
+  latency gates may pass on them. Their bounds hold when the student's error rate and latency
+  do not depend on the stage (same student, same traffic, replicas provisioned for the load:
+  what autoscaling is for); where that fails, the stage's own evidence still fails the gate
+  (gates.py, `_pooled`). Without pooling each stage must show its own ~1,500 samples, the
+  evidence a p99 bound and a 1-point error margin need, whatever `min_requests` says.
 - Labels (`add_labels`) arrive late, through feedback: whether an answer was right depends on
   the model and the input, not on the load it was served under, so accuracy pools like
   agreement, whatever stage the answer was given in.
@@ -253,6 +258,8 @@ class Evidence(BaseModel):
     epoch: int = Field(default=0, ge=0)
     student: VariantStats = Field(default_factory=VariantStats)
     teacher: VariantStats = Field(default_factory=VariantStats)
+    pooled_student: VariantStats = Field(default_factory=VariantStats)  # every stage's, never restarted
+    pooled_teacher: VariantStats = Field(default_factory=VariantStats)
     agreement: Agreement = Field(default_factory=Agreement)
     recent: RecentWindow = Field(default_factory=RecentWindow)
     # Agreement per teacher label, pooled across stages like `agreement` (same student, same traffic).
@@ -269,7 +276,7 @@ def rollover(evidence: Evidence, epoch: int) -> Evidence:
     """
     if evidence.epoch == epoch:
         return evidence
-    pooled = {"agreement", "recent", "classes", "accuracy", "segments"}
+    pooled = {"agreement", "recent", "classes", "accuracy", "segments", "pooled_student", "pooled_teacher"}
     return Evidence(epoch=epoch, **{name: getattr(evidence, name) for name in pooled})
 
 
@@ -335,8 +342,10 @@ def add_observations(evidence: Evidence, observations: Iterable[Observation], no
     update = {
         "classes": _add_classes(evidence.classes, batch),
         "segments": _add_segment_agreement(evidence.segments, batch),
-        "student": merge_stats(evidence.student, _stats_of(students)),
-        "teacher": merge_stats(evidence.teacher, _stats_of(teachers)),
+        "student": merge_stats(evidence.student, student_stats := _stats_of(students)),
+        "teacher": merge_stats(evidence.teacher, teacher_stats := _stats_of(teachers)),
+        "pooled_student": merge_stats(evidence.pooled_student, student_stats),
+        "pooled_teacher": merge_stats(evidence.pooled_teacher, teacher_stats),
         "agreement": agreement,
         "recent": _advance_window(evidence.recent, students, now),
     }

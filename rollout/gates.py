@@ -502,6 +502,20 @@ def fast_rollback_check(gate: FastRollback, evidence: Evidence, now: float) -> G
     )
 
 
+def _pooled(judge: Callable[[Evidence], GateResult], evidence: Evidence, pool: bool) -> GateResult:
+    """A gate judged on the stage's own evidence and, when `pool`, on every stage's (the spec's
+    `pool_stages`; rollout/evidence.py says when the pooled bound holds). The stage's own
+    failure fails it whatever the pooled evidence says (a heavier stage breaking what a lighter
+    one did not); otherwise the pooled verdict stands, or the stage's pass."""
+    stage = judge(evidence)
+    if not pool or stage.verdict is Verdict.FAIL:
+        return stage
+    pooled = judge(evidence.model_copy(update={"student": evidence.pooled_student, "teacher": evidence.pooled_teacher}))
+    if pooled.verdict is Verdict.INCONCLUSIVE and stage.verdict is Verdict.PASS:
+        return stage
+    return pooled.model_copy(update={"message": f"{pooled.message} (pooled over stages; this stage: n={stage.n})"})
+
+
 def evaluate_gates(spec: RolloutSpec, evidence: Evidence) -> tuple[GateResult, ...]:
     """Every enabled stage gate, in a fixed order (agreement, by class, segments, accuracy,
     errors, latency, cost), with the spec's rule for accuracy and agreement applied (`binding`)."""
@@ -515,9 +529,11 @@ def evaluate_gates(spec: RolloutSpec, evidence: Evidence) -> tuple[GateResult, .
     if spec.accuracy is not None:
         results = combine_accuracy(spec.accuracy, accuracy_gate(spec.accuracy, evidence), results)
     if spec.errors is not None:
-        results.append(error_gate(spec.errors, evidence))
+        errors = spec.errors
+        results.append(_pooled(lambda e: error_gate(errors, e), evidence, spec.pool_stages))
     if spec.latency is not None:
-        results.append(latency_gate(spec.latency, evidence))
+        latency = spec.latency
+        results.append(_pooled(lambda e: latency_gate(latency, e), evidence, spec.pool_stages))
     if spec.cost is not None:
         results.append(cost_gate(spec.cost, evidence))
     return tuple(results)

@@ -5,10 +5,12 @@ model forbids unknown keys: a typo ("treshold") is an error naming the field, no
 ignored default. A gate set to null is disabled.
 
 Each gate's `alpha` bounds its false verdicts over every look: for agreement, the per-class
-guard and accuracy, whose evidence pools across stages, that covers the whole rollout; errors
-and latency restart with each stage (evidence.py says why), so their alpha holds per stage and
-a rollout through s stages has at most s x alpha chance of a false rollback from each. Gates
-add up the same way: the chance of any false rollback is at most the sum of those budgets.
+and segment guards and accuracy, whose evidence pools across stages, that covers the whole
+rollout. Errors and latency look twice (evidence.py says why): at each stage's own evidence,
+whose alpha holds per stage, and, with `pool_stages`, at the pooled evidence, whose alpha covers
+the rollout; a rollout through s stages has at most (s + 1) x alpha chance of a false rollback
+from each. Gates add up the same way: the chance of any false rollback is at most the sum of
+those budgets.
 """
 
 from __future__ import annotations
@@ -217,6 +219,10 @@ class RolloutSpec(BaseModel):
     cost: CostGate | None = None
     fast_rollback: FastRollback | None = Field(default_factory=FastRollback)
     tick_interval_s: float = Field(default=1.0, gt=0.0)
+    pool_stages: bool = Field(
+        default=True,
+        description="errors and latency may pass on every stage's evidence (rollout/evidence.py says when that holds)",
+    )
 
     @field_validator("stages")
     @classmethod

@@ -18,7 +18,9 @@ Controller layer (I/O behind injected Protocols, each with an in-package fake):
     webhooks.py    WebhookSender: HttpWebhookSender (queue + thread, retries), RecordingWebhookSender
     journal.py     Journal: event ids, pending events, store health, exactly-once flush, fencing
     views.py       PublishedRouting (with version), StatusView, ETA, store health
-    controller.py  RolloutController: record / tick / routing / admin intents / snapshot / events
+    receipts.py    signed request ids: what was answered, so labels can come back later
+    feedback.py    FeedbackDesk: labels for earlier answers -> LabelOutcome (all or nothing)
+    controller.py  RolloutController: record / feedback / tick / routing / admin intents / snapshot / events
 
 The rollout simulation and its Flagger-style baseline live with their benchmark
 (bench/simulation.py, bench/baseline.py): they drive this controller behind serving's router
@@ -26,5 +28,5 @@ core, with no copy of either's rules.
 
 Imports run one way: policy -> gates -> spec -> evidence -> stats -> errors, and
 policy -> status -> errors; controller -> journal -> (store, webhooks, views) -> events ->
-evidence, and views -> policy. Nothing here imports serving/.
+evidence, views -> policy, and controller -> feedback -> (receipts, store). Nothing here imports serving/.
 """

@@ -173,7 +173,7 @@ class RolloutController:
             if not observations:
                 return None
             self._evidence = add_observations(self._evidence, observations, now)
-            if self._desk is not None:
+            if self._desk is not None and self._spec.accuracy is not None:  # accuracy: null keeps none
                 self._desk.keep(observations, now, self._spec.max_label_age_s)
             self._rate.add(now, sum(o.variant is Variant.STUDENT for o in observations))
             self._dirty = True

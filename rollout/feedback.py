@@ -34,7 +34,7 @@ class FeedbackItem(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     request_id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS)
-    label: Label | Annotated[list[Label], Field(min_length=1, max_length=64)]
+    label: Label | Annotated[list[Label], Field(min_length=1, max_length=64)]  # predict's MAX_INPUTS
 
 
 class FeedbackResult(BaseModel):

@@ -138,6 +138,9 @@ class AccuracyGate(BaseModel):
       is ever left.
 
     Feedback is taken for answers at most `max_label_age_s` old (older request ids are refused).
+    Until then the controller keeps both answers of every shadowed request (one small row each,
+    in the rollout's SQLite file); `accuracy: null` keeps none, and labels then count per
+    variant only, unpaired.
     """
 
     model_config = _STRICT

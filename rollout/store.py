@@ -28,6 +28,7 @@ replay and skipped (a "failed" commit that had in fact landed); with other conte
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
@@ -161,6 +162,7 @@ class MemoryStateStore:
         self._events: list[Event] = []
         self._writer: Claim | None = None
         self._receipts: dict[str, tuple[PairedAnswers | None, bool, float]] = {}  # id: answers, labelled, expiry
+        self._next_expiry = math.inf  # no receipt row expires before this: purging is skipped until then
         self._lock = threading.Lock()
         self.outage: str | None = None
         self.saves = 0
@@ -207,11 +209,14 @@ class MemoryStateStore:
             self._check("keep answers")
             for kept in answers:
                 self._receipts.setdefault(kept.request_id, (kept, False, expires_at))
+            self._next_expiry = min(self._next_expiry, expires_at)
 
     def redeem(self, request_ids: Sequence[str], now: float, expires_at: float) -> dict[str, PairedAnswers | None]:
         with self._lock:
             self._check("redeem labels")
-            self._receipts = {key: row for key, row in self._receipts.items() if row[2] >= now}
+            if now > self._next_expiry:
+                self._receipts = {key: row for key, row in self._receipts.items() if row[2] >= now}
+                self._next_expiry = min((row[2] for row in self._receipts.values()), default=math.inf)
             twice = _first_twice(request_ids)
             done = twice or next((key for key in request_ids if self._receipts.get(key, (None, False))[1]), None)
             if done is not None:
@@ -219,6 +224,7 @@ class MemoryStateStore:
             found = {key: self._receipts.get(key, (None, False, 0.0))[0] for key in request_ids}
             for key, answers in found.items():
                 self._receipts[key] = (answers, True, expires_at)
+            self._next_expiry = min(self._next_expiry, expires_at)
             return found
 
 

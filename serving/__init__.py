@@ -13,9 +13,10 @@
     router_core.py RouterCore: the router's logic without Ray (choose, call, fail over, shadow,
                    observations); the Ray shell and bench/simulation.py both drive it
     router.py      Router: the ingress shell over RouterCore, lean Starlette hot path
-    admin.py       bearer-token check for the admin API
+    admin.py       bearer-token checks: the admin API's token, and the feedback token
     admin_api.py   the admin routes under /admin/rollout (FastAPI: typed bodies and answers, OpenAPI)
-    admin_client.py AdminClient: those routes over HTTP, typed both ways (CLI, demo, drills, tests)
+    admin_client.py AdminClient: those routes over HTTP, typed both ways (CLI, demo, drills, tests);
+                   FeedbackClient: POST /v1/feedback
     metrics.py     the metrics facade over ray.serve.metrics (names in its docstring)
     config.py      typed settings per deployment
     app.py         app_builder(AppArgs) for `serve run` / `serve deploy`
@@ -24,7 +25,7 @@
     rollout_cli.py `kdcanary rollout status|start|...`: AdminClient for operators
     limits.py      TokenBucket: the router's per-replica request rate limit
     drills.py      fault drills under load (replica kills, a full state store): tests and bench
-    demo/          `kdcanary demo`: two live rollouts, a live view, a report
+    demo/          `kdcanary demo`: three live rollouts with labels coming back, a live view, a report
 
 Imports run one way: app -> router -> model -> stream -> answer, and model -> classifier ->
 routing -> schemas; serving may import

@@ -105,11 +105,13 @@ def render_status(view: StatusView) -> str:
         f"weight {percent(routing.weight)}   shadow {routing.shadow_fraction:g}   epoch {view.epoch}",
         f"student requests {view.evidence.student_requests}   at {view.student_rate_per_s:.1f}/s",
     ]
+    if view.evidence.labelled:
+        lines.append(_labels(view))
     if view.gates:
-        lines.append(f"{'gate':<14}{'verdict':<14}{'n':>8}{'estimate':>10}{'lower':>10}{'upper':>10}{'threshold':>11}")
+        lines.append(f"{'gate':<20}{'verdict':<14}{'n':>8}{'estimate':>10}{'lower':>10}{'upper':>10}{'threshold':>11}")
         lines += [
-            f"{g.name:<14}{g.verdict.value:<14}{g.n:>8}{_num(g.estimate)}{_num(g.lower)}{_num(g.upper)}"
-            f"{_num(g.threshold, 11)}"
+            f"{g.name:<20}{g.verdict.value + ('' if g.binding else ' (aside)'):<14}{g.n:>8}{_num(g.estimate)}"
+            f"{_num(g.lower)}{_num(g.upper)}{_num(g.threshold, 11)}"
             for g in view.gates
         ]
     when = "unknown" if eta.seconds is None else f"in {eta.seconds:.0f} s"
@@ -120,6 +122,19 @@ def render_status(view: StatusView) -> str:
     if view.rollback_reason:
         lines.append(f"rolled back: {view.rollback_reason}")
     return "\n".join(lines)
+
+
+def _labels(view: StatusView) -> str:
+    """Online accuracy per variant and the paired counts, from the labels fed back."""
+    e = view.evidence
+    accuracy = "   ".join(
+        f"{variant} {right / labelled:.3f} of {labelled}" if labelled else f"{variant} -"
+        for variant, right, labelled in (
+            ("teacher", e.teacher_correct, e.teacher_labelled),
+            ("student", e.student_correct, e.student_labelled),
+        )
+    )
+    return f"labels: accuracy {accuracy}   paired: only student right {e.only_student}, only teacher {e.only_teacher}"
 
 
 def _num(value: float | None, width: int = 10) -> str:

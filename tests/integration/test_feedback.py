@@ -123,6 +123,42 @@ def test_labels_are_taken_once_on_any_replica_and_bad_ones_refused_naming_the_it
         assert admin.status().evidence.labelled == 5
 
 
+def test_labels_are_taken_after_every_router_and_the_controller_restarted(
+    labelled_app: httpx.Client, reviews: list[str]
+) -> None:
+    """Request ids need no router state: after both routers and the controller are killed and
+    Serve has replaced them, labels for answers given before are taken (the key is the state
+    directory's) and a repeat is still refused (the ledger is the rollout's SQLite file)."""
+    import ray
+
+    from serving.drills import replica_actors
+
+    app = "feedback"
+    before = [signed_answer(labelled_app, text) for text in reviews[10:12]]
+    with feedback_client(labelled_app) as feedback:
+        feedback.send([FeedbackItem(request_id=before[0]["request_id"], label=0)])
+        for actor in replica_actors(app, "router") + replica_actors(app, "controller"):
+            ray.kill(actor, no_restart=True)
+        served_again(labelled_app)
+        taken = feedback.send([FeedbackItem(request_id=before[1]["request_id"], label=1)])
+        with pytest.raises(AdminCallError) as repeated:
+            feedback.send([FeedbackItem(request_id=before[0]["request_id"], label=0)])
+    assert taken.labels == 1 and repeated.value.status == 409
+
+
+def served_again(client: httpx.Client, within_s: float = 90.0) -> None:
+    """Wait until the application answers predict again (Serve replaces killed replicas)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            if client.post("/v1/predict", json={"inputs": ["are you back?"]}).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"not answering {within_s} s after the kill"
+        time.sleep(0.5)
+
+
 def teacher_says(answer: dict[str, Any]) -> str | None:
     return answer["predictions"][0]["label"] if answer["variant"] == "teacher" else None
 

@@ -18,15 +18,16 @@ Two canaries run real traffic meanwhile:
   sends it to weight 0. (Ray exports every few seconds and a counter's series appears only when first
   incremented, so a burst that ends before Ray's next export would show no rate at all.)
 
-Labels flow to `prom-good` through POST /v1/feedback a second after each teacher answer (the
-truth: every disagreement is the teacher's mistake, so the accuracy gate passes), which gives
-the accuracy panels and the online-accuracy rule their data; a forged request id gives the
-refused-feedback counter its series. A 4xx on each gives the rejected counter its series. Then
-every PromQL expression is run as an instant query: the dashboard's panel targets, annotation
-queries and `application` variable (Grafana variables substituted: `$application` = the two
-apps, `$__rate_interval` = 5m so the windows span the whole test) and every recording rule's
-`expr` and recorded series; each must succeed and return at least one finite value (all-NaN is
-an empty panel). Prometheus must also report every rule healthy.
+Requests to `prom-good` name segments (two declared, one not: "other"). Labels flow to it
+through POST /v1/feedback a second after each teacher answer (the truth: every disagreement is
+the teacher's mistake, so the accuracy gate passes), which gives the accuracy panels and the
+online-accuracy rule their data; a forged request id gives the refused-feedback counter its
+series. A 4xx on each gives the rejected counter its series. Then every PromQL expression is
+run as an instant query: the dashboard's panel targets, annotation queries and `application`
+variable (Grafana variables substituted: `$application` = the two apps, `$__rate_interval` = 5m
+so the windows span the whole test) and every recording rule's `expr` and recorded series; each
+must succeed and return at least one finite value (all-NaN is an empty panel). Prometheus must
+also report every rule healthy.
 
 Alerts are conditions, usually empty while things are healthy. For them the test asks that
 the expression succeeds, that the expression without its final comparison (`... > 0.02`)
@@ -144,9 +145,10 @@ def stages(first_shadow: float, min_requests: int) -> list[dict[str, Any]]:
     return [first | {"shadow_fraction": first_shadow}, *[s | {"shadow_fraction": 1.0} for s in later]]
 
 
-GOOD_SPEC = {  # agreement threshold far under the tiny student's (~0.8): it walks to 100 %
+GOOD_SPEC = {  # agreement thresholds far under the tiny student's (~0.8): it walks to 100 %
     "stages": stages(1.0, 30),
     "agreement": {"threshold": 0.5},
+    "segments": {"names": ["web", "mobile"], "threshold": 0.5, "accuracy_margin": None},
     "errors": {"margin": 0.15},
     "latency": None,
     "tick_interval_s": 0.2,
@@ -159,6 +161,11 @@ FAIL_SPEC = {  # no gate can roll it back: the test does, once Prometheus has se
     "fast_rollback": None,
     "tick_interval_s": 0.2,
 }
+
+
+def segment_of(text: str) -> str:
+    """Two declared segments and undeclared ones ("other"), so every segment series exists."""
+    return ("web", "mobile", "tv")[len(text) % 3]
 
 
 def teacher_is_wrong(answer: dict[str, Any]) -> str | None:
@@ -294,7 +301,7 @@ def test_every_dashboard_and_rule_expression_returns_data(
         with pytest.raises(AdminCallError):  # an id this deployment never signed: refused, counted
             feedback.send([FeedbackItem(request_id="forged.id", label=0)])
         with (
-            Traffic(good, reviews, workers=2) as good_traffic,
+            Traffic(good, reviews, workers=2, segment_of=segment_of) as good_traffic,
             Traffic(bad, reviews, workers=2),
             Labeller(good_traffic, feedback, teacher_is_wrong),
         ):

@@ -293,3 +293,17 @@ def test_segments_are_declared_distinct_and_never_other() -> None:
     with pytest.raises(SpecError, match=r"segments\.names"):
         RolloutSpec.from_mapping({"segments": {"names": ["no spaces please"]}})
     assert SegmentGuard(names=("web",)).canonical("tv") == "other"
+
+
+def test_errors_pass_on_pooled_evidence_and_fail_on_the_stage_s_own() -> None:
+    spec = RolloutSpec(agreement=None, latency=None, accuracy=None)
+    fresh_stage = Evidence(
+        student=_stats(50), teacher=_stats(50), pooled_student=_stats(4000), pooled_teacher=_stats(4000)
+    )
+    (errors,) = evaluate_gates(spec, fresh_stage)
+    assert errors.verdict is Verdict.PASS and "pooled over stages; this stage: n=50" in errors.message
+    (alone,) = evaluate_gates(spec.model_copy(update={"pool_stages": False}), fresh_stage)
+    assert alone.verdict is Verdict.INCONCLUSIVE
+    breaking = fresh_stage.model_copy(update={"student": _stats(2000, errors=200), "teacher": _stats(2000)})
+    (broken,) = evaluate_gates(spec, breaking)
+    assert broken.verdict is Verdict.FAIL and "pooled" not in broken.message  # the heavier stage's own failure

@@ -123,9 +123,7 @@ def test_labels_are_taken_once_on_any_replica_and_bad_ones_refused_naming_the_it
         assert admin.status().evidence.labelled == 5
 
 
-def test_labels_are_taken_after_every_router_and_the_controller_restarted(
-    labelled_app: httpx.Client, reviews: list[str]
-) -> None:
+def test_labels_are_taken_after_every_router_and_the_controller_restarted(deploy: Deploy, reviews: list[str]) -> None:
     """Request ids need no router state: after both routers and the controller are killed and
     Serve has replaced them, labels for answers given before are taken (the key is the state
     directory's) and a repeat is still refused (the ledger is the rollout's SQLite file)."""
@@ -133,13 +131,13 @@ def test_labels_are_taken_after_every_router_and_the_controller_restarted(
 
     from serving.drills import replica_actors
 
-    app = "feedback"
-    before = [signed_answer(labelled_app, text) for text in reviews[10:12]]
-    with feedback_client(labelled_app) as feedback:
+    app, quiet = "feedback-restart", spec(0.5, {}) | {"agreement": None, "errors": None}
+    with deploy(app, rollout=quiet, routers=2) as client, feedback_client(client) as feedback:
+        before = [signed_answer(client, text) for text in reviews[10:12]]
         feedback.send([FeedbackItem(request_id=before[0]["request_id"], label=0)])
         for actor in replica_actors(app, "router") + replica_actors(app, "controller"):
             ray.kill(actor, no_restart=True)
-        served_again(labelled_app)
+        served_again(client)
         taken = feedback.send([FeedbackItem(request_id=before[1]["request_id"], label=1)])
         with pytest.raises(AdminCallError) as repeated:
             feedback.send([FeedbackItem(request_id=before[0]["request_id"], label=0)])

@@ -2,13 +2,15 @@
 
 Pure core (no I/O, no clock):
 
-    spec.py      RolloutSpec: stages as data, gate configs, fast-rollback trip wire
-    status.py    RolloutStatus: the one persisted record, phases, admin intents
-    evidence.py  Evidence: mergeable per-model aggregates of router observations
-    stats.py     anytime-valid confidence sequences (Robbins 1970; Howard & Ramdas 2022)
-    gates.py     evidence -> GateResult(pass | fail | inconclusive, with its numbers)
-    policy.py    decide(spec, status, evidence, now) -> Decision; apply(status, decision, now)
-    errors.py    RolloutError and its subclasses
+    spec.py          RolloutSpec: stages as data, gate configs, fast-rollback trip wire
+    status.py        RolloutStatus: the one persisted record, phases, admin intents
+    evidence.py      Evidence: mergeable per-model aggregates of router observations
+    stats.py         anytime-valid confidence sequences (Robbins 1970; Howard & Ramdas 2022)
+    verdict.py       Verdict (pass | fail | inconclusive) and GateResult, with its numbers
+    answer_gates.py  agreement overall / by class / by segment, accuracy on labels, their combination
+    gates.py         operational gates (errors, latency, cost, trip wire); evaluate_gates runs them all
+    policy.py        decide(spec, status, evidence, now) -> Decision; apply(status, decision, now)
+    errors.py        RolloutError and its subclasses
 
 Controller layer (I/O behind injected Protocols, each with an in-package fake):
 
@@ -26,7 +28,7 @@ The rollout simulation and its Flagger-style baseline live with their benchmark
 (bench/simulation.py, bench/baseline.py): they drive this controller behind serving's router
 core, with no copy of either's rules.
 
-Imports run one way: policy -> gates -> spec -> evidence -> stats -> errors, and
+Imports run one way: policy -> gates -> answer_gates -> verdict, gates -> spec -> evidence -> stats -> errors, and
 policy -> status -> errors; controller -> journal -> (store, webhooks, views) -> events ->
 evidence, views -> policy, and controller -> feedback -> (receipts, store). Nothing here imports serving/.
 """

@@ -54,8 +54,9 @@ from typing import Any
 
 from ray.serve import metrics as serve_metrics
 
+from rollout.answer_gates import accuracy_difference
 from rollout.evidence import Variant
-from rollout.gates import GateResult, Verdict, accuracy_difference
+from rollout.gates import GateResult, Verdict
 from rollout.status import Phase
 from rollout.views import StatusView
 

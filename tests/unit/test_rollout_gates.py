@@ -1,23 +1,13 @@
-"""rollout.gates: no data is inconclusive; verdicts follow the bounds; messages carry numbers."""
+"""rollout.gates and answer_gates: no data is inconclusive; verdicts follow the bounds; messages carry numbers."""
 
 from __future__ import annotations
 
 import pytest
 
+from rollout.answer_gates import accuracy_gate, agreement_gate, class_agreement_guard, segment_guard
 from rollout.errors import SpecError
 from rollout.evidence import Accuracy, Agreement, Evidence, RecentWindow, Segment, VariantStats, histogram_of
-from rollout.gates import (
-    Verdict,
-    accuracy_gate,
-    agreement_gate,
-    class_agreement_guard,
-    cost_gate,
-    error_gate,
-    evaluate_gates,
-    fast_rollback_check,
-    latency_gate,
-    segment_guard,
-)
+from rollout.gates import Verdict, cost_gate, error_gate, evaluate_gates, fast_rollback_check, latency_gate
 from rollout.spec import (
     AccuracyGate,
     AgreementGate,

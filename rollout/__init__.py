@@ -17,6 +17,7 @@ Controller layer (I/O behind injected Protocols, each with an in-package fake):
     clock.py       Clock: SystemClock, FakeClock(start).advance(seconds)
     events.py      Event: one entry of the append-only log (decision, operator, store, controller)
     store.py       StateStore: SqliteStateStore(path) (atomic saves, one writer by term), MemoryStateStore
+    sqlite_file.py the SQLite file's schema, statements, migrations and journal mode
     webhooks.py    WebhookSender: HttpWebhookSender (queue + thread, retries), RecordingWebhookSender
     journal.py     Journal: event ids, pending events, store health, exactly-once flush, fencing
     views.py       PublishedRouting (with version), StatusView, ETA, store health
@@ -28,7 +29,8 @@ The rollout simulation and its Flagger-style baseline live with their benchmark
 (bench/simulation.py, bench/baseline.py): they drive this controller behind serving's router
 core, with no copy of either's rules.
 
-Imports run one way: policy -> gates -> answer_gates -> verdict, gates -> spec -> evidence -> stats -> errors, and
-policy -> status -> errors; controller -> journal -> (store, webhooks, views) -> events ->
-evidence, views -> policy, and controller -> feedback -> (receipts, store). Nothing here imports serving/.
+Imports run one way: policy -> gates -> answer_gates -> verdict, gates -> spec -> evidence ->
+stats -> errors, and policy -> status -> errors; controller -> journal -> (store, webhooks,
+views) -> events -> evidence, store -> sqlite_file, views -> policy, and controller ->
+feedback -> (receipts, store). Nothing here imports serving/.
 """

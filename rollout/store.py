@@ -11,7 +11,8 @@ never leaves a status without the decision event that produced it, or half an ev
   inode) and every save is `BEGIN IMMEDIATE ... COMMIT`; `synchronous=FULL` makes a commit
   durable. The journal is WAL on a local disk and the rollback journal (`DELETE`) on a
   network filesystem, where SQLite documents WAL as unsafe (it needs shared memory between
-  every process that opens the file): `journal_mode_for` reads the mount table.
+  every process that opens the file): `journal_mode_for` reads the mount table. The file's
+  schema, statements and migrations live in rollout/sqlite_file.py.
 - `MemoryStateStore()`: the in-package fake, with an `outage` switch for failure tests.
 
 One writer: a controller first `claim`s the store, which grants it the next writer term, and
@@ -27,7 +28,6 @@ replay and skipped (a "failed" commit that had in fact landed); with other conte
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import secrets
@@ -37,7 +37,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,20 +45,24 @@ from pydantic import BaseModel, ConfigDict, Field
 from rollout.errors import FencedError, RepeatedRequestError, StoreError
 from rollout.events import Event, EventKind
 from rollout.evidence import Evidence, PairedAnswers
+from rollout.sqlite_file import (
+    INSERT_EVENT,
+    SELECT_EVENT,
+    SELECT_EVENTS,
+    SELECT_WRITER,
+    UPSERT_STATE,
+    UPSERT_WRITER,
+    JournalMode,
+    event_row,
+    journal_mode_for,
+    mount_table,
+    open_schema,
+    row_event,
+)
 from rollout.status import RolloutStatus
 
 __all__ = ["Claim", "Event", "EventKind", "MemoryStateStore", "SqliteStateStore", "StateStore", "StoredState"]
 
-SCHEMA_VERSION = 4
-"""1 -> 2: weights became fractions (`weight`, `intents.manual_weight`) instead of percents
-(event payloads keep the words they were written with: the log is history). 2 -> 3: the
-`writer` table (the current writer term and its holder). 3 -> 4: the `receipts` table (the
-label ledger). Older files are migrated in place when opened."""
-NETWORK_FILESYSTEMS = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "9p", "afs", "gpfs", "beegfs"}
-)
-"""Filesystem types (as /proc/self/mountinfo names them) that SQLite's WAL mode must not be
-used on; `fuse.*` mounts (gcsfuse, s3fs, sshfs, ...) count as network ones too."""
 MAX_EVENTS_PAGE = 1000
 """The most events one `events()` call returns, whatever `limit` asks."""
 
@@ -245,100 +249,6 @@ def _next_claim(current: Claim | None, holder: str, at: float) -> Claim:
     )
 
 
-JournalMode = Literal["wal", "delete"]
-
-
-def journal_mode_for(path: Path, mountinfo: str) -> JournalMode:
-    """The journal for a store at `path`: WAL on a local filesystem, the rollback journal on a
-    network one (`mountinfo` is the text of /proc/self/mountinfo; the mount whose point is the
-    longest prefix of `path` decides)."""
-    target, best, fstype = str(path), -1, ""
-    for line in mountinfo.splitlines():
-        fields = line.split(" - ", 1)
-        if len(fields) != 2 or len(before := fields[0].split()) < 5 or not (after := fields[1].split()):
-            continue
-        point = before[4].replace("\\040", " ")
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > best:
-            best, fstype = len(point), after[0]
-    return "delete" if fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse.") else "wal"
-
-
-def _mount_table() -> str:
-    try:
-        return Path("/proc/self/mountinfo").read_text()
-    except OSError:  # not Linux: no table to read, assume a local disk
-        return ""
-
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS writer ("
-    " id INTEGER PRIMARY KEY CHECK (id = 1), term INTEGER NOT NULL, holder TEXT NOT NULL, claimed_at REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS state ("
-    " id INTEGER PRIMARY KEY CHECK (id = 1), status TEXT NOT NULL, evidence TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS events ("
-    " id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL,"
-    " action TEXT NOT NULL, actor TEXT, reason TEXT NOT NULL, payload TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS receipts ("
-    " request_id TEXT PRIMARY KEY, answers TEXT, labelled INTEGER NOT NULL, expires_at REAL NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS receipts_expiry ON receipts (expires_at)",
-)
-_UPSERT_STATE = (
-    "INSERT INTO state (id, status, evidence) VALUES (1, ?, ?) "
-    "ON CONFLICT (id) DO UPDATE SET status = excluded.status, evidence = excluded.evidence"
-)
-_INSERT_EVENT = "INSERT INTO events (id, at, kind, action, actor, reason, payload) VALUES (?, ?, ?, ?, ?, ?, ?)"
-_SELECT_EVENT = "SELECT id, at, kind, action, actor, reason, payload FROM events WHERE id = ?"
-_SELECT_EVENTS = "SELECT id, at, kind, action, actor, reason, payload FROM events WHERE id > ? ORDER BY id LIMIT ?"
-_SELECT_WRITER = "SELECT term, holder, claimed_at FROM writer WHERE id = 1"
-_UPSERT_WRITER = (
-    "INSERT INTO writer (id, term, holder, claimed_at) VALUES (1, ?, ?, ?) "
-    "ON CONFLICT (id) DO UPDATE SET term = excluded.term, holder = excluded.holder, claimed_at = excluded.claimed_at"
-)
-
-_EventRow = tuple[int, float, str, str, str | None, str, str]
-
-
-def _row(event: Event) -> _EventRow:
-    payload = json.dumps(event.model_dump(mode="json")["payload"], separators=(",", ":"))
-    return (event.id, event.at, event.kind.value, event.action, event.actor, event.reason, payload)
-
-
-def _event(row: _EventRow) -> Event:
-    id_, at, kind, action, actor, reason, payload = row
-    return Event(
-        id=id_, at=at, kind=EventKind(kind), action=action, actor=actor, reason=reason, payload=json.loads(payload)
-    )
-
-
-def _migrate_1_to_2(db: sqlite3.Connection) -> None:
-    """Percent weights to fractions in the status record, inside the opening transaction."""
-    row = db.execute("SELECT status FROM state WHERE id = 1").fetchone()
-    if row is not None:
-        status = json.loads(row[0])
-        status["weight"] = status.pop("weight_percent") / 100.0
-        intents = status.get("intents", {})
-        if "manual_weight_percent" in intents:
-            manual = intents.pop("manual_weight_percent")
-            intents["manual_weight"] = None if manual is None else manual / 100.0
-        db.execute("UPDATE state SET status = ? WHERE id = 1", (json.dumps(status),))
-    db.execute("UPDATE schema_version SET version = 2")
-
-
-def _migrate_2_to_3(db: sqlite3.Connection) -> None:
-    """The writer table is created with the schema; nobody has claimed the store yet."""
-    db.execute("UPDATE schema_version SET version = 3")
-
-
-def _migrate_3_to_4(db: sqlite3.Connection) -> None:
-    """The receipts table is created with the schema; no label was taken yet."""
-    db.execute("UPDATE schema_version SET version = 4")
-
-
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
-
-
 class SqliteStateStore:
     """The durable store: one SQLite file at `path` (plus its -wal and -shm in WAL mode).
 
@@ -353,22 +263,10 @@ class SqliteStateStore:
     ) -> None:
         self.path = Path(path)
         self.location = str(self.path)
-        self.journal_mode: JournalMode = journal_mode or journal_mode_for(self.path.absolute(), _mount_table())
+        self.journal_mode: JournalMode = journal_mode or journal_mode_for(self.path.absolute(), mount_table())
         self._busy_timeout_s = busy_timeout_s
         with self._transaction("create schema", create=True) as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
-            found = [row[0] for row in db.execute("SELECT version FROM schema_version")]
-            if not found:
-                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif len(found) != 1 or not 1 <= found[0] <= SCHEMA_VERSION:
-                raise StoreError(
-                    f"state store {self.location}: schema version {found} on disk, this code reads "
-                    f"version {SCHEMA_VERSION}",
-                    self.location,
-                )
-            for version in range(found[0] if found else SCHEMA_VERSION, SCHEMA_VERSION):
-                _MIGRATIONS[version](db)
+            open_schema(db, self.location)
 
     def _connect(self, create: bool) -> sqlite3.Connection:
         mode = "rwc" if create else "rw"
@@ -403,8 +301,8 @@ class SqliteStateStore:
 
     def claim(self, holder: str, at: float) -> Claim:
         with self._transaction("claim") as db:
-            claim = _next_claim(_writer(db), holder, at)
-            db.execute(_UPSERT_WRITER, (claim.term, claim.holder, claim.claimed_at))
+            claim = _next_claim(read_writer(db), holder, at)
+            db.execute(UPSERT_WRITER, (claim.term, claim.holder, claim.claimed_at))
             return claim
 
     def load(self) -> StoredState | None:
@@ -419,21 +317,21 @@ class SqliteStateStore:
 
     def save(self, status: RolloutStatus, evidence: Evidence, events: Sequence[Event], *, term: int) -> None:
         with self._transaction("save") as db:
-            current = _writer(db)
+            current = read_writer(db)
             if current is None or current.term != term:
                 raise _fenced(self.location, term, current)
-            db.execute(_UPSERT_STATE, (status.model_dump_json(), evidence.model_dump_json()))
-            for row in map(_row, events):
-                held = db.execute(_SELECT_EVENT, (row[0],)).fetchone()
+            db.execute(UPSERT_STATE, (status.model_dump_json(), evidence.model_dump_json()))
+            for row in map(event_row, events):
+                held = db.execute(SELECT_EVENT, (row[0],)).fetchone()
                 if held is None:
-                    db.execute(_INSERT_EVENT, row)
-                elif _event(held) != _event(row):  # compared parsed: JSON spacing is not content
+                    db.execute(INSERT_EVENT, row)
+                elif row_event(held) != row_event(row):  # compared parsed: JSON spacing is not content
                     raise _collision(self.location, row[0])
 
     def events(self, after_id: int = 0, limit: int = 100) -> list[Event]:
         with self._transaction("read events", write=False) as db:
-            rows = db.execute(_SELECT_EVENTS, (after_id, _page(limit))).fetchall()
-            return [_event(row) for row in rows]
+            rows = db.execute(SELECT_EVENTS, (after_id, _page(limit))).fetchall()
+            return [row_event(row) for row in rows]
 
     def keep_answers(self, answers: Sequence[PairedAnswers], expires_at: float) -> None:
         if not answers:
@@ -465,6 +363,6 @@ class SqliteStateStore:
             return found
 
 
-def _writer(db: sqlite3.Connection) -> Claim | None:
-    row = db.execute(_SELECT_WRITER).fetchone()
+def read_writer(db: sqlite3.Connection) -> Claim | None:
+    row = db.execute(SELECT_WRITER).fetchone()
     return None if row is None else Claim(term=row[0], holder=row[1], claimed_at=row[2])

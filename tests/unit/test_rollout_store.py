@@ -13,8 +13,9 @@ import pytest
 from rollout.errors import FencedError, StoreError
 from rollout.events import Event, EventKind
 from rollout.evidence import Evidence, Observation, Variant, add_observations
+from rollout.sqlite_file import SCHEMA_VERSION, journal_mode_for
 from rollout.status import Intents, Phase, RolloutStatus
-from rollout.store import SCHEMA_VERSION, MemoryStateStore, SqliteStateStore, StateStore, journal_mode_for
+from rollout.store import MemoryStateStore, SqliteStateStore, StateStore
 
 StateStoreT = TypeVar("StateStoreT", bound=StateStore)
 

@@ -54,7 +54,7 @@ from rollout.evidence import Evidence, Observation, Variant, add_labels, add_obs
 from rollout.feedback import FeedbackDesk, FeedbackItem, FeedbackResult
 from rollout.gates import GateResult
 from rollout.journal import Draft, Journal
-from rollout.policy import Action, Decision, apply, check_spec_change, decide, urgent
+from rollout.policy import Action, Decision, apply, check_spec_change, decide, deferred, idle, urgent
 from rollout.policy import routing as policy_routing
 from rollout.spec import RolloutSpec, percent
 from rollout.status import (
@@ -73,10 +73,9 @@ from rollout.views import (
     PublishedRouting,
     StatusView,
     TrafficRate,
-    estimate_eta,
     rollback_cause,
     routing_version,
-    with_gate_caveat,
+    status_view,
 )
 from rollout.webhooks import WebhookSender
 
@@ -204,7 +203,7 @@ class RolloutController:
         self._last_tick_at = now
         status = self._status
         if status is None:
-            return self._count(self._idle(now))
+            return self._count(idle(self._after(now)))
         decision = decide(self._spec, status, self._evidence, now)
         new_status = apply(status, decision, now)
         new_evidence = rollover(self._evidence, new_status.epoch)
@@ -222,20 +221,10 @@ class RolloutController:
         if self._journal.persist(now, new_status, new_evidence, [draft]):
             self._dirty = False
             return self._adopt(decision, new_status, new_evidence)
-        held = self._deferred(decision, status, now)
+        held = deferred(decision, status, self._journal.health.consecutive_failures, self._after(now))
         message = f"{held.action.value}: " + "; ".join(held.reasons)  # not `apply`: nothing moves, no dwell restart
         kept = status.model_copy(update={"ticks": status.ticks + 1, "message": message})
         return self._adopt(held, kept, self._evidence)
-
-    def _idle(self, now: float) -> Decision:
-        return Decision(
-            action=Action.HOLD,
-            phase=RolloutStatus().phase,
-            stage_index=0,
-            weight=0.0,
-            reasons=("no rollout started: waiting for an operator start",),
-            next_check_at=self._after(now),
-        )
 
     def _adopt(self, decision: Decision, status: RolloutStatus, evidence: Evidence) -> Decision:
         """Make `decision` (already applied into `status`, `evidence`) the state in memory."""
@@ -260,23 +249,6 @@ class RolloutController:
             "to": _position(after),
         }
         return Draft(EventKind.DECISION, decision.action.value, "; ".join(decision.reasons), payload)
-
-    def _deferred(self, decision: Decision, status: RolloutStatus, now: float) -> Decision:
-        """A HOLD in place of a decision that needs a durable record while the store is down."""
-        failures = self._journal.health.consecutive_failures
-        reason = (
-            f"state store unavailable ({failures} failed saves in a row): holding instead of "
-            f"{decision.action.value} until a save succeeds"
-        )
-        return Decision(
-            action=Action.HOLD,
-            phase=status.phase,
-            stage_index=status.stage_index,
-            weight=status.weight,
-            gates=decision.gates,
-            reasons=(reason, *decision.reasons),
-            next_check_at=self._after(now),
-        )
 
     def _after(self, now: float) -> float:
         return now + self._spec.tick_interval_s
@@ -435,32 +407,16 @@ class RolloutController:
         """Everything GET status shows; see `views.StatusView`."""
         with self._lock:
             now = self._clock.now()
-            status = self._status if self._status is not None else RolloutStatus()
-            last, gates = self._last_decision, self._last_gates
-            rate = self._rate.per_second(now)
-            eta = estimate_eta(self._spec, self._status, self._evidence, rate, now)
-            return StatusView(
+            return status_view(
+                self._spec,
+                self._status,
+                self._evidence,
                 now=now,
-                started=self._status is not None,
-                phase=status.phase,
-                stage_index=status.stage_index,
-                stage_count=len(self._spec.stages),
-                weight=status.weight,
                 routing=self.routing(),
-                epoch=status.epoch,
-                ticks=status.ticks,
-                stage_started_at=status.stage_started_at,
-                last_transition_at=status.last_transition_at,
-                intents=status.intents,
-                rollback_reason=status.rollback_reason,
-                message=status.message,
-                last_action=last.action if last is not None else None,
-                last_decision_at=self._last_tick_at,
-                last_reasons=last.reasons if last is not None else (),
-                gates=gates,
-                evidence=summarize(self._evidence),
-                student_rate_per_s=rate,
-                eta=with_gate_caveat(eta, gates),
+                rate=self._rate.per_second(now),
+                last=self._last_decision,
+                gates=self._last_gates,
+                last_tick_at=self._last_tick_at,
                 counters=Counters(decisions=dict(self._decisions), rollbacks=dict(self._rollbacks)),
                 store=self._journal.health,
                 webhooks=self._webhooks.stats(),

@@ -266,6 +266,36 @@ def _progress(
     )
 
 
+def idle(next_check_at: float) -> Decision:
+    """The HOLD of a controller with no rollout started yet."""
+    return Decision(
+        action=Action.HOLD,
+        phase=RolloutStatus().phase,
+        stage_index=0,
+        weight=0.0,
+        reasons=("no rollout started: waiting for an operator start",),
+        next_check_at=next_check_at,
+    )
+
+
+def deferred(decision: Decision, status: RolloutStatus, failures: int, next_check_at: float) -> Decision:
+    """A HOLD in place of a decision that needs a durable record while the store is down
+    (`failures` saves in a row have failed)."""
+    reason = (
+        f"state store unavailable ({failures} failed saves in a row): holding instead of "
+        f"{decision.action.value} until a save succeeds"
+    )
+    return Decision(
+        action=Action.HOLD,
+        phase=status.phase,
+        stage_index=status.stage_index,
+        weight=status.weight,
+        gates=decision.gates,
+        reasons=(reason, *decision.reasons),
+        next_check_at=next_check_at,
+    )
+
+
 def apply(status: RolloutStatus, decision: Decision, now: float) -> RolloutStatus:
     """The status after `decision` at `now`: bumps the epoch when the weight or stage moved,
     restarts the dwell clock with it, consumes acted-on intents, records the rollback reason."""

@@ -12,7 +12,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rollout.events import EvidenceSummary
+from rollout.events import EvidenceSummary, summarize
 from rollout.evidence import Evidence
 from rollout.gates import GateResult, Verdict
 from rollout.policy import Action, Decision, Routing
@@ -189,3 +189,51 @@ class StatusView(BaseModel):
     store: StoreHealth
     webhooks: WebhookStats
     last_event_id: int
+
+
+def status_view(
+    spec: RolloutSpec,
+    status: RolloutStatus | None,
+    evidence: Evidence,
+    *,
+    now: float,
+    routing: PublishedRouting,
+    rate: float,
+    last: Decision | None,
+    gates: tuple[GateResult, ...],
+    last_tick_at: float | None,
+    counters: Counters,
+    store: StoreHealth,
+    webhooks: WebhookStats,
+    last_event_id: int,
+) -> StatusView:
+    """GET status from the controller's state (`status` None: no rollout started yet)."""
+    shown = status if status is not None else RolloutStatus()
+    eta = estimate_eta(spec, status, evidence, rate, now)
+    return StatusView(
+        now=now,
+        started=status is not None,
+        phase=shown.phase,
+        stage_index=shown.stage_index,
+        stage_count=len(spec.stages),
+        weight=shown.weight,
+        routing=routing,
+        epoch=shown.epoch,
+        ticks=shown.ticks,
+        stage_started_at=shown.stage_started_at,
+        last_transition_at=shown.last_transition_at,
+        intents=shown.intents,
+        rollback_reason=shown.rollback_reason,
+        message=shown.message,
+        last_action=last.action if last is not None else None,
+        last_decision_at=last_tick_at,
+        last_reasons=last.reasons if last is not None else (),
+        gates=gates,
+        evidence=summarize(evidence),
+        student_rate_per_s=rate,
+        eta=with_gate_caveat(eta, gates),
+        counters=counters,
+        store=store,
+        webhooks=webhooks,
+        last_event_id=last_event_id,
+    )

@@ -271,7 +271,7 @@ def run_rollout(
 
 
 def _result(phase: Phase) -> Result:
-    if phase is Phase.COMPLETED:
+    if phase in (Phase.COMPLETED, Phase.WATCHING):  # promoted (watched afterwards or not)
         return Result.COMPLETED
     return Result.ROLLED_BACK if phase is Phase.ROLLED_BACK else Result.TIMED_OUT
 
@@ -287,12 +287,12 @@ def simulate_kdcanary(spec: RolloutSpec, profile: StudentProfile, scenario: Scen
 
     def finished() -> bool:
         status = controller.status()
-        return status is not None and status.terminal
+        return status is not None and status.settled
 
     run = run_rollout(controller, finished, profile, scenario, seed, clock, controller.feedback)
     status = controller.status()
     assert status is not None  # started above
-    ended = status.last_transition_at if status.terminal else None
+    ended = status.last_transition_at if status.settled else None
     rolled_back = status.phase is Phase.ROLLED_BACK
     return Outcome(
         system="kdcanary",

@@ -77,6 +77,7 @@ from rollout.views import (
     routing_version,
     status_view,
 )
+from rollout.watching import watch_evidence
 from rollout.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,8 @@ class RolloutController:
         if status.stage_index >= len(self._spec.stages):
             count = len(self._spec.stages)
             raise SpecError(f"stored status.stage_index {status.stage_index} is beyond the spec's {count} stages")
-        self._status, self._evidence = status, rollover(state.evidence, status.epoch)
+        self._status = status
+        self._evidence = watch_evidence(self._spec, status, rollover(state.evidence, status.epoch))
         self._dirty = True
         reason = (
             f"controller resumed a {status.phase.value} rollout at stage {status.stage_index} "
@@ -206,7 +208,7 @@ class RolloutController:
             return self._count(idle(self._after(now)))
         decision = decide(self._spec, status, self._evidence, now)
         new_status = apply(status, decision, now)
-        new_evidence = rollover(self._evidence, new_status.epoch)
+        new_evidence = watch_evidence(self._spec, new_status, rollover(self._evidence, new_status.epoch))
         if decision.action is Action.HOLD:
             self._adopt(decision, new_status, new_evidence)
             self._save(now)
@@ -273,12 +275,12 @@ class RolloutController:
 
     def start(self, *, actor: str, reason: str) -> RolloutStatus:
         """Begin a rollout at stage 0 with fresh evidence: the first ever, or a new one after
-        the last rolled back or completed. IntentError while one is live."""
+        the last rolled back, completed or is watched. IntentError while one is live."""
         operator = _Operator(actor=actor, reason=reason)
         with self._lock:
             self._require_writer()
             now, old, before = self._clock.now(), self._status, (self._status, self._evidence)
-            if old is not None and not old.terminal:
+            if old is not None and not old.settled:
                 raise IntentError(
                     f"cannot start: a rollout is already {old.phase.value} at stage {old.stage_index} "
                     f"({percent(old.weight)})"

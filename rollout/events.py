@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from rollout.evidence import Evidence, Segment
+from rollout.watch import StreamSummary, summary
 
 
 class EventKind(StrEnum):
@@ -62,6 +63,7 @@ class EvidenceSummary(BaseModel):
     only_student: int = 0
     only_teacher: int = 0
     segments: dict[str, Segment] = Field(default_factory=dict)  # per declared segment (and "other")
+    watch: dict[str, StreamSummary] = Field(default_factory=dict)  # the watch's streams, once promoted
 
     @property
     def labelled(self) -> int:
@@ -81,4 +83,5 @@ def summarize(evidence: Evidence) -> EvidenceSummary:
         consecutive_student_errors=evidence.recent.consecutive_errors,
         **evidence.accuracy.model_dump(),
         segments=evidence.segments,
+        watch=summary(evidence.watch) if evidence.watch is not None else {},
     )

@@ -31,12 +31,13 @@ What is kept per stage and what pools forward (the `epoch` of the status decides
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from rollout.stats import Bucket
+from rollout.watch import ACCURACY, ACCURACY_LOSS, AGREEMENT, WatchState, feed
 
 HISTOGRAM_MIN_S = 1e-4
 """Lower edge of the first finite latency bucket (0.1 ms); faster samples share bucket 0."""
@@ -267,6 +268,8 @@ class Evidence(BaseModel):
     accuracy: Accuracy = Field(default_factory=Accuracy)
     # Agreement and accuracy per segment the request declared ("other" for undeclared ones).
     segments: dict[str, Segment] = Field(default_factory=dict)
+    # The change detectors of a promoted student (rollout/watch.py); None before the watch.
+    watch: WatchState | None = None
 
 
 def rollover(evidence: Evidence, epoch: int) -> Evidence:
@@ -276,7 +279,7 @@ def rollover(evidence: Evidence, epoch: int) -> Evidence:
     """
     if evidence.epoch == epoch:
         return evidence
-    pooled = {"agreement", "recent", "classes", "accuracy", "segments", "pooled_student", "pooled_teacher"}
+    pooled = {"agreement", "recent", "classes", "accuracy", "segments", "pooled_student", "pooled_teacher", "watch"}
     return Evidence(epoch=epoch, **{name: getattr(evidence, name) for name in pooled})
 
 
@@ -349,7 +352,22 @@ def add_observations(evidence: Evidence, observations: Iterable[Observation], no
         "agreement": agreement,
         "recent": _advance_window(evidence.recent, students, now),
     }
+    if evidence.watch is not None:
+        update["watch"] = feed(evidence.watch, _watched_answers(batch))
     return evidence.model_copy(update=update)
+
+
+def _watched_answers(batch: Sequence[Observation]) -> Iterator[tuple[str, float]]:
+    """The watch's events of a batch, in order: every compared pair's disagreement, overall, by
+    the teacher's class and by segment."""
+    for observation in batch:
+        if observation.agreed is None:
+            continue
+        yield AGREEMENT, float(not observation.agreed)
+        for label, matched in observation.by_class:
+            yield f"class:{label}", float(not matched)
+        if observation.segment is not None:
+            yield f"segment:{observation.segment}", float(not observation.agreed)
 
 
 def _count_labels(accuracy: Accuracy, outcomes: Sequence[LabelOutcome]) -> Accuracy:
@@ -371,4 +389,8 @@ def add_labels(evidence: Evidence, outcomes: Iterable[LabelOutcome]) -> Evidence
         segment = segments.get(name, Segment())
         accuracy = _count_labels(segment.accuracy, [o for o in batch if o.segment == name])
         segments[name] = segment.model_copy(update={"accuracy": accuracy})
-    return evidence.model_copy(update={"accuracy": _count_labels(evidence.accuracy, batch), "segments": segments})
+    update: dict[str, object] = {"accuracy": _count_labels(evidence.accuracy, batch), "segments": segments}
+    if evidence.watch is not None:
+        losses = [(ACCURACY, ACCURACY_LOSS[o.paired]) for o in batch if o.paired is not None]
+        update["watch"] = feed(evidence.watch, losses)
+    return evidence.model_copy(update=update)

@@ -7,7 +7,7 @@ The controller around it ingests observations, calls `tick`, persists the status
 
 Precedence on every tick, first match wins:
 
-1. terminal phases (rolled back, completed) stay put;
+1. terminal phases (rolled back, completed) stay put; a watched one follows rollout/watching.py;
 2. the fast-rollback trip wire (the student fails hard) rolls back;
 3. an operator rollback (`abort` intent) rolls back;
 4. a pending rollout starts at stage 0;
@@ -25,85 +25,19 @@ current stage must stay, at the same weight.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
-from pydantic import BaseModel, ConfigDict
-
+from rollout.decision import Action, Decision, Routing, rollback_decision, stay
 from rollout.errors import SpecError
 from rollout.evidence import Evidence, rollover
 from rollout.gates import GateResult, Verdict, evaluate_gates, fast_rollback_check
 from rollout.spec import RolloutSpec, percent
-from rollout.status import TERMINAL_PHASES, Intents, Phase, PromoteTarget, RolloutStatus
+from rollout.status import SETTLED_PHASES, Intents, Phase, PromoteTarget, RolloutStatus
+from rollout.watching import decide_watching, new_alarms
 
-_RECORD = ConfigDict(frozen=True, extra="forbid")
-
-
-class Action(StrEnum):
-    """What a tick does."""
-
-    START = "start"  # pending -> progressing at stage 0 (shadow)
-    HOLD = "hold"  # nothing changes: conditions unmet, evidence inconclusive, or terminal
-    ADVANCE = "advance"  # to the next stage: all conditions met, or an operator promote
-    COMPLETE = "complete"  # the last stage is done (or promote to full): weight 1, terminal
-    ROLLBACK = "rollback"  # a gate failed, the trip wire fired, or an operator aborted: weight 0
-    PAUSE = "pause"  # an operator pause or manual weight took effect
-    RESUME = "resume"  # the pause was withdrawn: back to the stage's weight
-
-
-class Decision(BaseModel):
-    """A tick's verdict: the target phase/stage/weight, the gates behind it, when to look next."""
-
-    model_config = _RECORD
-
-    action: Action
-    phase: Phase
-    stage_index: int
-    weight: float
-    gates: tuple[GateResult, ...] = ()
-    reasons: tuple[str, ...] = ()
-    next_check_at: float | None = None
-    promote_consumed: bool = False
-
-
-class Routing(BaseModel):
-    """What routers need: the student's share of live traffic and the comparison rate."""
-
-    model_config = _RECORD
-
-    weight: float
-    shadow_fraction: float
+__all__ = ["Action", "Decision", "Routing", "apply", "check_spec_change", "decide", "routing", "tick", "urgent"]
 
 
 def _stage_text(spec: RolloutSpec, index: int) -> str:
     return f"stage {index} ({percent(spec.stages[index].weight)})"
-
-
-def _rollback(status: RolloutStatus, gates: tuple[GateResult, ...], reasons: tuple[str, ...]) -> Decision:
-    return Decision(
-        action=Action.ROLLBACK,
-        phase=Phase.ROLLED_BACK,
-        stage_index=status.stage_index,
-        weight=0.0,
-        gates=gates,
-        reasons=reasons,
-    )
-
-
-def _stay(
-    status: RolloutStatus,
-    reasons: tuple[str, ...],
-    next_check_at: float | None,
-    gates: tuple[GateResult, ...] = (),
-) -> Decision:
-    return Decision(
-        action=Action.HOLD,
-        phase=status.phase,
-        stage_index=status.stage_index,
-        weight=status.weight,
-        gates=gates,
-        reasons=reasons,
-        next_check_at=next_check_at,
-    )
 
 
 def decide(spec: RolloutSpec, status: RolloutStatus, evidence: Evidence, now: float) -> Decision:
@@ -113,23 +47,25 @@ def decide(spec: RolloutSpec, status: RolloutStatus, evidence: Evidence, now: fl
     under a live rollout); evidence, however odd, never makes it raise.
     """
     if status.terminal:
-        return _stay(status, (f"rollout is {status.phase.value}; nothing to do",), None)
+        return stay(status, (f"rollout is {status.phase.value}; nothing to do",), None)
+    if status.phase is Phase.WATCHING:
+        return decide_watching(spec, status, evidence, now, _fast_check(spec, evidence, now))
     if status.stage_index >= len(spec.stages):
         count = len(spec.stages)
         raise SpecError(f"status.stage_index {status.stage_index} is beyond the spec's {count} stages")
     evidence = rollover(evidence, status.epoch)  # never judge a stage by another stage's load
     fast = _fast_check(spec, evidence, now)
     if fast and fast[0].verdict is Verdict.FAIL:
-        return _rollback(status, fast, (fast[0].message,))
+        return rollback_decision(status, fast, (fast[0].message,))
     if status.intents.abort:
         reason = f"operator rollback: {status.intents.abort_reason or 'no reason given'}"
-        return _rollback(status, fast, (reason,))
+        return rollback_decision(status, fast, (reason,))
     if status.phase is Phase.PENDING:
         return _move(spec, now, action=Action.START, index=0, reason="rollout started")
     gates = evaluate_gates(spec, evidence)
     failed = tuple(gate.message for gate in gates if gate.fails)
     if failed:
-        return _rollback(status, gates + fast, failed)
+        return rollback_decision(status, gates + fast, failed)
     if status.intents.promote is not None:
         return _promote(spec, status, gates + fast, now)
     if status.intents.pause or status.intents.manual_weight is not None:
@@ -167,14 +103,21 @@ def _move(
     )
 
 
-def _complete(gates: tuple[GateResult, ...], stage_index: int, reasons: tuple[str, ...], promoted: bool) -> Decision:
+def _complete(
+    spec: RolloutSpec, gates: tuple[GateResult, ...], reasons: tuple[str, ...], now: float, promoted: bool
+) -> Decision:
+    """All traffic to the student: watched from now on when the spec has a watch, else completed."""
+    watched = spec.watch is not None
+    if spec.watch is not None:
+        reasons = (*reasons, f"watching: {percent(spec.watch.shadow_fraction)} still compared with the teacher")
     return Decision(
         action=Action.COMPLETE,
-        phase=Phase.COMPLETED,
-        stage_index=stage_index,
+        phase=Phase.WATCHING if watched else Phase.COMPLETED,
+        stage_index=len(spec.stages) - 1,
         weight=1.0,
         gates=gates,
         reasons=reasons,
+        next_check_at=now + spec.tick_interval_s if watched else None,
         promote_consumed=promoted,
     )
 
@@ -183,7 +126,7 @@ def _promote(spec: RolloutSpec, status: RolloutStatus, gates: tuple[GateResult, 
     last = len(spec.stages) - 1
     if status.intents.promote is PromoteTarget.FULL or status.stage_index == last:
         reason = f"operator promote from {_stage_text(spec, status.stage_index)} to 100 %: completed"
-        return _complete(gates, last, (reason,), promoted=True)
+        return _complete(spec, gates, (reason,), now, promoted=True)
     target = status.stage_index + 1
     target_text = _stage_text(spec, target)
     held = status.intents.pause or status.intents.manual_weight is not None
@@ -250,11 +193,11 @@ def _progress(
         if status.stage_started_at is not None:
             dwell_end = status.stage_started_at + spec.stages[index].min_dwell_s
             next_check_at = min(next_check_at, dwell_end) if dwell_end > now else next_check_at
-        return _stay(status, (f"holding at {stage}", *waiting), next_check_at, gates + fast)
+        return stay(status, (f"holding at {stage}", *waiting), next_check_at, gates + fast)
     passed = tuple(gate.message for gate in gates)
     summary = f"{stage} satisfied (student n={evidence.student.requests})"
     if index == len(spec.stages) - 1:
-        return _complete(gates + fast, index, (f"{summary}: rollout completed", *passed), promoted=False)
+        return _complete(spec, gates + fast, (f"{summary}: rollout completed", *passed), now, promoted=False)
     return Decision(
         action=Action.ADVANCE,
         phase=Phase.PROGRESSING,
@@ -304,7 +247,7 @@ def apply(status: RolloutStatus, decision: Decision, now: float) -> RolloutStatu
     intents = status.intents
     if decision.promote_consumed:
         intents = intents.model_copy(update={"promote": None})
-    if decision.phase in TERMINAL_PHASES:
+    if decision.phase in SETTLED_PHASES:
         intents = Intents()
     started = status.stage_started_at
     return status.model_copy(
@@ -321,6 +264,7 @@ def apply(status: RolloutStatus, decision: Decision, now: float) -> RolloutStatu
             else status.rollback_reason,
             "message": f"{decision.action.value}: " + "; ".join(decision.reasons),
             "intents": intents,
+            "watch_alarms": status.watch_alarms if decision.watch_alarms is None else decision.watch_alarms,
         }
     )
 
@@ -342,13 +286,17 @@ def urgent(spec: RolloutSpec, status: RolloutStatus, evidence: Evidence, now: fl
     pending = status.intents
     if pending.abort or pending.promote is not None or status.phase is Phase.PENDING:
         return True
+    if new_alarms(status, evidence):
+        return True
     if spec.fast_rollback is None:
         return False
     return fast_rollback_check(spec.fast_rollback, evidence, now).verdict is Verdict.FAIL
 
 
 def routing(spec: RolloutSpec, status: RolloutStatus) -> Routing:
-    """What to publish to routers; shadow comparisons run only while the rollout is live."""
+    """What to publish to routers; shadow comparisons run only while the rollout is live or watched."""
+    if status.phase is Phase.WATCHING:
+        return Routing(weight=status.weight, shadow_fraction=spec.watch.shadow_fraction if spec.watch else 0.0)
     live = status.phase in (Phase.PROGRESSING, Phase.PAUSED)
     shadow = spec.stages[status.stage_index].shadow_fraction if live else 0.0
     return Routing(weight=status.weight, shadow_fraction=shadow)
@@ -357,7 +305,7 @@ def routing(spec: RolloutSpec, status: RolloutStatus) -> Routing:
 def check_spec_change(status: RolloutStatus | None, old: RolloutSpec, new: RolloutSpec) -> None:
     """A spec changed under a live rollout must keep its current stage, at the same weight: the
     traffic share moves only by a decision or an operator's intent, never by an edit."""
-    if status is None or status.terminal:
+    if status is None or status.settled:
         return
     index = status.stage_index
     if index >= len(new.stages):

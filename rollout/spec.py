@@ -207,6 +207,29 @@ class FastRollback(BaseModel):
     min_window_requests: int = Field(default=20, ge=1)
 
 
+class WatchSpec(BaseModel):
+    """After the last stage the rollout is watched, not finished: `shadow_fraction` of requests
+    are still compared with the teacher, and labels still score both (rollout/watch.py).
+
+    A sequential change detector watches agreement (overall, per class and per segment where
+    those guards are declared) against `agreement_floor` (None: the agreement gate's threshold)
+    and, with labels, accuracy against the accuracy gate's margin; its average run length to a
+    false alarm is at least `arl` watched events, however long the watch runs. On a detected
+    change `action` says what happens: "rollback" (the default) sends all traffic back to the
+    teacher, which still runs for the shadows, so the fallback is warm and costs nothing to
+    take; the student no longer answers like the model that was promoted, and every request
+    it serves meanwhile is served worse. "alert" records the event, fires the webhook and the
+    alert, and leaves the student serving.
+    """
+
+    model_config = _STRICT
+
+    shadow_fraction: float = Field(default=0.05, gt=0.0, le=1.0)
+    agreement_floor: float | None = Field(default=None, gt=0.0, lt=1.0)
+    arl: float = Field(default=100_000.0, ge=100.0)
+    action: Literal["rollback", "alert"] = "rollback"
+
+
 class RolloutSpec(BaseModel):
     """Stages plus gates; `tick_interval_s` is how often the controller re-evaluates."""
 
@@ -221,6 +244,7 @@ class RolloutSpec(BaseModel):
     latency: LatencyGate | None = Field(default_factory=LatencyGate)
     cost: CostGate | None = None
     fast_rollback: FastRollback | None = Field(default_factory=FastRollback)
+    watch: WatchSpec | None = Field(default_factory=WatchSpec)
     tick_interval_s: float = Field(default=1.0, gt=0.0)
     pool_stages: bool = Field(
         default=True,
@@ -293,7 +317,13 @@ def fixed_share_spec(shadow_fraction: float = 0.0) -> RolloutSpec:
     hold = Stage(weight=0.0, min_requests=0, min_dwell_s=HOLD_S, shadow_fraction=shadow_fraction)
     full = Stage(weight=1.0, min_requests=0, min_dwell_s=HOLD_S, shadow_fraction=shadow_fraction)
     return RolloutSpec(
-        stages=[hold, full], agreement=None, accuracy=None, errors=None, latency=None, fast_rollback=None
+        stages=[hold, full],
+        agreement=None,
+        accuracy=None,
+        errors=None,
+        latency=None,
+        fast_rollback=None,
+        watch=None,
     )
 
 

@@ -25,10 +25,13 @@ class Phase(StrEnum):
     PROGRESSING = "progressing"  # gates evaluated every tick; a satisfied stage advances
     PAUSED = "paused"  # operator pause or manual weight: no advancing, rollbacks still fire
     ROLLED_BACK = "rolled_back"  # terminal: weight 0, `rollback_reason` says why
-    COMPLETED = "completed"  # terminal: weight 1, the student serves all traffic
+    WATCHING = "watching"  # weight 1, promoted: a share still compared, a change rolls back or alerts
+    COMPLETED = "completed"  # terminal: weight 1, the student serves all traffic (no watch in the spec)
 
 
 TERMINAL_PHASES = frozenset({Phase.ROLLED_BACK, Phase.COMPLETED})
+SETTLED_PHASES = TERMINAL_PHASES | {Phase.WATCHING}
+"""Phases after the stages: a new rollout may start from any of them."""
 
 
 class PromoteTarget(StrEnum):
@@ -69,15 +72,23 @@ class RolloutStatus(BaseModel):
     rollback_reason: str | None = None
     message: str = ""
     intents: Intents = Field(default_factory=Intents)
+    watch_alarms: int = Field(default=0, ge=0)  # the watch's alarms the tick has acted on
 
     @property
     def terminal(self) -> bool:
         return self.phase in TERMINAL_PHASES
 
+    @property
+    def settled(self) -> bool:
+        """Past the stages (terminal, or watching at 100 %): a new rollout may start."""
+        return self.phase in SETTLED_PHASES
+
 
 def _with_intents(status: RolloutStatus, action: str, **changes: object) -> RolloutStatus:
     if status.terminal:
         raise IntentError(f"cannot {action}: rollout is already {status.phase.value}")
+    if status.phase is Phase.WATCHING and action != "roll back":
+        raise IntentError(f"cannot {action}: the student is promoted and watched; roll back or start a new rollout")
     intents = Intents.model_validate({**status.intents.model_dump(), **changes})
     return status.model_copy(update={"intents": intents})
 

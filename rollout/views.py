@@ -39,9 +39,9 @@ class PublishedRouting(Routing):
     """`policy.Routing` plus `version`, which rises whenever the routing may have changed, and
     the model pair it is for (None: no pair known yet, or a controller that does not track one).
 
-    version = 3 x epoch + liveness (0 pending or not started, 1 progressing or paused,
-    2 terminal). The epoch rises whenever weight or stage moves and liveness only ever rises
-    within a rollout, so the version never decreases, survives restarts (it is derived from
+    version = 3 x epoch + liveness (0 pending or not started, 1 progressing or paused, 2
+    watching, rolled back or completed). The epoch rises whenever weight or stage moves and
+    liveness only ever rises within a rollout, so the version never decreases, survives restarts (it is derived from
     the stored status), and a router can ignore any update whose version is not newer.
     """
 
@@ -57,7 +57,7 @@ class PublishedRouting(Routing):
 def routing_version(status: RolloutStatus | None) -> int:
     if status is None:
         return 0
-    liveness = 2 if status.terminal else (0 if status.phase is Phase.PENDING else 1)
+    liveness = 2 if status.settled else (0 if status.phase is Phase.PENDING else 1)
     return 3 * status.epoch + liveness
 
 
@@ -100,6 +100,8 @@ def estimate_eta(spec: RolloutSpec, status: RolloutStatus | None, evidence: Evid
         return Eta(seconds=None, at=None, basis="no rollout started")
     if status.terminal:
         return Eta(seconds=None, at=None, basis=f"rollout is {status.phase.value}: no further decisions")
+    if status.phase is Phase.WATCHING:
+        return Eta(seconds=None, at=None, basis="promoted and watched: a detected change rolls back or alerts")
     if status.phase is Phase.PENDING:
         return Eta(seconds=0.0, at=now, basis="starts on the next tick")
     if status.phase is Phase.PAUSED:

@@ -25,7 +25,7 @@ moved to mu1).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +33,9 @@ _STATE = ConfigDict(frozen=True, extra="forbid")
 
 AGREEMENT = "agreement"
 ACCURACY = "accuracy"
+ACCURACY_LOSS = {(True, False): 1.0, (False, True): 0.0, (True, True): 0.5, (False, False): 0.5}
+"""A labelled shadowed input's accuracy loss X, by (teacher right, student right): its mean is
+(1 - (student - teacher accuracy)) / 2, so a margin m puts the null mean at (1 + m) / 2."""
 BUDGET = {AGREEMENT: 0.5, ACCURACY: 0.25, "class": 0.125, "segment": 0.125}
 """Shares of the false-alarm budget: the overall agreement, which the watch is mostly for, half;
 accuracy a quarter; classes and segments an eighth each, split evenly among the declared ones
@@ -53,7 +56,7 @@ class Stream(BaseModel):
     statistics: tuple[float, ...]
     n: int = 0  # observations since the watch began
     total: float = 0.0  # their sum of X
-    since_alarm: int = 0  # observations since the last alarm (or the start)
+    alarmed: bool = False  # latched: a stream alarms once per watch (its counts go on)
 
     @property
     def score(self) -> float:
@@ -84,12 +87,42 @@ class WatchState(BaseModel):
     model_config = _STATE
 
     arl: float = Field(gt=1.0)
-    agreement_floor: float = Field(gt=0.0, lt=1.0)
+    # The agreement each stream must keep: "agreement", one per "class:<label>" or
+    # "segment:<name>" known at promotion, and "class" / "segment" for ones first seen later.
+    floors: dict[str, float]
     accuracy_margin: float | None = Field(default=None, ge=0.0, lt=1.0)
     classes: int = Field(default=0, ge=0)  # declared classes to watch (0: none)
     segments: tuple[str, ...] = ()  # declared segments to watch, "other" included
     streams: dict[str, Stream] = Field(default_factory=dict)
-    alarms: tuple[Alarm, ...] = ()  # newest last; the policy acts on ones it has not seen
+    alarms: tuple[Alarm, ...] = ()  # newest last, one per stream at most; the policy acts on new ones
+
+
+class StreamSummary(BaseModel):
+    """One stream for status, events and metrics: for agreement streams the agreement observed
+    and its floor, for accuracy student - teacher and -margin; `level` is the statistic as a
+    share of its alarm threshold (1 = alarm)."""
+
+    model_config = _STATE
+
+    n: int
+    observed: float | None
+    bound: float
+    level: float
+    alarmed: bool
+
+
+def summary(state: WatchState) -> dict[str, StreamSummary]:
+    """Every stream of `state`, by key."""
+    shown = {}
+    for key, stream in state.streams.items():
+        mean = stream.total / stream.n if stream.n else None
+        if key == ACCURACY:  # X = (1 - difference) / 2
+            observed, bound = (None if mean is None else 1.0 - 2.0 * mean), 1.0 - 2.0 * stream.null_mean
+        else:
+            observed, bound = (None if mean is None else 1.0 - mean), 1.0 - stream.null_mean
+        level = stream.score / stream.threshold(state.arl)
+        shown[key] = StreamSummary(n=stream.n, observed=observed, bound=bound, level=level, alarmed=stream.alarmed)
+    return shown
 
 
 def bets_for(null_mean: float) -> tuple[float, ...]:
@@ -107,16 +140,21 @@ def new_stream(null_mean: float, weight: float) -> Stream:
 
 def start_watch(
     arl: float,
-    agreement_floor: float,
+    floors: Mapping[str, float],
     accuracy_margin: float | None = None,
     classes: int = 0,
     segments: Sequence[str] = (),
 ) -> WatchState:
-    """Fresh detectors: agreement at once; accuracy, classes and segments on first sight."""
-    streams = {AGREEMENT: new_stream(1.0 - agreement_floor, BUDGET[AGREEMENT])}
+    """Fresh detectors: agreement at once; accuracy, classes and segments on first sight.
+    `floors` names the agreement floor of "agreement" and, where watched, of "class" and
+    "segment" (and of single classes or segments, by stream key)."""
+    for kind, needed in (("agreement", True), ("class", classes > 0), ("segment", bool(segments))):
+        if needed and not 0.0 < floors.get(kind, -1.0) < 1.0:
+            raise ValueError(f"floors: need a floor in (0, 1) for '{kind}', got {floors.get(kind)}")
+    streams = {AGREEMENT: new_stream(1.0 - floors[AGREEMENT], BUDGET[AGREEMENT])}
     return WatchState(
         arl=arl,
-        agreement_floor=agreement_floor,
+        floors=dict(floors),
         accuracy_margin=accuracy_margin,
         classes=classes,
         segments=tuple(segments),
@@ -132,43 +170,47 @@ def _stream_for(state: WatchState, key: str, streams: dict[str, Stream]) -> Stre
     if kind == ACCURACY and state.accuracy_margin is not None:
         stream = new_stream((1.0 + state.accuracy_margin) / 2.0, BUDGET[ACCURACY])
     elif kind == "class" and sum(k.startswith("class:") for k in streams) < state.classes:
-        stream = new_stream(1.0 - state.agreement_floor, BUDGET["class"] / state.classes)
+        stream = new_stream(1.0 - state.floors.get(key, state.floors[kind]), BUDGET["class"] / state.classes)
     elif kind == "segment" and key.split(":", 1)[1] in state.segments:
-        stream = new_stream(1.0 - state.agreement_floor, BUDGET["segment"] / len(state.segments))
+        floor = state.floors.get(key, state.floors[kind])
+        stream = new_stream(1.0 - floor, BUDGET["segment"] / len(state.segments))
     else:
         return None
     streams[key] = stream
     return stream
 
 
-def watch(state: WatchState, events: Iterable[tuple[str, float]]) -> WatchState:
+def feed(state: WatchState, events: Iterable[tuple[str, float]]) -> WatchState:
     """Feed `events` (stream key, X) in order: "agreement", "class:<label>", "segment:<name>"
     with X = 1 - agreed, "accuracy" with X the paired accuracy loss. A stream that reaches its
-    threshold raises an alarm and starts afresh (its statistics to 0)."""
+    threshold raises one alarm and is latched: a lasting change is one alarm, not a storm
+    (a new rollout, or a rollback and a new start, watches afresh)."""
     streams = dict(state.streams)
     work: dict[str, list[float]] = {}  # mutable statistics, written back once
-    counts: dict[str, list[float]] = {}  # n, total, since_alarm
+    counts: dict[str, list[float]] = {}  # n, total
     alarms = list(state.alarms)
+    latched = {key for key, stream in streams.items() if stream.alarmed}
     for key, x in events:
         stream = _stream_for(state, key, streams)
         if stream is None:
             continue
+        count = counts.setdefault(key, [stream.n, stream.total])
+        count[0], count[1] = count[0] + 1, count[1] + x
+        if key in latched:
+            continue
         stats = work.setdefault(key, list(stream.statistics))
-        count = counts.setdefault(key, [stream.n, stream.total, stream.since_alarm])
-        count[0], count[1], count[2] = count[0] + 1, count[1] + x, count[2] + 1
         offset = x - stream.null_mean
         for j, bet in enumerate(stream.bets):
             stats[j] = (stats[j] + 1.0) * (1.0 + bet * offset)
         threshold = stream.threshold(state.arl)
         if sum(stats) / len(stats) >= threshold:
             alarms.append(_alarm(key, stream, int(count[0]), count[1], sum(stats) / len(stats), threshold))
-            stats[:] = [0.0] * len(stats)
-            count[2] = 0
-    for key, stats in work.items():
-        n, total, since = counts[key]
-        streams[key] = streams[key].model_copy(
-            update={"statistics": tuple(stats), "n": int(n), "total": total, "since_alarm": int(since)}
-        )
+            latched.add(key)
+    for key, (n, total) in counts.items():
+        update: dict[str, object] = {"n": int(n), "total": total, "alarmed": key in latched}
+        if key in work:
+            update["statistics"] = tuple(work[key])
+        streams[key] = streams[key].model_copy(update=update)
     return state.model_copy(update={"streams": streams, "alarms": tuple(alarms)})
 
 

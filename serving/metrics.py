@@ -3,8 +3,8 @@
 Built on `ray.serve.metrics`, which Ray aggregates per node and exports on its metrics port
 (a prometheus_client registry inside one replica would show that replica only). Ray prefixes
 the names with `ray_` and adds its own labels (deployment, replica, application, session,
-node); ours are `variant`, `outcome`, `reason` and `transport`, and on the controller's `phase`, `gate`
-and `action`: all low-cardinality.
+node); ours are `variant`, `outcome`, `reason` and `transport`, and on the controller's `phase`, `gate`,
+`action`, `segment` (declared) and `stream` (declared classes and segments): all low-cardinality.
 
 Names as Prometheus stores them (histograms add _bucket/_sum/_count):
 
@@ -42,7 +42,11 @@ The rollout controller's (ControllerMetrics):
     ray_kdcanary_rollout_segment_{agreed,compared}{segment}   shadow-compared inputs per declared segment (and
                                                        "other"), and how many agreed
     ray_kdcanary_rollout_segment_accuracy_difference{segment} student - teacher accuracy on labelled inputs
-    ray_kdcanary_rollout_decisions_total{action}       ticks by action: hold | advance | rollback | complete
+    ray_kdcanary_rollout_watch_level{stream}           after promotion: each watched stream's change detector as a
+                                                       share of its alarm threshold (1 = alarm); stream = agreement
+                                                       | accuracy | class:<teacher label> | segment:<declared>
+    ray_kdcanary_rollout_watch_alarmed{stream}         1 once the stream's detector alarmed (latched), else 0
+    ray_kdcanary_rollout_decisions_total{action}       ticks by action: hold | advance | rollback | complete | alert
     ray_kdcanary_rollout_rollbacks_total{reason}       rollbacks by cause: the failing gate, or operator
     ray_kdcanary_rollout_store_healthy                 1 when the state store's last save succeeded, else 0
 """
@@ -204,6 +208,11 @@ class ControllerMetrics:
             part: serve_metrics.Gauge(f"kdcanary_rollout_segment_{part}", f"Per segment: {part}.", _keys("segment"))
             for part in ("agreed", "compared", "accuracy_difference")
         }
+        self._watch = {
+            part: serve_metrics.Gauge(f"kdcanary_rollout_watch_{part}", f"Watched stream: {part}.", _keys("stream"))
+            for part in ("level", "alarmed")
+        }
+        self._watched: set[str] = set()  # streams shown so far: zeroed when the watch ends
         self._decisions = serve_metrics.Counter("kdcanary_rollout_decisions_total", "Ticks by action.", _keys("action"))
         self._rollbacks = serve_metrics.Counter(
             "kdcanary_rollout_rollbacks_total", "Rollbacks by cause.", _keys("reason")
@@ -226,6 +235,7 @@ class ControllerMetrics:
             for result in view.gates:
                 self._show_gate(result)
             self._show_labels(view)
+            self._show_watch(view)
             self._advance(self._decisions, "action", view.counters.decisions)
             self._advance(self._rollbacks, "reason", view.counters.rollbacks)
 
@@ -258,6 +268,16 @@ class ControllerMetrics:
             self._segment["compared"].set(float(segment.agreement.compared), tags)
             if (difference := accuracy_difference(segment.accuracy)) is not None:
                 self._segment["accuracy_difference"].set(difference, tags)
+
+    def _show_watch(self, view: StatusView) -> None:
+        streams = view.evidence.watch
+        for key in self._watched - set(streams):  # the watch ended (rolled back, a new rollout)
+            for gauge in self._watch.values():
+                gauge.set(0.0, {"stream": key})
+        for key, stream in streams.items():
+            self._watch["level"].set(stream.level, {"stream": key})
+            self._watch["alarmed"].set(float(stream.alarmed), {"stream": key})
+        self._watched |= set(streams)
 
     def _advance(self, counter: Any, key: str, counts: dict[str, int]) -> None:
         for label, count in counts.items():

@@ -24,6 +24,7 @@ class ScenarioResult(BaseModel):
     rollback_reason: str | None
     samples: list[Sample]
     events: list[Event]
+    watch: str | None = None  # the watch's verdict at the end, for a promoted student
 
 
 def write_report(results: list[ScenarioResult], out: Path) -> Path:
@@ -39,13 +40,19 @@ def write_report(results: list[ScenarioResult], out: Path) -> Path:
 
 
 def _section(result: ScenarioResult, chart: str) -> str:
-    verdict = {"completed": "promoted to 100 %", "rolled_back": "rolled back"}.get(result.phase, result.phase)
+    verdict = {
+        "completed": "promoted to 100 %",
+        "watching": "promoted to 100 % and watched",
+        "rolled_back": "rolled back",
+    }.get(result.phase, result.phase)
     lines = [
         f"## {result.title}\n",
         f"Student `{result.student}` ({result.student_id}): **{verdict}** after {result.seconds:.0f} s.",
     ]
     if result.rollback_reason:
         lines.append(f"\nReason: {result.rollback_reason}")
+    if result.watch:
+        lines.append(f"\nAfter promotion: {result.watch}")
     if result.samples:
         lines.append(f"\n{_labels(result.samples[-1])}")
     lines += ["", f"![{result.name}]({chart})", "", "| t (s) | event | by | weight | reasons and evidence |"]

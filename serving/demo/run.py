@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from compression.registry import Bundle, Registry
 from rollout.spec import RolloutSpec, Stage
-from rollout.status import TERMINAL_PHASES
+from rollout.status import SETTLED_PHASES
 from rollout.views import StatusView
 from serving.admin import ADMIN, FEEDBACK, configured_token
 from serving.admin_client import AdminClient, FeedbackClient
@@ -122,7 +122,7 @@ def run_demo(options: DemoOptions) -> int:
     print(f"\nkdcanary demo: report in {report} (charts beside it); the models' trade-offs in {pareto}")
     for r in results:
         print(f"  {r.title}: {r.student} -> {r.phase} after {r.seconds:.0f} s")
-    expected = [("good", "completed"), ("bad", "rolled_back"), ("class", "rolled_back")]
+    expected = [("good", "watching"), ("bad", "rolled_back"), ("class", "rolled_back")]
     caught_by_class = "agreement by class: class '" in (results[-1].rollback_reason or "")
     return 0 if [(r.name, r.phase) for r in results] == expected and caught_by_class else 1
 
@@ -172,7 +172,7 @@ def _scenario(
     return ScenarioResult(
         name=name, title=title, student=student.manifest.name, student_id=student.id, phase=status.phase.value,
         seconds=time.monotonic() - started, rollback_reason=status.rollback_reason, samples=samples,
-        events=events,
+        events=events, watch=next((g.message for g in status.gates if g.name == "watch"), None),
     )  # fmt: skip
 
 
@@ -190,7 +190,7 @@ def _watch(
             costs = scrape_costs(metrics_url, app)
         samples.append(sample(now, status, load.window(10.0), costs))
         show(render(title, samples[-1]))
-        if status.phase in TERMINAL_PHASES and ended_at is None:
+        if status.phase in SETTLED_PHASES and ended_at is None:
             ended_at = now
         if (ended_at is not None and now - ended_at > 3.0) or now > options.max_scenario_s:
             return samples, status, started

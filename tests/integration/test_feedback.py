@@ -24,7 +24,7 @@ from traffic import Labeller, Traffic
 
 from compression.data import _read_rotten_tomatoes
 from rollout.feedback import FeedbackItem
-from rollout.status import TERMINAL_PHASES, Phase
+from rollout.status import SETTLED_PHASES, TERMINAL_PHASES, Phase
 from rollout.views import StatusView
 from serving.admin_client import AdminCallError, AdminClient, FeedbackClient
 from serving.router import VERSION_HEADER
@@ -218,9 +218,9 @@ def test_labels_promote_a_more_accurate_student_that_agreement_alone_would_roll_
             truth is not None and feedback.send([FeedbackItem(request_id=first["request_id"], label=truth)]).paired == 1
         )
         with Traffic(client, reviews) as traffic, Labeller(traffic, feedback, teacher_is_wrong) as labeller:
-            view = wait_for(admin, lambda v: v.phase in TERMINAL_PHASES, 240, "completed")
+            view = wait_for(admin, lambda v: v.phase in SETTLED_PHASES, 240, "promoted")
         events = admin.events(limit=1000)
-    assert view.phase is Phase.COMPLETED and not labeller.failures, view.rollback_reason
+    assert view.phase is Phase.WATCHING and not labeller.failures, view.rollback_reason
     complete = next(e for e in events if e.action == "complete")
     gates = {g["name"]: g for g in complete.payload["decision"]["gates"]}
     assert gates["accuracy"]["verdict"] == "pass" and gates["accuracy"]["binding"]

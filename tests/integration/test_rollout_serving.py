@@ -27,7 +27,7 @@ from traffic import Traffic
 from compression.data import _read_rotten_tomatoes
 from compression.registry import Registry
 from rollout.events import Event, EventKind
-from rollout.status import TERMINAL_PHASES, Phase
+from rollout.status import SETTLED_PHASES, TERMINAL_PHASES, Phase
 from rollout.views import StatusView
 from serving.admin_client import AdminCallError
 from serving.cli import main as kdcanary
@@ -196,19 +196,20 @@ def test_good_student_is_promoted_to_100_percent(
     with deploy("good", rollout=spec(0.65), webhooks=[sink.url]) as client, Traffic(client, reviews):
         url = str(client.base_url).rstrip("/")
         assert kdcanary(["rollout", "start", "--url", url, "--token", ADMIN_TOKEN, "--reason", "ship it"]) == 0
-        view = wait_for(client, lambda v: v.phase in TERMINAL_PHASES, within_s=120)
-        assert view.phase is Phase.COMPLETED and view.weight == 1.0, view.last_reasons
+        view = wait_for(client, lambda v: v.phase in SETTLED_PHASES, within_s=120)
+        assert view.phase is Phase.WATCHING and view.weight == 1.0, view.last_reasons
+        assert view.routing.shadow_fraction == 0.05  # the watch still compares a share
         assert kdcanary(["rollout", "status", "--url", url, "--token", ADMIN_TOKEN]) == 0
         log = events(client)
         metrics = _wait_for_metrics(serve_cluster.metrics_url, "good")
     sink.close()
     assert metrics[("ray_kdcanary_rollout_weight", "")] == 1.0
-    assert metrics[("ray_kdcanary_rollout_phase", "completed")] == 1.0
+    assert metrics[("ray_kdcanary_rollout_phase", "watching")] == 1.0
     assert metrics[("ray_kdcanary_rollout_decisions_total", "advance")] >= 2
     assert ("ray_kdcanary_rollout_gate_lower", "agreement") in metrics
     assert [e["id"] for e in sink.received] == [e.id for e in log]  # every event, in order
     table = capsys.readouterr().out
-    assert "phase completed" in table and "agreement" in table
+    assert "phase watching" in table and "agreement" in table
     advances = [e for e in log if e.kind is EventKind.DECISION and e.action in ("advance", "complete", "rollback")]
     assert [e.action for e in advances] == ["advance", "advance", "complete"]
     gate = next(g for g in advances[0].payload["decision"]["gates"] if g["name"] == "agreement")
@@ -220,7 +221,7 @@ def _wait_for_metrics(metrics_url: str, app: str, within_s: float = 60.0) -> dic
     deadline = time.monotonic() + within_s
     while True:  # Ray exports replica metrics every few seconds
         metrics = rollout_metrics(metrics_url, app)
-        if metrics.get(("ray_kdcanary_rollout_phase", "completed")) == 1.0 or time.monotonic() > deadline:
+        if metrics.get(("ray_kdcanary_rollout_phase", "watching")) == 1.0 or time.monotonic() > deadline:
             return metrics
         time.sleep(1.0)
 

@@ -120,6 +120,8 @@ ALERT_SERIES = {
     'ray_kdcanary_rollout_gate_threshold{application="worse",gate="accuracy",replica="r1"}': "-0.01x20",
     'ray_kdcanary_feedback_refused_total{application="ok",reason="409",replica="r1"}': "0+5x20",  # retries
     'ray_kdcanary_feedback_refused_total{application="forged",reason="404",replica="r1"}': "0x10 0+3x10",
+    'ray_kdcanary_rollout_watch_alarmed{application="ok",stream="agreement",replica="r1"}': "0x20",
+    'ray_kdcanary_rollout_watch_alarmed{application="drifted",stream="class:neg",replica="r1"}': "0x10 1x10",
     'up{job="ray",instance="node-1:8080"}': "1x20",
     'up{job="ray",instance="node-2:8080"}': "1x10 0x10",
 }
@@ -160,6 +162,7 @@ def test_alerts_and_cost_rules_on_synthetic_series(promtool: Path, tmp_path: Pat
         firing("KdcanaryRayMetricsDown", '{instance="node-2:8080"}'),
         firing("KdcanaryStudentLessAccurate", app("worse")),
         firing("KdcanaryFeedbackRefused", app("forged")),  # 30 in the last 10 min; repeats do not count
+        firing("KdcanaryWatchChangeDetected", app("drifted")),
     ]
     variant = '{{application="c",variant="{}"}}'.format
     cost = [

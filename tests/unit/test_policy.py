@@ -117,10 +117,10 @@ def test_good_student_walks_every_stage_and_completes() -> None:
             moves.append((decision.action, c.status.weight))
         else:
             assert decision.action is Action.HOLD
-        if c.status.terminal:
+        if c.status.settled:
             break
     assert moves == [(Action.ADVANCE, w) for w in WEIGHTS[1:]] + [(Action.COMPLETE, 1.0)]
-    assert c.status.phase is Phase.COMPLETED and c.status.weight == 1
+    assert c.status.phase is Phase.WATCHING and c.status.weight == 1  # the spec's default watch
     assert c.status.epoch == 5 and c.status.rollback_reason is None
 
 
@@ -298,11 +298,11 @@ def test_promote_full_completes_at_100() -> None:
     decision = c.tick()
     assert decision.action is Action.COMPLETE
     assert (c.status.phase, c.status.weight, c.status.stage_index) == (
-        Phase.COMPLETED,
+        Phase.WATCHING,
         1.0,
         5,
     )
-    assert routing(SPEC, c.status) == Routing(weight=1.0, shadow_fraction=0)
+    assert routing(SPEC, c.status) == Routing(weight=1.0, shadow_fraction=0.05)  # the watch's share
 
 
 def test_promote_while_paused_moves_the_stage_but_stays_paused() -> None:

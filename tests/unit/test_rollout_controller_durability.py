@@ -232,9 +232,9 @@ def test_restart_over_the_same_sqlite_file_continues_with_nothing_lost_or_repeat
     assert again.tick().action is Action.HOLD  # the dwell clock did not restart with the process
     clock.advance(1)
     assert again.tick().action is Action.ADVANCE and again.routing().weight == 0.25
-    while not again.status().terminal:  # type: ignore[union-attr]
+    while not again.status().settled:  # type: ignore[union-attr]
         step(again, clock)
-    assert again.status().phase is Phase.COMPLETED  # type: ignore[union-attr]
+    assert again.status().phase is Phase.WATCHING  # type: ignore[union-attr]
     store = SqliteStateStore(path)
     assert_log_is_whole(store, hooks)
     moves = [(e.action, e.payload["to"]["weight"]) for e in store.events(limit=1000) if e.kind is EventKind.DECISION]

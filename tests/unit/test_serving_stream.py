@@ -85,12 +85,18 @@ def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(asyncio.wait_for(test(), timeout=20))
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for `condition` (run's timeout bounds the wait): never for a clock to have been fast."""
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
 async def lane(**server_options: Any) -> tuple[StreamServer, StreamClient, FakeHandle]:
     server = StreamServer(model, replica="r1", host="127.0.0.1", **server_options)
     handle = FakeHandle([server])
     client = StreamClient(handle, rediscover_s=60)  # type: ignore[arg-type]
     await client(["first call: through the handle, while the lane is discovered"])
-    await asyncio.sleep(0.05)
+    await until(lambda: "r1" in client._endpoints)
     return server, client, handle
 
 
@@ -159,7 +165,7 @@ def test_a_lane_that_broke_is_not_rediscovered_at_once() -> None:
         handle = FakeHandle([server])
         client = StreamClient(handle, rediscover_s=0.01)  # type: ignore[arg-type]
         await client(["discovery starts"])
-        await asyncio.sleep(0.05)
+        await until(lambda: "r1" in client._endpoints)
         endpoint = await server.endpoint()
         server.close()  # the replica stops listening, but Serve still names its lane
 
@@ -168,9 +174,9 @@ def test_a_lane_that_broke_is_not_rediscovered_at_once() -> None:
 
         server.endpoint = still_named  # type: ignore[method-assign]
         asks = handle.calls["broadcast stream_endpoint"]
-        for _ in range(3):
+        for round_ in range(1, 4):
             await client(["through Serve"])
-            await asyncio.sleep(0.05)  # several discovery rounds
+            await until(lambda n=asks + round_: handle.calls["broadcast stream_endpoint"] >= n)  # a discovery round
             assert not client._endpoints  # named again, but not used again
         assert handle.calls["predict"] == 4  # every call after the break went through Serve
         assert handle.calls["broadcast stream_endpoint"] >= asks + 3
@@ -184,11 +190,9 @@ def test_a_replica_serve_no_longer_runs_is_forgotten_at_the_next_discovery() -> 
         handle = FakeHandle(list(servers))
         client = StreamClient(handle, rediscover_s=0.01)  # type: ignore[arg-type]
         await client(["discovery starts"])
-        await asyncio.sleep(0.05)
-        assert set(client._endpoints) == {"r1", "r2"}
+        await until(lambda: set(client._endpoints) == {"r1", "r2"})
         handle.servers.remove(servers[1])  # Serve stopped r2 (its lane still listens)
-        await asyncio.sleep(0.05)
-        assert set(client._endpoints) == {"r1"}
+        await until(lambda: set(client._endpoints) == {"r1"})
         for server in servers:
             server.close()
 
@@ -224,7 +228,7 @@ def test_a_draining_replica_finishes_its_calls_refuses_new_ones_and_is_forgotten
         handle = FakeHandle([server])
         client = StreamClient(handle, rediscover_s=60)  # type: ignore[arg-type]
         await client(["discover"])
-        await asyncio.sleep(0.05)
+        await until(lambda: "r1" in client._endpoints)
         in_flight = asyncio.ensure_future(client(["held"]))
         await asyncio.sleep(0.05)
         draining = asyncio.ensure_future(server.drain(timeout_s=5))

@@ -311,3 +311,58 @@ def simulate_kdcanary(spec: RolloutSpec, profile: StudentProfile, scenario: Scen
 def causes(outcomes: list[Outcome]) -> dict[str, int]:
     """How many rollbacks each cause accounts for."""
     return dict(Counter(o.cause or "none" for o in outcomes if o.result is Result.ROLLED_BACK))
+
+
+# --- the watch after promotion ---------------------------------------------------------------------
+
+
+class WatchOutcome(BaseModel):
+    """One watched student whose agreement drifts: when and after how many comparisons the
+    watch caught it (None: not caught within the run, or a false alarm before the change)."""
+
+    model_config = _STRICT
+
+    seed: int
+    change_at_s: float
+    false_alarm: bool  # rolled back before the change
+    compared_before_change: int
+    delay_observations: int | None  # compared pairs between the change and the rollback
+    delay_seconds: float | None
+
+
+def simulate_watch(spec: RolloutSpec, profile: StudentProfile, scenario: Scenario, seed: int) -> WatchOutcome:
+    """A student promoted to 100 % by an operator at once (the watch starts from the gates'
+    thresholds either way, as a student promoted through the stages would at these agreements),
+    then watched through the real controller until `profile.drift` is caught or time runs out.
+
+    The delay counts the compared pairs the controller had received from the first control event
+    at or after the change (a flush is at most 0.5 s later) to the rollback's own evidence."""
+    if profile.drift is None:
+        raise ValueError(f"profile {profile.name}: the watch needs a drift")
+    clock = FakeClock()
+    start = clock.now()
+    controller = RolloutController(spec, MemoryStateStore(), clock, RecordingWebhookSender(), pair=PAIR)
+    controller.start(actor="simulation", reason=f"simulated watch, seed {seed}")
+    controller.promote(to_full=True, actor="simulation", reason="watched from the start")
+    change_at, at_change = start + profile.drift.after_s, list[int]()
+
+    def finished() -> bool:
+        if not at_change and clock.now() >= change_at:
+            at_change.append(controller.snapshot().evidence.agreement_compared)
+        status = controller.status()
+        return status is not None and status.phase is not Phase.WATCHING
+
+    run_rollout(controller, finished, profile, scenario, seed, clock)
+    rollback = next((e for e in reversed(controller.events(limit=1000)) if e.action == "rollback"), None)
+    false_alarm = rollback is not None and rollback.at < change_at
+    delay = None
+    if rollback is not None and not false_alarm and at_change:
+        delay = (rollback.payload["evidence"]["agreement_compared"] - at_change[0], rollback.at - change_at)
+    return WatchOutcome(
+        seed=seed,
+        change_at_s=profile.drift.after_s,
+        false_alarm=false_alarm,
+        compared_before_change=at_change[0] if at_change else 0,
+        delay_observations=delay[0] if delay else None,
+        delay_seconds=delay[1] if delay else None,
+    )

@@ -80,8 +80,19 @@ class LabelProfile(BaseModel):
     student_right_when_disagree: Fraction = 0.5
 
 
+class Drift(BaseModel):
+    """The student changes: requests arriving `after_s` seconds or later agree at `agreement`
+    (the world drifted under it, or a bad model was pushed in its place)."""
+
+    model_config = _STRICT
+
+    after_s: float = Field(ge=0.0)
+    agreement: float = Field(ge=0.0, le=1.0)
+
+
 class StudentProfile(BaseModel):
-    """The truth a simulated student is drawn from: agreement, error rates, latencies, slice, labels."""
+    """The truth a simulated student is drawn from: agreement, error rates, latencies, slice,
+    labels, and a drift later on."""
 
     model_config = _STRICT
 
@@ -93,6 +104,7 @@ class StudentProfile(BaseModel):
     teacher_latency: LatencyProfile
     slice: TrafficSlice | None = None
     labels: LabelProfile | None = None
+    drift: Drift | None = None
 
 
 # --- requests and the two models ---------------------------------------------------------------
@@ -153,6 +165,8 @@ class RequestStream:
         in_slice = u[:, 0] < (weak.fraction if weak is not None else 0.0)
         error_rate = np.where(in_slice, weak.error_rate if weak else 0.0, p.error_rate)
         agreement = np.where(in_slice, weak.agreement if weak else 0.0, p.agreement)
+        if p.drift is not None:
+            agreement = np.where(at >= p.drift.after_s, p.drift.agreement, agreement)
         columns = (
             at,
             u[:, 1] < error_rate,

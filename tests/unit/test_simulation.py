@@ -17,8 +17,18 @@ import pytest
 from pydantic import ValidationError
 
 from bench.baseline import BaselineSpec, FlaggerBaseline, simulate_baseline
-from bench.simulation import DecisionMaker, Outcome, Result, Run, Scenario, causes, run_rollout, simulate_kdcanary
-from bench.world import LatencyProfile, RequestStream, StudentProfile
+from bench.simulation import (
+    DecisionMaker,
+    Outcome,
+    Result,
+    Run,
+    Scenario,
+    causes,
+    run_rollout,
+    simulate_kdcanary,
+    simulate_watch,
+)
+from bench.world import Drift, LatencyProfile, RequestStream, StudentProfile
 from rollout.clock import FakeClock
 from rollout.controller import RolloutController
 from rollout.evidence import Observation, Variant
@@ -276,3 +286,19 @@ def test_baseline_counts_missing_data_as_failed_checks() -> None:
     assert outcome.result is Result.ROLLED_BACK
     assert outcome.seconds == (BASELINE.threshold + 1) * BASELINE.interval_s
     assert outcome.cause == "agreement:no_data,errors:no_data,latency:no_data"
+
+
+def test_a_watched_student_that_drifts_is_rolled_back_after_the_change_not_before() -> None:
+    drifting = GOOD.model_copy(update={"drift": Drift(after_s=120.0, agreement=0.85)})
+    outcome = simulate_watch(SPEC, drifting, Scenario(requests_per_s=50.0, max_seconds=900.0), seed=3)
+    assert not outcome.false_alarm and outcome.compared_before_change > 200  # 5 % of 50/s for 120 s
+    assert outcome.delay_observations is not None and 0 < outcome.delay_observations < 1000
+    assert outcome.delay_seconds is not None and outcome.delay_seconds > 0
+
+
+def test_a_drift_changes_only_the_requests_after_it() -> None:
+    drifting = GOOD.model_copy(update={"drift": Drift(after_s=60.0, agreement=0.0)})
+    same, changed = RequestStream(GOOD, 50.0, seed=1), RequestStream(drifting, 50.0, seed=1)
+    pairs = [(same.pop(), changed.pop()) for _ in range(6000)]
+    assert all(a == b for a, b in pairs if a.at < 60.0)
+    assert not any(b.agrees for _, b in pairs if b.at >= 60.0)

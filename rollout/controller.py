@@ -60,6 +60,7 @@ from rollout.spec import RolloutSpec, percent
 from rollout.status import (
     PromoteTarget,
     RolloutStatus,
+    request_confirm,
     request_manual_weight,
     request_pause,
     request_promote,
@@ -310,6 +311,22 @@ class RolloutController:
         operator = _Operator(actor=actor, reason=reason)
         _require_reason("rollback", operator)
         return self._intent("rollback", operator, lambda status: request_rollback(status, operator.reason), {})
+
+    def confirm(self, *, actor: str, reason: str) -> RolloutStatus:
+        """Let the rollout enter the next stage when its conditions are met (for a stage with
+        `confirm`); rollbacks fire meanwhile as always. IntentError when the next stage asks for
+        no confirmation."""
+        operator = _Operator(actor=actor, reason=reason)
+        _require_reason("confirm", operator)
+        with self._lock:
+            status = self._status
+            following = status.stage_index + 1 if status is not None else 0
+            if status is not None and not status.settled and not self._confirmable(following):
+                raise IntentError(f"cannot confirm: stage {following} does not ask for a confirmation")
+        return self._intent("confirm", operator, request_confirm, {"stage": following})
+
+    def _confirmable(self, index: int) -> bool:
+        return index < len(self._spec.stages) and self._spec.stages[index].confirm
 
     def set_weight(self, weight: float | None, *, actor: str, reason: str) -> RolloutStatus:
         """Pin the student's weight, pausing progression; None withdraws the override."""

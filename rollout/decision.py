@@ -42,6 +42,9 @@ class Decision(BaseModel):
     reasons: tuple[str, ...] = ()
     next_check_at: float | None = None
     promote_consumed: bool = False
+    pause_intent: bool = False  # the deadline paused it: hold until an operator resumes
+    deadline_passed: bool = False  # this decision is the stage deadline's action
+    awaiting_confirmation: int | None = None  # the stage this hold waits to be confirmed into
     watch_alarms: int | None = None  # the watch's alarms acted on so far, when this decision acts on one
 
 

@@ -17,7 +17,9 @@ Precedence on every tick, first match wins:
 7. a pause or manual weight holds progression (at the manual weight if one is set);
 8. a paused rollout whose pause was withdrawn resumes at its stage's weight;
 9. otherwise the stage advances (or, at the last stage, completes) once every gate passes,
-   the stage saw `min_requests` student observations and `min_dwell_s` elapsed; else hold.
+   the stage saw `min_requests` student observations and `min_dwell_s` elapsed, and the next
+   stage, if it asks for `confirm`, was confirmed; else hold, until the stage's deadline
+   (`max_duration_s`, or the spec's `max_stage_duration_s`) takes `deadline_action`.
 
 `check_spec_change(status, old, new)` is the rule for a spec edited under a live rollout: the
 current stage must stay, at the same weight.
@@ -189,6 +191,8 @@ def _progress(
     waiting = _unmet(spec, status, evidence, now)
     waiting += tuple(gate.message for gate in gates if gate.blocks)
     if waiting:
+        if (deadline := _deadline(spec, status, gates + fast, waiting, now)) is not None:
+            return deadline
         next_check_at = now + spec.tick_interval_s
         if status.stage_started_at is not None:
             dwell_end = status.stage_started_at + spec.stages[index].min_dwell_s
@@ -198,6 +202,13 @@ def _progress(
     summary = f"{stage} satisfied (student n={evidence.student.requests})"
     if index == len(spec.stages) - 1:
         return _complete(spec, gates + fast, (f"{summary}: rollout completed", *passed), now, promoted=False)
+    if spec.stages[index + 1].confirm and status.intents.confirmed_stage != index + 1:
+        waits = (
+            f"{summary}: waiting for confirmation to enter {_stage_text(spec, index + 1)} "
+            "(POST /admin/rollout/confirm, or `kdcanary rollout confirm`)"
+        )
+        decision = stay(status, (waits, *passed), now + spec.tick_interval_s, gates + fast)
+        return decision.model_copy(update={"awaiting_confirmation": index + 1})
     return Decision(
         action=Action.ADVANCE,
         phase=Phase.PROGRESSING,
@@ -206,6 +217,42 @@ def _progress(
         gates=gates + fast,
         reasons=(f"{summary}: advancing to {_stage_text(spec, index + 1)}", *passed),
         next_check_at=now + spec.tick_interval_s,
+    )
+
+
+def _deadline(
+    spec: RolloutSpec, status: RolloutStatus, gates: tuple[GateResult, ...], waiting: tuple[str, ...], now: float
+) -> Decision | None:
+    """The stage's deadline, once it passed with the stage still holding: `deadline_action`
+    (pause until an operator resumes, or roll back), the stage's numbers in the reasons. The
+    clock runs from the stage's start or the last resume, whichever is later."""
+    limit = spec.deadline_s(status.stage_index)
+    marks = [t for t in (status.stage_started_at, status.last_transition_at) if t is not None]
+    if limit is None or not marks or now - max(marks) < limit:
+        return None
+    held = now - max(marks)
+    stage = _stage_text(spec, status.stage_index)
+    gate = GateResult(
+        name="deadline",
+        verdict=Verdict.FAIL,
+        n=int(held),
+        estimate=held,
+        threshold=limit,
+        message=f"deadline: {stage} still holding after {held:.0f} s (max {limit:g} s): {spec.deadline_action}",
+    )
+    reasons, shown = (gate.message, *waiting), (*gates, gate)
+    if spec.deadline_action == "rollback":
+        return rollback_decision(status, shown, reasons).model_copy(update={"deadline_passed": True})
+    return Decision(
+        action=Action.PAUSE,
+        phase=Phase.PAUSED,
+        stage_index=status.stage_index,
+        weight=status.weight,
+        gates=shown,
+        reasons=reasons,
+        next_check_at=now + spec.tick_interval_s,
+        pause_intent=True,
+        deadline_passed=True,
     )
 
 
@@ -247,6 +294,8 @@ def apply(status: RolloutStatus, decision: Decision, now: float) -> RolloutStatu
     intents = status.intents
     if decision.promote_consumed:
         intents = intents.model_copy(update={"promote": None})
+    if decision.pause_intent:
+        intents = intents.model_copy(update={"pause": True})
     if decision.phase in SETTLED_PHASES:
         intents = Intents()
     started = status.stage_started_at
@@ -265,6 +314,7 @@ def apply(status: RolloutStatus, decision: Decision, now: float) -> RolloutStatu
             "message": f"{decision.action.value}: " + "; ".join(decision.reasons),
             "intents": intents,
             "watch_alarms": status.watch_alarms if decision.watch_alarms is None else decision.watch_alarms,
+            "deadline_passed_at": now if decision.deadline_passed else (None if changed else status.deadline_passed_at),
         }
     )
 

@@ -40,6 +40,10 @@ class Stage(BaseModel):
     min_requests: int = Field(default=1000, ge=0)
     min_dwell_s: float = Field(default=300.0, ge=0.0)
     shadow_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    max_duration_s: float | None = Field(
+        default=None, gt=0.0, description="the stage's deadline while inconclusive (None: the spec's)"
+    )
+    confirm: bool = Field(default=False, description="entering this stage waits for an operator's confirm")
 
     @model_validator(mode="before")
     @classmethod
@@ -245,6 +249,15 @@ class RolloutSpec(BaseModel):
     cost: CostGate | None = None
     fast_rollback: FastRollback | None = Field(default_factory=FastRollback)
     watch: WatchSpec | None = Field(default_factory=WatchSpec)
+    max_stage_duration_s: float | None = Field(
+        default=6 * 3600.0,
+        gt=0.0,
+        description="a stage still holding this long after it began (or resumed) takes `deadline_action`",
+    )
+    deadline_action: Literal["pause", "rollback"] = Field(
+        default="pause",
+        description="pause (the default: an inconclusive stage proved nothing bad; a person decides) or rollback",
+    )
     tick_interval_s: float = Field(default=1.0, gt=0.0)
     pool_stages: bool = Field(
         default=True,
@@ -275,6 +288,11 @@ class RolloutSpec(BaseModel):
                     f"stages[{index}].weight must be greater than stages[{index - 1}]'s {before}, got {after}"
                 )
         return stages
+
+    def deadline_s(self, index: int) -> float | None:
+        """Stage `index`'s deadline: its own `max_duration_s`, else the spec's default."""
+        own = self.stages[index].max_duration_s
+        return own if own is not None else self.max_stage_duration_s
 
     @property
     def max_label_age_s(self) -> float:
@@ -318,6 +336,7 @@ def fixed_share_spec(shadow_fraction: float = 0.0) -> RolloutSpec:
     full = Stage(weight=1.0, min_requests=0, min_dwell_s=HOLD_S, shadow_fraction=shadow_fraction)
     return RolloutSpec(
         stages=[hold, full],
+        max_stage_duration_s=None,
         agreement=None,
         accuracy=None,
         errors=None,

@@ -51,6 +51,7 @@ class Intents(BaseModel):
     abort_reason: str | None = None
     promote: PromoteTarget | None = None
     manual_weight: float | None = Field(default=None, ge=0.0, le=1.0)  # a fraction, like every weight
+    confirmed_stage: int | None = Field(default=None, ge=1)  # an operator confirmed entering this stage
 
 
 class RolloutStatus(BaseModel):
@@ -73,6 +74,7 @@ class RolloutStatus(BaseModel):
     message: str = ""
     intents: Intents = Field(default_factory=Intents)
     watch_alarms: int = Field(default=0, ge=0)  # the watch's alarms the tick has acted on
+    deadline_passed_at: float | None = None  # the stage's deadline paused it (cleared when it moves on)
 
     @property
     def terminal(self) -> bool:
@@ -111,6 +113,11 @@ def request_promote(status: RolloutStatus, target: PromoteTarget = PromoteTarget
 def request_rollback(status: RolloutStatus, reason: str) -> RolloutStatus:
     """Send the student back to 0 % on the next tick, recording the operator's reason."""
     return _with_intents(status, "roll back", abort=True, abort_reason=reason)
+
+
+def request_confirm(status: RolloutStatus) -> RolloutStatus:
+    """Confirm entering the next stage (the one after the current), for a stage with `confirm`."""
+    return _with_intents(status, "confirm", confirmed_stage=status.stage_index + 1)
 
 
 def request_manual_weight(status: RolloutStatus, weight: float | None) -> RolloutStatus:

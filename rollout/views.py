@@ -191,6 +191,9 @@ class StatusView(BaseModel):
     store: StoreHealth
     webhooks: WebhookStats
     last_event_id: int
+    deadline_at: float | None = None  # when the stage's deadline takes its action if it still holds
+    deadline_passed_at: float | None = None  # the deadline paused (or rolled back) the rollout then
+    awaiting_confirmation: int | None = None  # the stage an operator's confirm would let it enter
 
 
 def status_view(
@@ -238,4 +241,14 @@ def status_view(
         store=store,
         webhooks=webhooks,
         last_event_id=last_event_id,
+        deadline_at=_deadline_at(spec, shown),
+        deadline_passed_at=shown.deadline_passed_at,
+        awaiting_confirmation=last.awaiting_confirmation if last is not None and status is not None else None,
     )
+
+
+def _deadline_at(spec: RolloutSpec, status: RolloutStatus) -> float | None:
+    marks = [t for t in (status.stage_started_at, status.last_transition_at) if t is not None]
+    if status.phase is not Phase.PROGRESSING or not marks or (limit := spec.deadline_s(status.stage_index)) is None:
+        return None
+    return max(marks) + limit

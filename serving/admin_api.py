@@ -17,6 +17,7 @@ goes into the event log); the token never does.
     POST /admin/rollout/pause            hold the weight; rollbacks still fire
     POST /admin/rollout/resume           withdraw a pause or a manual weight
     POST /admin/rollout/promote          next stage, or {"to": "full"}
+    POST /admin/rollout/confirm          let the rollout enter the next stage (one with `confirm`)
     POST /admin/rollout/rollback         weight 0 now; a reason is required
     PUT  /admin/rollout/weight           manual weight (0..1), pauses progression; reason required
 """
@@ -123,6 +124,14 @@ def build_admin_app(controller: DeploymentHandle[Any]) -> FastAPI:
     )
     async def promote(body: PromoteRequest) -> Any:
         return await call("promote", body.to is PromoteTarget.FULL, actor=body.actor, reason=body.reason)
+
+    @app.post(
+        f"{PREFIX}/confirm",
+        response_model=StatusView,
+        summary="Confirm entering the next stage (a stage with confirm: true waits for this)",
+    )
+    async def confirm(note: AdminNote) -> Any:
+        return await call("confirm", actor=note.actor, reason=note.reason)
 
     @app.post(f"{PREFIX}/rollback", response_model=StatusView, summary="Send the student back to 0 % now")
     async def rollback(body: RollbackRequest) -> Any:

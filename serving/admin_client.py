@@ -118,6 +118,10 @@ class AdminClient(_ApiClient):
         body = PromoteRequest(reason=reason, actor=self.actor, to=PromoteTarget.FULL if to_full else PromoteTarget.NEXT)
         return self._intent("POST", "promote", body)
 
+    def confirm(self, reason: str) -> StatusView:
+        """Let the rollout enter the next stage, one that waits for a confirmation."""
+        return self._intent("POST", "confirm", AdminNote(reason=reason, actor=self.actor))
+
     def rollback(self, reason: str) -> StatusView:
         return self._intent("POST", "rollback", RollbackRequest(reason=reason, actor=self.actor))
 

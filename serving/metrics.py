@@ -46,6 +46,10 @@ The rollout controller's (ControllerMetrics):
                                                        share of its alarm threshold (1 = alarm); stream = agreement
                                                        | accuracy | class:<teacher label> | segment:<declared>
     ray_kdcanary_rollout_watch_alarmed{stream}         1 once the stream's detector alarmed (latched), else 0
+    ray_kdcanary_rollout_deadline_seconds_left         seconds until the stage's deadline acts if it still holds
+                                                       (absent when no deadline runs: paused, settled, none set)
+    ray_kdcanary_rollout_deadline_passed               1 while the stage's deadline has paused the rollout
+    ray_kdcanary_rollout_awaiting_confirmation         1 while the rollout waits for an operator's confirm
     ray_kdcanary_rollout_decisions_total{action}       ticks by action: hold | advance | rollback | complete | alert
     ray_kdcanary_rollout_rollbacks_total{reason}       rollbacks by cause: the failing gate, or operator
     ray_kdcanary_rollout_store_healthy                 1 when the state store's last save succeeded, else 0
@@ -213,6 +217,15 @@ class ControllerMetrics:
             for part in ("level", "alarmed")
         }
         self._watched: set[str] = set()  # streams shown so far: zeroed when the watch ends
+        self._deadline_left = serve_metrics.Gauge(
+            "kdcanary_rollout_deadline_seconds_left", "Seconds until the stage's deadline acts if it still holds."
+        )
+        self._deadline_passed = serve_metrics.Gauge(
+            "kdcanary_rollout_deadline_passed", "1 while the stage's deadline has paused the rollout."
+        )
+        self._awaiting = serve_metrics.Gauge(
+            "kdcanary_rollout_awaiting_confirmation", "1 while the rollout waits for an operator's confirm."
+        )
         self._decisions = serve_metrics.Counter("kdcanary_rollout_decisions_total", "Ticks by action.", _keys("action"))
         self._rollbacks = serve_metrics.Counter(
             "kdcanary_rollout_rollbacks_total", "Rollbacks by cause.", _keys("reason")
@@ -236,6 +249,10 @@ class ControllerMetrics:
                 self._show_gate(result)
             self._show_labels(view)
             self._show_watch(view)
+            if view.deadline_at is not None:
+                self._deadline_left.set(max(0.0, view.deadline_at - view.now))
+            self._deadline_passed.set(float(view.deadline_passed_at is not None and view.phase is Phase.PAUSED))
+            self._awaiting.set(float(view.awaiting_confirmation is not None))
             self._advance(self._decisions, "action", view.counters.decisions)
             self._advance(self._rollbacks, "reason", view.counters.rollbacks)
 

@@ -3,6 +3,7 @@
     kdcanary rollout status                      a table: phase, stage, weight, gates, ETA
     kdcanary rollout start|pause|resume [--reason TEXT]
     kdcanary rollout promote [--to-full] [--reason TEXT]
+    kdcanary rollout confirm --reason TEXT        let it enter the next stage (one with `confirm`)
     kdcanary rollout rollback --reason TEXT
     kdcanary rollout set-weight 0.25 --reason TEXT
     kdcanary rollout events [--after ID] [--limit N]
@@ -39,6 +40,8 @@ def add_rollout_commands(sub: Any) -> None:
     promote = _action(actions, "promote", "skip to the next stage (or --to-full)", _intent)
     promote.add_argument("--to-full", action="store_true", help="straight to 100 %% and complete")
     promote.add_argument("--reason", default="")
+    confirm = _action(actions, "confirm", "let the rollout enter the next stage (one with confirm)", _intent)
+    confirm.add_argument("--reason", required=True)
     _action(actions, "rollback", "send the student back to 0 %% now", _intent).add_argument("--reason", required=True)
     weight = _action(actions, "set-weight", "pin the student's share (pauses progression)", _intent)
     weight.add_argument("weight", type=float, help="0..1")
@@ -116,6 +119,12 @@ def render_status(view: StatusView) -> str:
         ]
     when = "unknown" if eta.seconds is None else f"in {eta.seconds:.0f} s"
     lines.append(f"next: {when} ({eta.basis})")
+    if view.awaiting_confirmation is not None:
+        lines.append(f"waiting for confirmation to enter stage {view.awaiting_confirmation}: kdcanary rollout confirm")
+    if view.deadline_at is not None:
+        lines.append(f"deadline: in {view.deadline_at - view.now:.0f} s the stage, if still holding, takes its action")
+    if view.deadline_passed_at is not None:
+        lines.append(f"deadline passed {view.now - view.deadline_passed_at:.0f} s ago: resume, promote or roll back")
     if view.last_reasons:
         action = view.last_action.value if view.last_action else None
         lines.append(f"last decision: {action}: {'; '.join(view.last_reasons)}")

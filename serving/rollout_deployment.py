@@ -249,6 +249,10 @@ class RolloutDeployment:
         self.controller.promote(to_full, actor=actor, reason=reason)
         return self._shown()
 
+    def confirm(self, *, actor: str, reason: str) -> dict[str, Any]:
+        self.controller.confirm(actor=actor, reason=reason)
+        return self._shown()
+
     def rollback(self, reason: str, *, actor: str) -> dict[str, Any]:
         self.controller.rollback(reason, actor=actor)
         return self._shown()

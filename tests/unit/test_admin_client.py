@@ -45,6 +45,8 @@ class Api:
                 c.start(**who)
             elif action == "weight":
                 c.set_weight(body["weight"], **who)
+            elif action == "confirm":
+                c.confirm(**who)
             elif action:
                 raise AssertionError(f"unexpected route {action}")
             elif c.snapshot().started:
@@ -88,6 +90,16 @@ def test_errors_carry_the_status_and_the_apis_message() -> None:
         with pytest.raises(AdminCallError, match="409: controller refused: cannot start") as info:
             admin.start("second")
     assert info.value.status == 409
+
+
+def test_confirm_posts_the_reason_and_a_refusal_names_why() -> None:
+    api = Api()
+    with client(api) as admin:
+        admin.start("ship v2")
+        with pytest.raises(AdminCallError, match="stage 1 does not ask for a confirmation") as refused:
+            admin.confirm("QA signed off")
+    assert refused.value.status == 409
+    assert api.seen[-1] == ("POST", f"{PREFIX}/confirm", {"reason": "QA signed off", "actor": "ops"})
 
 
 def test_a_bad_value_is_refused_before_any_call() -> None:

@@ -122,6 +122,10 @@ ALERT_SERIES = {
     'ray_kdcanary_feedback_refused_total{application="forged",reason="404",replica="r1"}': "0x10 0+3x10",
     'ray_kdcanary_rollout_watch_alarmed{application="ok",stream="agreement",replica="r1"}': "0x20",
     'ray_kdcanary_rollout_watch_alarmed{application="drifted",stream="class:neg",replica="r1"}': "0x10 1x10",
+    'ray_kdcanary_rollout_deadline_passed{application="ok",replica="r1"}': "0x20",
+    'ray_kdcanary_rollout_deadline_passed{application="slowdata",replica="r1"}': "0x10 1x10",
+    'ray_kdcanary_rollout_awaiting_confirmation{application="ok",replica="r1"}': "0x20",
+    'ray_kdcanary_rollout_awaiting_confirmation{application="qa",replica="r1"}': "1x20",
     'up{job="ray",instance="node-1:8080"}': "1x20",
     'up{job="ray",instance="node-2:8080"}': "1x10 0x10",
 }
@@ -163,6 +167,8 @@ def test_alerts_and_cost_rules_on_synthetic_series(promtool: Path, tmp_path: Pat
         firing("KdcanaryStudentLessAccurate", app("worse")),
         firing("KdcanaryFeedbackRefused", app("forged")),  # 30 in the last 10 min; repeats do not count
         firing("KdcanaryWatchChangeDetected", app("drifted")),
+        firing("KdcanaryStageDeadlinePassed", app("slowdata")),
+        firing("KdcanaryAwaitingConfirmation", app("qa")),
     ]
     variant = '{{application="c",variant="{}"}}'.format
     cost = [

@@ -3,11 +3,15 @@ fixed student share set the way an operator sets one, then applied by every rout
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Callable
 
 import httpx
 
+from compression.data import _read_rotten_tomatoes
 from rollout.events import EvidenceSummary
+from rollout.views import StatusView
 from serving.admin_client import AdminClient
 from serving.router import VERSION_HEADER
 
@@ -38,3 +42,18 @@ def pin_weight(app: httpx.Client, admin: AdminClient, weight: float, within_s: f
         response = app.post("/v1/predict", json={"inputs": ["a pinned share"]})
         assert response.status_code == 200, response.text
         streak = streak + 1 if int(response.headers[VERSION_HEADER]) >= version else 0
+
+
+def wait_for_status(admin: AdminClient, done: Callable[[StatusView], bool], within_s: float, what: str) -> StatusView:
+    """Poll the status until `done` holds for it; fail naming `what` and the last message."""
+    deadline = time.monotonic() + within_s
+    while not done(view := admin.status()):
+        assert time.monotonic() < deadline, f"not {what} after {within_s} s: {view.message}"
+        time.sleep(0.2)
+    return view
+
+
+def review_sample(seed: int, count: int) -> list[str]:
+    """`count` review sentences of the corpus (cut to 500 characters), the same for a seed."""
+    texts = _read_rotten_tomatoes()[0]
+    return [text[:500] for text in random.Random(seed).sample(texts, count)]

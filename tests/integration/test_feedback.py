@@ -12,20 +12,17 @@ the teacher would have said).
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
-from rollout_admin import ADMIN_TOKEN, FEEDBACK_TOKEN, admin_client
+from rollout_admin import ADMIN_TOKEN, FEEDBACK_TOKEN, admin_client, review_sample, wait_for_status
 from traffic import Labeller, Traffic
 
-from compression.data import _read_rotten_tomatoes
 from rollout.feedback import FeedbackItem
 from rollout.status import SETTLED_PHASES, TERMINAL_PHASES, Phase
-from rollout.views import StatusView
 from serving.admin_client import AdminCallError, AdminClient, FeedbackClient
 from serving.router import VERSION_HEADER
 
@@ -36,8 +33,7 @@ LABELS = ("negative", "positive")
 
 @pytest.fixture(scope="module")
 def reviews() -> list[str]:
-    texts = _read_rotten_tomatoes()[0]
-    return [text[:500] for text in random.Random(5).sample(texts, 300)]
+    return review_sample(5, 300)
 
 
 def spec(agreement: float, accuracy: dict[str, Any], min_requests: int = 40) -> dict[str, Any]:
@@ -67,14 +63,6 @@ def signed_answer(client: httpx.Client, text: str, version: int = 0, within_s: f
             return answer
         assert time.monotonic() < deadline, "routers never got the receipt key"
         time.sleep(0.1)
-
-
-def wait_for(admin: AdminClient, done: Callable[[StatusView], bool], within_s: float, what: str) -> StatusView:
-    deadline = time.monotonic() + within_s
-    while not done(view := admin.status()):
-        assert time.monotonic() < deadline, f"not {what} after {within_s} s: {view.message}"
-        time.sleep(0.2)
-    return view
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +165,7 @@ def test_labels_roll_back_a_less_accurate_student_whose_agreement_passes(deploy:
     ):
         first_label(client, admin, feedback, reviews[0], teacher_says)
         with Traffic(client, reviews) as traffic, Labeller(traffic, feedback, teacher_says) as labeller:
-            view = wait_for(admin, lambda v: v.phase in TERMINAL_PHASES, 180, "rolled back")
+            view = wait_for_status(admin, lambda v: v.phase in TERMINAL_PHASES, 180, "rolled back")
         events = admin.events(limit=1000)
     assert view.phase is Phase.ROLLED_BACK and not labeller.failures, labeller.failures
     (rollback,) = [e for e in events if e.action == "rollback"]
@@ -191,9 +179,9 @@ def first_label(client: httpx.Client, admin: AdminClient, feedback: FeedbackClie
     """Start the rollout and label its first shadowed answer before any other traffic: with
     `decides_after: 1` accuracy decides from then on, whatever the agreement evidence does next."""
     admin.start("integration test")
-    live = wait_for(admin, lambda v: v.phase is Phase.PROGRESSING, 30, "progressing")
+    live = wait_for_status(admin, lambda v: v.phase is Phase.PROGRESSING, 30, "progressing")
     first = signed_answer(client, text, version=live.routing.version)  # shadowed: stage 0 mirrors all
-    wait_for(admin, lambda v: v.evidence.agreement_compared >= 1, 30, "holding the first pair")
+    wait_for_status(admin, lambda v: v.evidence.agreement_compared >= 1, 30, "holding the first pair")
     label = truth(first)
     assert label is not None and feedback.send([FeedbackItem(request_id=first["request_id"], label=label)]).paired == 1
 
@@ -210,15 +198,15 @@ def test_labels_promote_a_more_accurate_student_that_agreement_alone_would_roll_
         feedback_client(client) as feedback,
     ):
         admin.start("integration test")
-        live = wait_for(admin, lambda v: v.phase is Phase.PROGRESSING, 30, "progressing")
+        live = wait_for_status(admin, lambda v: v.phase is Phase.PROGRESSING, 30, "progressing")
         first = signed_answer(client, reviews[0], version=live.routing.version)  # shadowed: stage 0 mirrors all
-        wait_for(admin, lambda v: v.evidence.agreement_compared >= 1, 30, "holding the first pair")
+        wait_for_status(admin, lambda v: v.evidence.agreement_compared >= 1, 30, "holding the first pair")
         truth = teacher_is_wrong(first)
         assert (
             truth is not None and feedback.send([FeedbackItem(request_id=first["request_id"], label=truth)]).paired == 1
         )
         with Traffic(client, reviews) as traffic, Labeller(traffic, feedback, teacher_is_wrong) as labeller:
-            view = wait_for(admin, lambda v: v.phase in SETTLED_PHASES, 240, "promoted")
+            view = wait_for_status(admin, lambda v: v.phase in SETTLED_PHASES, 240, "promoted")
         events = admin.events(limit=1000)
     assert view.phase is Phase.WATCHING and not labeller.failures, view.rollback_reason
     complete = next(e for e in events if e.action == "complete")

@@ -98,6 +98,7 @@ ROUTES = [
     ("POST", "/admin/rollout/pause", {"reason": "x"}),
     ("POST", "/admin/rollout/resume", {"reason": "x"}),
     ("POST", "/admin/rollout/promote", {"reason": "x", "to": "full"}),
+    ("POST", "/admin/rollout/confirm", {"reason": "x"}),
     ("POST", "/admin/rollout/rollback", {"reason": "x"}),
     ("PUT", "/admin/rollout/weight", {"weight": 1.0, "reason": "x"}),
 ]

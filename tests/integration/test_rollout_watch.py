@@ -1,0 +1,65 @@
+"""After the stages, on real Ray Serve: a stage that asks for a person's yes waits for
+`kdcanary rollout confirm`, a stage past its deadline pauses with the numbers, and a promoted
+student is watched and rolled back when its detector alarms.
+
+The tiny recipe's student agrees with the teacher on about 80 % of review sentences; a watch
+floor of 0.99 makes that a change the detector must catch (a drifted student, as far as the
+watch can tell), with a small ARL so it does within seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rollout_admin import ADMIN_TOKEN, admin_client, review_sample, wait_for_status
+from traffic import Traffic
+
+from rollout.status import Phase
+from serving.cli import main as kdcanary
+
+Deploy = Any  # tests/integration/conftest.py
+
+SPEC = {
+    "stages": [
+        {"weight": 0, "min_requests": 20, "min_dwell_s": 0.5, "shadow_fraction": 1.0},
+        {"weight": 0.5, "min_requests": 20, "min_dwell_s": 0.5, "shadow_fraction": 1.0, "confirm": True},
+        {"weight": 1.0, "min_requests": 1_000_000, "min_dwell_s": 0.5, "shadow_fraction": 1.0, "max_duration_s": 3},
+    ],
+    "agreement": {"threshold": 0.65},
+    "errors": {"margin": 0.15},
+    "latency": None,
+    "watch": {"shadow_fraction": 1.0, "agreement_floor": 0.99, "arl": 1000},
+    "tick_interval_s": 0.2,
+}
+
+
+def test_confirmation_deadline_and_watch_on_real_serve(deploy: Deploy) -> None:
+    with (
+        deploy("watched", rollout=SPEC) as client,
+        admin_client(client) as admin,
+        Traffic(client, review_sample(9, 300)),
+    ):
+        admin.start("integration test")
+        waiting = wait_for_status(admin, lambda v: v.awaiting_confirmation == 1, 120, "waiting for a confirm")
+        assert waiting.stage_index == 0 and "waiting for confirmation to enter stage 1" in waiting.message
+        url = str(client.base_url).rstrip("/")
+        who = ["--url", url, "--token", ADMIN_TOKEN, "--actor", "qa-lead"]
+        assert kdcanary(["rollout", "confirm", *who, "--reason", "QA signed off"]) == 0
+        paused = wait_for_status(admin, lambda v: v.deadline_passed_at is not None, 120, "paused by its deadline")
+        assert (paused.phase, paused.stage_index, paused.weight) == (Phase.PAUSED, 2, 1.0)
+        assert admin.promote(to_full=True, reason="the stage proved enough").phase in (
+            Phase.WATCHING,
+            Phase.ROLLED_BACK,
+        )
+        view = wait_for_status(admin, lambda v: v.phase is Phase.ROLLED_BACK, 120, "rolled back by the watch")
+        log = admin.events(limit=1000)
+    assert view.rollback_reason is not None and "watch: change detected in agreement" in view.rollback_reason
+    confirmed = next(e for e in log if e.action == "confirm")
+    assert (confirmed.actor, confirmed.reason, confirmed.payload["stage"]) == ("qa-lead", "QA signed off", 1)
+    deadline = next(e for e in log if e.action == "pause" and e.kind.value == "decision")
+    gates = {g["name"]: g for g in deadline.payload["decision"]["gates"]}
+    assert gates["deadline"]["verdict"] == "fail" and gates["deadline"]["threshold"] == 3
+    assert next(e for e in log if e.action == "complete").payload["to"]["phase"] == "watching"
+    rollback = next(e for e in log if e.action == "rollback")
+    watch = {g["name"]: g for g in rollback.payload["decision"]["gates"]}["watch"]
+    assert watch["verdict"] == "fail" and watch["estimate"] >= 1.0

@@ -402,6 +402,7 @@ class RolloutController:
         """The weight and shadow fraction routers should use, with a never-decreasing version."""
         with self._lock:
             ids = self.pair.model_dump() if self.pair is not None else {}
+            ids |= {"dogfood_keys": self._spec.dogfood_keys}  # a rollout or not: the spec names them
             if self._status is None:
                 return PublishedRouting(weight=0.0, shadow_fraction=0.0, version=0, **ids)
             current = policy_routing(self._spec, self._status)

@@ -249,6 +249,11 @@ class RolloutSpec(BaseModel):
     cost: CostGate | None = None
     fast_rollback: FastRollback | None = Field(default_factory=FastRollback)
     watch: WatchSpec | None = Field(default_factory=WatchSpec)
+    dogfood_keys: tuple[Annotated[str, StringConstraints(min_length=1, max_length=256)], ...] = Field(
+        default=(),
+        max_length=1000,
+        description="routing keys (users) always sent to the student; kept out of the gates' evidence",
+    )
     max_stage_duration_s: float | None = Field(
         default=6 * 3600.0,
         gt=0.0,

@@ -49,6 +49,7 @@ class PublishedRouting(Routing):
     teacher_id: str | None = None
     student_id: str | None = None
     segments: tuple[str, ...] = ()  # the spec's declared segments (a request naming another is "other")
+    dogfood_keys: tuple[str, ...] = ()  # routing keys always sent to the student, kept out of the evidence
 
     def same_pair(self, other: PublishedRouting) -> bool:
         return (self.teacher_id, self.student_id) == (other.teacher_id, other.student_id)

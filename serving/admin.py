@@ -1,10 +1,11 @@
 """Bearer tokens: one for the admin API, another for feedback (a forged label can steer a
-rollout, yet the backend that sends labels should not be able to promote or roll back).
+rollout, yet the backend that sends labels should not be able to promote or roll back), and
+one that lets a predict request choose its model (X-Kdcanary-Variant, for QA and support).
 
 Each comes from its variable or the file its `_FILE` variable names (read on every call, so a
-rotated file takes effect at once): `KDCANARY_ADMIN_TOKEN[_FILE]` and
-`KDCANARY_FEEDBACK_TOKEN[_FILE]`. With neither configured every call is refused and the answer
-says why. Tokens are compared in constant time and never logged or echoed.
+rotated file takes effect at once): `KDCANARY_ADMIN_TOKEN[_FILE]`,
+`KDCANARY_FEEDBACK_TOKEN[_FILE]` and `KDCANARY_FORCE_TOKEN[_FILE]`. With neither configured
+every call is refused and the answer says why. Tokens are compared in constant time and never logged or echoed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Credential:
 
 ADMIN = Credential("admin API", "KDCANARY_ADMIN_TOKEN", "KDCANARY_ADMIN_TOKEN_FILE")
 FEEDBACK = Credential("feedback", "KDCANARY_FEEDBACK_TOKEN", "KDCANARY_FEEDBACK_TOKEN_FILE")
+FORCE = Credential("forced variant", "KDCANARY_FORCE_TOKEN", "KDCANARY_FORCE_TOKEN_FILE")
 TOKEN_ENV, TOKEN_FILE_ENV = ADMIN.env, ADMIN.file_env
 
 

@@ -17,6 +17,9 @@ Names as Prometheus stores them (histograms add _bucket/_sum/_count):
     ray_kdcanary_shadow_agreements_total               ... whose top-1 labels agreed
     ray_kdcanary_shadow_divergence                     total-variation distance per compared input
     ray_kdcanary_shadow_dropped_total{reason}          shadow calls skipped; overload | error | other_model
+    ray_kdcanary_forced_requests_total{variant}        answered requests whose model a forced variant
+                                                       (X-Kdcanary-Variant) or a dogfood key chose; in
+                                                       requests_total too, never in the rollout's evidence
     ray_kdcanary_student_weight                        student share of traffic a router applies (0..1)
     ray_kdcanary_feedback_labels_total                 labels taken through POST /v1/feedback
     ray_kdcanary_feedback_refused_total{reason}        feedback requests refused; reason = HTTP status (401 token,
@@ -110,6 +113,11 @@ class RouterMetrics:
         self._dropped = serve_metrics.Counter(
             "kdcanary_shadow_dropped_total", "Shadow comparisons skipped.", tag_keys=_keys("reason")
         )
+        self._forced = serve_metrics.Counter(
+            "kdcanary_forced_requests_total",
+            "Requests whose model a forced variant or dogfood key chose.",
+            tag_keys=_keys("variant"),
+        )
         self._weight = serve_metrics.Gauge("kdcanary_student_weight", "Student share of traffic a router applies.")
         self._feedback = serve_metrics.Counter("kdcanary_feedback_labels_total", "Labels taken through feedback.")
         self._feedback_refused = serve_metrics.Counter(
@@ -136,6 +144,9 @@ class RouterMetrics:
 
     def record_shadow_dropped(self, reason: str) -> None:
         self._dropped.inc(1.0, {"reason": reason})
+
+    def record_forced(self, variant: Variant) -> None:
+        self._forced.inc(1.0, {"variant": variant.value})
 
     def set_weight(self, weight: float) -> None:
         self._weight.set(weight)

@@ -9,6 +9,11 @@ Feedback (`POST /v1/feedback`, its own bearer token) is checked and parsed here 
 the controller, which opens the signed request ids and judges the labels; predict never waits
 on it. The key that signs request ids is the controller's, fetched by the poll loop.
 
+A predict request may choose its model with `X-Kdcanary-Variant: student|teacher` and the force
+token (`KDCANARY_FORCE_TOKEN`) as its bearer token: QA sent to the student on purpose, support
+reproducing what the teacher says. Such answers, and those of the spec's `dogfood_keys`, are
+counted (`ray_kdcanary_forced_requests_total`) but never judged: they were not drawn at random.
+
 Hot path (kept lean: plain Starlette request, pydantic-core parsing, no FastAPI): bound the
 body, validate, let the core answer, send. Model calls go over the models' stream lanes
 (serving/stream.py, about 1 ms cheaper than a Serve handle call) through a CoalescingClient
@@ -37,7 +42,7 @@ from starlette.responses import Response
 
 from rollout.evidence import Variant
 from rollout.views import PublishedRouting
-from serving.admin import FEEDBACK, authorize
+from serving.admin import FEEDBACK, FORCE, authorize
 from serving.admin_api import DOC_PATHS, PREFIX, build_admin_app, call_asgi, controller_refusal
 from serving.answer import prediction_payload
 from serving.config import RouterConfig
@@ -55,6 +60,7 @@ PREDICT_PATH = "/v1/predict"
 FEEDBACK_PATH = "/v1/feedback"
 FEEDBACK_TIMEOUT_S = 10.0
 ROUTING_KEY_HEADER = "x-routing-key"
+VARIANT_HEADER = "x-kdcanary-variant"  # student | teacher, with the force token (QA, support, debugging)
 VERSION_HEADER = "x-kdcanary-routing-version"
 
 
@@ -150,9 +156,10 @@ class Router:
             raise RouterError(
                 429, None, f"over this router's limit of {self._admission.rate:g} requests/s; retry in {wait} s"
             )
+        forced = _forced_variant(request)
         texts, key, segment = await self._parse(request)
         try:
-            answered = await self._core.answer(texts, key, started, segment)
+            answered = await self._core.answer(texts, key, started, segment, forced)
         except ModelCallError as exc:  # the teacher failed: nothing left to answer with
             raise RouterError(lookup(exc).http_status, None, "the model is unavailable; retry later") from exc
         payload = {
@@ -274,3 +281,18 @@ def _relative_path(request: Request) -> str:
 def _require_method(request: Request, method: str) -> None:
     if request.method != method:
         raise RouterError(405, None, f"{request.method} not allowed here; use {method}")
+
+
+def _forced_variant(request: Request) -> Variant | None:
+    """The variant X-Kdcanary-Variant asks for, honoured only with the force token (a 401
+    otherwise, never silently ignored); None without the header."""
+    asked = request.headers.get(VARIANT_HEADER)
+    if asked is None:
+        return None
+    if asked not in (Variant.STUDENT.value, Variant.TEACHER.value):
+        raise RouterError(422, "X-Kdcanary-Variant", f"must be 'student' or 'teacher', got {asked[:40]!r}")
+    try:
+        authorize(request.headers.get("authorization"), credential=FORCE)
+    except AdminAuthError as exc:
+        raise RouterError(401, None, f"X-Kdcanary-Variant needs the force token: {exc}") from exc
+    return Variant(asked)

@@ -7,7 +7,8 @@ metrics facade (DESIGN §4.13), so unit tests and a simulation drive the code th
 One request, as the shell drives it:
 
 1. `answer(texts, key)`: take the current routing, choose the variant (sticky by key, else a
-   weighted coin), call it within its timeout. A student that fails (reason "timeout" or
+   weighted coin; a forced variant or a dogfood key overrides both, and such an answer is kept
+   out of the evidence), call it within its timeout. A student that fails (reason "timeout" or
    "error") gives an error observation of the student and the teacher answers instead. A
    teacher that fails leaves the observations gathered so far plus its own error observation
    pending and raises `ModelCallError` (the shell answers 503).
@@ -72,6 +73,8 @@ class RouterMetricsSink(Protocol):
 
     def record_shadow_dropped(self, reason: str) -> None: ...
 
+    def record_forced(self, variant: Variant) -> None: ...
+
     def set_weight(self, weight: float) -> None: ...
 
 
@@ -83,6 +86,7 @@ class RecordingMetrics:
     latencies_s: list[float] = field(default_factory=list)
     failovers: Counter[str] = field(default_factory=Counter)
     shadow_dropped: Counter[str] = field(default_factory=Counter)
+    forced: Counter[Variant] = field(default_factory=Counter)
     comparisons: int = 0
     agreements: int = 0
     divergences: list[float] = field(default_factory=list)
@@ -103,6 +107,9 @@ class RecordingMetrics:
     def record_shadow_dropped(self, reason: str) -> None:
         self.shadow_dropped[reason] += 1
 
+    def record_forced(self, variant: Variant) -> None:
+        self.forced[variant] += 1
+
     def set_weight(self, weight: float) -> None:
         self.weight = weight
 
@@ -120,6 +127,7 @@ class Answered:
     segment: str | None = None  # declared by the spec, or "other"; None when the spec declares none
     request_id: str = ""  # the signed receipt, or UNSIGNED + nonce (no key or no pair yet)
     nonce: str = ""  # the receipt's nonce: keys the shadow's answers for feedback
+    forced: bool = False  # a forced variant or a dogfood key chose the model, not the coin
 
     @property
     def signed(self) -> bool:
@@ -205,23 +213,33 @@ class RouterCore:
     # --- the request path -------------------------------------------------------------------
 
     async def answer(
-        self, texts: list[str], key: str | None = None, started: float | None = None, segment: str | None = None
+        self,
+        texts: list[str],
+        key: str | None = None,
+        started: float | None = None,
+        segment: str | None = None,
+        forced: Variant | None = None,
     ) -> Answered:
         """Answer one request. `started` (on this core's clock) is when it arrived; default now.
         `segment` is the one the request names (any name: an undeclared one counts as "other").
+        `forced` (an authenticated X-Kdcanary-Variant), or a key the routing lists as a dogfood
+        key (the student), chooses the model instead of the coin: such an answer is not a random
+        draw, so it is kept out of the evidence (no observation, no shadow, no signed receipt).
 
         Raises ModelCallError when the teacher fails; its observations are pending by then."""
         started = self._clock() if started is None else started
         routing = self._routing
         segment = _segment_of(segment, routing)
+        if forced is None and key is not None and key in routing.dogfood_keys:
+            forced = Variant.STUDENT
         outcome: Outcome = "ok"
         observations: list[Observation] = []
-        if self._chooser.choose(self._weight, key) is Variant.STUDENT:
+        if (forced or self._chooser.choose(self._weight, key)) is Variant.STUDENT:
             student = await self._call(Variant.STUDENT, texts, routing)
             if student.answer is not None and _of_pair(student.answer, routing):
                 latency = self._clock() - started
                 answered = Answered(student.answer, "ok", latency, texts, [student.observation], routing, segment)
-                return self._receipted(answered)
+                return self._receipted(replace(answered, forced=forced is not None))
             if student.answer is None:
                 self._record_failover(student.error)
                 observations.append(student.observation)
@@ -231,18 +249,22 @@ class RouterCore:
         teacher = await self._call(Variant.TEACHER, texts, routing)
         if teacher.answer is None:  # the teacher's own errors are evidence too (the error gate compares)
             log.error("teacher failed: %s", type(teacher.error).__name__)
-            self._pending.extend([*observations, teacher.observation])
+            if forced is None:
+                self._pending.extend([*observations, teacher.observation])
             raise ModelCallError(f"teacher failed: {type(teacher.error).__name__}") from teacher.error
         observations.append(teacher.observation)
         latency = self._clock() - started
-        return self._receipted(Answered(teacher.answer, outcome, latency, texts, observations, routing, segment))
+        answered = Answered(
+            teacher.answer, outcome, latency, texts, observations, routing, segment, forced=bool(forced)
+        )
+        return self._receipted(answered)
 
     def _receipted(self, answered: Answered) -> Answered:
         """`answered` with its request id: what was answered, signed (see the module docstring)."""
         nonce = new_nonce()
         routing, answer = answered.routing, answered.answer
-        if self._signer is None or routing.teacher_id is None or routing.student_id is None:
-            return replace(answered, request_id=UNSIGNED + nonce, nonce=nonce)  # no rollout to label for
+        if self._signer is None or routing.teacher_id is None or routing.student_id is None or answered.forced:
+            return replace(answered, request_id=UNSIGNED + nonce, nonce=nonce)  # nothing a label may judge
         receipt = Receipt(
             issued_at=self._wall(),
             pair=pair_tag(routing.teacher_id, routing.student_id),
@@ -282,6 +304,9 @@ class RouterCore:
         """The bookkeeping the client need not wait for. Async so that it runs on the event loop
         (a shadow is a task on it), never in a thread pool."""
         self._metrics.record_request(answered.answer.variant, answered.outcome, answered.latency_s)
+        if answered.forced:  # answered and counted, never evidence (see `answer`)
+            self._metrics.record_forced(answered.answer.variant)
+            return
         if answered.outcome == "ok" and self._chooser.sample(answered.routing.shadow_fraction):
             self._start_shadow(answered)
         else:

@@ -18,6 +18,7 @@ from serving.router import VERSION_HEADER
 ADMIN_TOKEN = "integration-test-token"  # what the serve_cluster fixture configures
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FEEDBACK_TOKEN = "integration-feedback-token"  # ... and for POST /v1/feedback
+FORCE_TOKEN = "integration-force-token"  # ... and for X-Kdcanary-Variant
 SETTLE = 12  # answers in a row from routers holding a pinned weight before it counts as applied
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from ports import free_port
-from rollout_admin import ADMIN_TOKEN, FEEDBACK_TOKEN, admin_client, pin_weight
+from rollout_admin import ADMIN_TOKEN, FEEDBACK_TOKEN, FORCE_TOKEN, admin_client, pin_weight
 
 from compression.registry import Registry
 
@@ -66,6 +66,7 @@ def serve_cluster() -> Iterator[ServeCluster]:
 
     os.environ["KDCANARY_ADMIN_TOKEN"] = ADMIN_TOKEN  # workers inherit the driver's environment
     os.environ["KDCANARY_FEEDBACK_TOKEN"] = FEEDBACK_TOKEN
+    os.environ["KDCANARY_FORCE_TOKEN"] = FORCE_TOKEN
     # Ray exports metrics every 10 s and Serve refreshes its status gauge as often; tests that wait
     # for Prometheus to see a counter move wait for two exports. A 2 s export (Ray drops a gauge
     # left unset for 2 exports, so Serve's gauge is refreshed every second) makes those waits
@@ -84,6 +85,7 @@ def serve_cluster() -> Iterator[ServeCluster]:
         ray.shutdown()
         os.environ.pop("KDCANARY_ADMIN_TOKEN", None)
         os.environ.pop("KDCANARY_FEEDBACK_TOKEN", None)
+        os.environ.pop("KDCANARY_FORCE_TOKEN", None)
         os.environ.pop(SERVE_STATUS_GAUGE_ENV, None)
 
 

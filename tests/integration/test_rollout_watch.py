@@ -1,6 +1,7 @@
 """After the stages, on real Ray Serve: a stage that asks for a person's yes waits for
 `kdcanary rollout confirm`, a stage past its deadline pauses with the numbers, and a promoted
-student is watched and rolled back when its detector alarms.
+student is watched and rolled back when its detector alarms. Before all that, forced variants:
+X-Kdcanary-Variant with the force token, and a dogfood key, choose the model at weight 0.
 
 The tiny recipe's student agrees with the teacher on about 80 % of review sentences; a watch
 floor of 0.99 makes that a change the detector must catch (a drifted student, as far as the
@@ -9,9 +10,11 @@ watch can tell), with a small ARL so it does within seconds.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from rollout_admin import ADMIN_TOKEN, admin_client, review_sample, wait_for_status
+import httpx
+from rollout_admin import ADMIN_TOKEN, FORCE_TOKEN, admin_client, review_sample, wait_for_status
 from traffic import Traffic
 
 from rollout.status import Phase
@@ -30,28 +33,49 @@ SPEC = {
     "latency": None,
     "watch": {"shadow_fraction": 1.0, "agreement_floor": 0.99, "arl": 1000},
     "tick_interval_s": 0.2,
+    "dogfood_keys": ["dogfooder"],
 }
 
 
-def test_confirmation_deadline_and_watch_on_real_serve(deploy: Deploy) -> None:
-    with (
-        deploy("watched", rollout=SPEC) as client,
-        admin_client(client) as admin,
-        Traffic(client, review_sample(9, 300)),
-    ):
-        admin.start("integration test")
-        waiting = wait_for_status(admin, lambda v: v.awaiting_confirmation == 1, 120, "waiting for a confirm")
-        assert waiting.stage_index == 0 and "waiting for confirmation to enter stage 1" in waiting.message
-        url = str(client.base_url).rstrip("/")
-        who = ["--url", url, "--token", ADMIN_TOKEN, "--actor", "qa-lead"]
-        assert kdcanary(["rollout", "confirm", *who, "--reason", "QA signed off"]) == 0
-        paused = wait_for_status(admin, lambda v: v.deadline_passed_at is not None, 120, "paused by its deadline")
-        assert (paused.phase, paused.stage_index, paused.weight) == (Phase.PAUSED, 2, 1.0)
-        assert admin.promote(to_full=True, reason="the stage proved enough").phase in (
-            Phase.WATCHING,
-            Phase.ROLLED_BACK,
-        )
-        view = wait_for_status(admin, lambda v: v.phase is Phase.ROLLED_BACK, 120, "rolled back by the watch")
+def dogfooded(client: httpx.Client) -> str:
+    """The variant that answers the dogfood user."""
+    answer = client.post("/v1/predict", json={"inputs": ["eat it"], "routing_key": "dogfooder"})
+    return str(answer.json()["variant"])
+
+
+def forced_answers(client: httpx.Client) -> None:
+    """Before any rollout (weight 0: the coin sends everyone to the teacher)."""
+    force = {"x-kdcanary-variant": "student", "authorization": f"Bearer {FORCE_TOKEN}"}
+    answer = client.post("/v1/predict", json={"inputs": ["QA on purpose"]}, headers=force)
+    assert answer.status_code == 200 and answer.json()["variant"] == "student", answer.text
+    assert answer.json()["request_id"].startswith("unsigned.")  # never judged: no label can come back for it
+    refused = client.post("/v1/predict", json={"inputs": ["x"]}, headers={"x-kdcanary-variant": "student"})
+    assert refused.status_code == 401 and "force token" in refused.json()["detail"]
+    wrong = client.post("/v1/predict", json={"inputs": ["x"]}, headers={**force, "x-kdcanary-variant": "both"})
+    assert wrong.status_code == 422 and wrong.json()["field"] == "X-Kdcanary-Variant"
+    deadline = time.monotonic() + 30  # the router takes the spec's keys with its first routing poll
+    while dogfooded(client) != "student":
+        assert time.monotonic() < deadline, "the dogfood key was never honoured"
+        time.sleep(0.2)
+    anyone = client.post("/v1/predict", json={"inputs": ["just a user"], "routing_key": "someone"})
+    assert anyone.json()["variant"] == "teacher"
+
+
+def test_forced_variants_confirmation_deadline_and_watch_on_real_serve(deploy: Deploy) -> None:
+    with deploy("watched", rollout=SPEC) as client, admin_client(client) as admin:
+        forced_answers(client)
+        with Traffic(client, review_sample(9, 300)):
+            admin.start("integration test")
+            waiting = wait_for_status(admin, lambda v: v.awaiting_confirmation == 1, 120, "waiting for a confirm")
+            assert waiting.stage_index == 0 and "waiting for confirmation to enter stage 1" in waiting.message
+            url = str(client.base_url).rstrip("/")
+            who = ["--url", url, "--token", ADMIN_TOKEN, "--actor", "qa-lead"]
+            assert kdcanary(["rollout", "confirm", *who, "--reason", "QA signed off"]) == 0
+            paused = wait_for_status(admin, lambda v: v.deadline_passed_at is not None, 120, "paused by its deadline")
+            assert (paused.phase, paused.stage_index, paused.weight) == (Phase.PAUSED, 2, 1.0)
+            promoted = admin.promote(to_full=True, reason="the stage proved enough")
+            assert promoted.phase in (Phase.WATCHING, Phase.ROLLED_BACK)
+            view = wait_for_status(admin, lambda v: v.phase is Phase.ROLLED_BACK, 120, "rolled back by the watch")
         log = admin.events(limit=1000)
     assert view.rollback_reason is not None and "watch: change detected in agreement" in view.rollback_reason
     confirmed = next(e for e in log if e.action == "confirm")

@@ -20,7 +20,7 @@ from rollout.views import PublishedRouting
 from serving.answer import ModelAnswer
 from serving.config import RouterConfig
 from serving.errors import ModelCallError
-from serving.router_core import Answered, ModelCall, RecordingMetrics, RouterCore
+from serving.router_core import UNSIGNED, Answered, ModelCall, RecordingMetrics, RouterCore
 from serving.routing import sticky_variant
 
 T, S = Variant.TEACHER, Variant.STUDENT
@@ -405,5 +405,40 @@ def test_a_request_counts_in_its_declared_segment_or_other_and_its_receipt_says_
         await rig.core.drain()
         students = [o for o in rig.pending() if o.variant is S and o.agreed is not None]
         assert [o.segment for o in students] == [None, "mobile"]
+
+    run(test())
+
+
+def test_a_forced_variant_or_a_dogfood_key_chooses_the_model_and_stays_out_of_the_evidence() -> None:
+    async def test() -> None:
+        rig = Rig(weight=0.0, shadow=1.0)
+        rig.core.set_receipt_key(bytes(32))
+        routing = paired(0.0, 1.0, 1).model_copy(update={"dogfood_keys": ("dogfooder",)})
+        rig.core.adopt(routing)
+        forced = await rig.core.answer(["qa"], forced=S)
+        await rig.core.after(forced)
+        dogfood = await rig.request(key="dogfooder")
+        rig.models.rows[S] = NEGATIVE  # would be a disagreement, if anything were compared
+        teacher = await rig.core.answer(["support"], key="dogfooder", forced=T)  # the header wins
+        await rig.core.after(teacher)
+        await rig.core.drain()
+        assert [a.answer.variant for a in (forced, dogfood, teacher)] == [S, S, T]
+        assert all(a.forced and a.request_id.startswith(UNSIGNED) for a in (forced, dogfood, teacher))
+        assert rig.pending() == [] and rig.metrics.comparisons == 0  # not drawn at random: never judged
+        assert rig.metrics.forced == {S: 2, T: 1} and rig.metrics.requests == {(S, "ok"): 2, (T, "ok"): 1}
+        drawn = await rig.request(key="someone else")  # weight 0: the coin sends everyone else to the teacher
+        assert drawn.answer.variant is T and not drawn.forced
+
+    run(test())
+
+
+def test_a_forced_student_that_fails_is_answered_by_the_teacher_and_judged_by_nobody() -> None:
+    async def test() -> None:
+        rig = Rig(weight=0.0)
+        rig.models.failure[S] = "error"
+        answered = await rig.core.answer(["qa"], forced=S)
+        await rig.core.after(answered)
+        assert (answered.answer.variant, answered.outcome, answered.forced) == (T, "failover", True)
+        assert rig.pending() == [] and rig.metrics.failovers == {"error": 1}
 
     run(test())

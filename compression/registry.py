@@ -57,6 +57,21 @@ class Metrics(BaseModel):
     params: int
 
 
+ANSWERS_FILE = "answers.json"
+RECORDED_ANSWERS = 256
+
+
+class RecordedAnswers(BaseModel):
+    """A bundle's own top-1 answers on the first validation texts (at most RECORDED_ANSWERS),
+    with their labels: the served model must answer them again (the smoke test before a rollout)."""
+
+    model_config = ConfigDict(extra="forbid")
+    split: str
+    texts: list[str]
+    labels: list[int]
+    predictions: list[int]
+
+
 class Preprocessing(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tokenizer: str = TOKENIZER_DIR
@@ -98,6 +113,12 @@ class Bundle:
     @property
     def model_path(self) -> Path:
         return self.path / self.manifest.model_file
+
+    def recorded_answers(self) -> RecordedAnswers | None:
+        """What the bundle answered when it was registered; None for a bundle registered before
+        kdcanary recorded them."""
+        path = self.path / ANSWERS_FILE
+        return RecordedAnswers.model_validate_json(path.read_text()) if path.is_file() else None
 
     @property
     def torch_path(self) -> Path | None:

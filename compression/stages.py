@@ -31,7 +31,17 @@ from compression.prune import prune
 from compression.qat import export_qdq, wrap_linears
 from compression.quantize import quantize
 from compression.recipe import DistillConfig, LayersArchitecture, StudentConfig, Tolerance, TransformerArchitecture
-from compression.registry import MODEL_FILE, TOKENIZER_DIR, TORCH_DIR, Bundle, Metrics, Preprocessing
+from compression.registry import (
+    ANSWERS_FILE,
+    MODEL_FILE,
+    RECORDED_ANSWERS,
+    TOKENIZER_DIR,
+    TORCH_DIR,
+    Bundle,
+    Metrics,
+    Preprocessing,
+    RecordedAnswers,
+)
 from compression.runtime import session
 from compression.validate import ParentCheck, check_against_parent
 
@@ -240,6 +250,7 @@ def _register(
     ctx: Context, staging: Path, identity: dict[str, str], parent: Bundle | None, check: ParentCheck | None,
     key: str, metrics: Metrics, training: dict[str, Any], max_length: int,
 ) -> Bundle:  # fmt: skip
+    _record_answers(ctx, staging, max_length)
     return ctx.registry.register(
         staging,
         identity | {
@@ -249,6 +260,22 @@ def _register(
             "metrics": metrics, "parent_check": check, "training": training,
         },
     )  # fmt: skip
+
+
+def _record_answers(ctx: Context, staging: Path, max_length: int) -> None:
+    """The bundle's own top-1 answers on the first validation texts, with their labels
+    (`RecordedAnswers`): what the served model must answer again before a rollout starts."""
+    validation = ctx.corpus.validation
+    count = min(RECORDED_ANSWERS, len(validation))
+    index = np.arange(count)
+    logits = predict(session(staging / MODEL_FILE, threads=2), ctx.encoded("validation", max_length).subset(index))
+    record = RecordedAnswers(
+        split="validation",
+        texts=validation.texts[:count],
+        labels=validation.labels[:count].tolist(),
+        predictions=logits.argmax(1).tolist(),
+    )
+    (staging / ANSWERS_FILE).write_text(record.model_dump_json())
 
 
 def _copy_onnx_teacher(source: Path | None, target: Path) -> int:

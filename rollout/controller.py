@@ -56,8 +56,10 @@ from rollout.gates import GateResult
 from rollout.journal import Draft, Journal
 from rollout.policy import Action, Decision, apply, check_spec_change, decide, deferred, idle, urgent
 from rollout.policy import routing as policy_routing
+from rollout.smoke import SmokeResult
 from rollout.spec import RolloutSpec, percent
 from rollout.status import (
+    Phase,
     PromoteTarget,
     RolloutStatus,
     request_confirm,
@@ -115,8 +117,10 @@ class RolloutController:
         holder: str | None = None,
         pair: ModelPair | None = None,
         desk: FeedbackDesk | None = None,
+        smoke_test: bool = False,
     ) -> None:
-        self._spec, self._clock, self._webhooks = spec, clock, webhooks
+        self._smoke_test = smoke_test  # the wrapper can reach the served models to run the spec's smoke test
+        self._spec, self._clock, self._webhooks = self._judged(spec), clock, webhooks
         self.pair = pair  # the models this rollout judges; routers check answers against it
         self._desk = desk  # None: labels are refused (no receipt key or label names for this pair)
         self._lock = threading.RLock()
@@ -383,6 +387,7 @@ class RolloutController:
         """Judge by `spec` from the next tick on, in place: same stage, weight, evidence and writer
         term (a rebuilt controller would claim the store from this one). SpecError when the new
         spec drops the live stage or gives it another weight."""
+        spec = self._judged(spec)
         with self._lock:
             if spec == self._spec:
                 return
@@ -395,6 +400,37 @@ class RolloutController:
                 Draft(EventKind.CONTROLLER, "spec_changed", reason, {"spec": spec.model_dump(mode="json")}), now
             )
             self._save(now)
+
+    def _judged(self, spec: RolloutSpec) -> RolloutSpec:
+        """The spec as this controller applies it: without a smoke test where nothing can run one
+        (no served models: the simulation, unit tests)."""
+        return spec if self._smoke_test or spec.smoke is None else spec.model_copy(update={"smoke": None})
+
+    # --- the smoke test before stage 0 ----------------------------------------------------------
+
+    def smoke_due(self) -> bool:
+        """Whether a pending rollout waits for the served models' smoke test (rollout/smoke.py)."""
+        with self._lock:
+            status = self._status
+            return (
+                status is not None
+                and status.phase is Phase.PENDING
+                and self._spec.smoke is not None
+                and (status.smoke is None)
+            )
+
+    def record_smoke(self, result: SmokeResult) -> None:
+        """The wrapper's smoke test result: logged, saved, and acted on at once (stage 0, or a
+        rollback naming how far the served models were from their registered selves)."""
+        with self._lock:
+            if not self.smoke_due() or self._status is None:
+                return  # a result for a rollout that has moved on
+            now = self._clock.now()
+            self._status = self._status.model_copy(update={"smoke": result})
+            self._dirty = True
+            self._journal.commit(Draft(EventKind.CONTROLLER, "smoke_test", result.message, result.model_dump()), now)
+            self._save(now)
+            self._tick(now)
 
     # --- reading ----------------------------------------------------------------------------
 

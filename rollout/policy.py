@@ -63,7 +63,7 @@ def decide(spec: RolloutSpec, status: RolloutStatus, evidence: Evidence, now: fl
         reason = f"operator rollback: {status.intents.abort_reason or 'no reason given'}"
         return rollback_decision(status, fast, (reason,))
     if status.phase is Phase.PENDING:
-        return _move(spec, now, action=Action.START, index=0, reason="rollout started")
+        return _begin(spec, status, now)
     gates = evaluate_gates(spec, evidence)
     failed = tuple(gate.message for gate in gates if gate.fails)
     if failed:
@@ -76,6 +76,23 @@ def decide(spec: RolloutSpec, status: RolloutStatus, evidence: Evidence, now: fl
         index, recorded = status.stage_index, gates + fast
         return _move(spec, now, action=Action.RESUME, index=index, reason="resumed", gates=recorded)
     return _progress(spec, status, evidence, gates, now, fast=fast)
+
+
+def _begin(spec: RolloutSpec, status: RolloutStatus, now: float) -> Decision:
+    """A pending rollout starts at stage 0 once the served models passed the smoke test (when
+    the spec asks for one); a failed smoke test never reaches stage 0."""
+    smoke = status.smoke
+    if spec.smoke is not None and smoke is None:
+        waiting = "smoke test: waiting for the served models to answer their recorded inputs"
+        return stay(status, (waiting,), now + spec.tick_interval_s)
+    if smoke is not None and not smoke.passed:
+        tolerance = spec.smoke.tolerance if spec.smoke is not None else 0.0
+        gate = GateResult(
+            name="smoke", verdict=Verdict.FAIL, n=smoke.inputs, threshold=tolerance, message=smoke.message
+        )
+        return rollback_decision(status, (gate,), (smoke.message,))
+    reason = "rollout started" if smoke is None else f"rollout started ({smoke.message})"
+    return _move(spec, now, action=Action.START, index=0, reason=reason)
 
 
 def _fast_check(spec: RolloutSpec, evidence: Evidence, now: float) -> tuple[GateResult, ...]:
@@ -334,8 +351,10 @@ def urgent(spec: RolloutSpec, status: RolloutStatus, evidence: Evidence, now: fl
     if status.terminal:
         return False
     pending = status.intents
-    if pending.abort or pending.promote is not None or status.phase is Phase.PENDING:
+    if pending.abort or pending.promote is not None:
         return True
+    if status.phase is Phase.PENDING:  # unless it waits for the smoke test's answers
+        return spec.smoke is None or status.smoke is not None
     if new_alarms(status, evidence):
         return True
     if spec.fast_rollback is None:

@@ -234,6 +234,16 @@ class WatchSpec(BaseModel):
     action: Literal["rollback", "alert"] = "rollback"
 
 
+class SmokeTest(BaseModel):
+    """Before stage 0 the served teacher and student answer their bundles' recorded inputs
+    (rollout/smoke.py); each must answer at least 1 - `tolerance` of them as recorded, and its
+    accuracy and the pair's agreement must stay within `tolerance` of the recorded ones."""
+
+    model_config = _STRICT
+
+    tolerance: float = Field(default=0.02, ge=0.0, lt=1.0)
+
+
 class RolloutSpec(BaseModel):
     """Stages plus gates; `tick_interval_s` is how often the controller re-evaluates."""
 
@@ -249,6 +259,7 @@ class RolloutSpec(BaseModel):
     cost: CostGate | None = None
     fast_rollback: FastRollback | None = Field(default_factory=FastRollback)
     watch: WatchSpec | None = Field(default_factory=WatchSpec)
+    smoke: SmokeTest | None = Field(default_factory=SmokeTest)
     dogfood_keys: tuple[Annotated[str, StringConstraints(min_length=1, max_length=256)], ...] = Field(
         default=(),
         max_length=1000,
@@ -348,6 +359,7 @@ def fixed_share_spec(shadow_fraction: float = 0.0) -> RolloutSpec:
         latency=None,
         fast_rollback=None,
         watch=None,
+        smoke=None,
     )
 
 

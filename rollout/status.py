@@ -14,6 +14,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from rollout.errors import IntentError
+from rollout.smoke import SmokeResult
 
 _RECORD = ConfigDict(frozen=True, extra="forbid")
 
@@ -75,6 +76,7 @@ class RolloutStatus(BaseModel):
     intents: Intents = Field(default_factory=Intents)
     watch_alarms: int = Field(default=0, ge=0)  # the watch's alarms the tick has acted on
     deadline_passed_at: float | None = None  # the stage's deadline paused it (cleared when it moves on)
+    smoke: SmokeResult | None = None  # the served models' smoke test before stage 0
 
     @property
     def terminal(self) -> bool:

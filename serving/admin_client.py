@@ -27,7 +27,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from rollout.events import Event
 from rollout.feedback import FeedbackItem, FeedbackResult
-from rollout.status import TERMINAL_PHASES, Phase, PromoteTarget
+from rollout.status import SETTLED_PHASES, Phase, PromoteTarget
 from rollout.views import StatusView
 from serving.schemas import AdminNote, PromoteRequest, RollbackRequest, WeightUpdate
 
@@ -134,7 +134,7 @@ class AdminClient(_ApiClient):
         and return the status once the controller publishes it (routers adopt it at their next
         poll). With `rollout.spec.fixed_share_spec` nothing but an operator moves it again."""
         view = self.status()
-        if not view.started or view.phase in TERMINAL_PHASES:
+        if not view.started or view.phase in SETTLED_PHASES:
             self.start(reason)
         self.set_weight(weight, reason)
         deadline = time.monotonic() + within_s

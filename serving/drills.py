@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from rollout.events import Event, EventKind
 from rollout.spec import percent
-from rollout.status import TERMINAL_PHASES, Phase
+from rollout.status import SETTLED_PHASES, Phase
 from rollout.views import StatusView
 from serving.admin_client import AdminCallError, AdminClient
 from serving.demo.load import LoadGenerator
@@ -31,7 +31,8 @@ from serving.local_cluster import LocalCluster, with_deployment, with_user_confi
 
 def drill_spec(min_requests: int = 30) -> dict[str, Any]:
     """A quick rollout spec for drills: 0/25/50/100 %, lax gates (the faults are the point),
-    a trip wire of 3 consecutive student errors. A huge `min_requests` holds each stage."""
+    a trip wire of 3 consecutive student errors, no smoke test (drills start and promote at
+    once; the smoke test has tests of its own). A huge `min_requests` holds each stage."""
     stage = {"min_requests": min_requests, "min_dwell_s": 0.5, "shadow_fraction": 0.5}
     return {
         "stages": [{"weight": w, **stage} for w in (0.0, 0.25, 0.5, 1.0)],
@@ -40,6 +41,7 @@ def drill_spec(min_requests: int = 30) -> dict[str, Any]:
         "latency": None,
         "fast_rollback": {"max_consecutive_errors": 3, "window_s": 5.0, "min_window_requests": 5},
         "tick_interval_s": 0.2,
+        "smoke": None,
     }
 
 
@@ -138,7 +140,7 @@ def transitions_under_load(drill: Drill, within_s: float = 240.0) -> DrillResult
     drill.admin.set_weight(0.3, "drill: manual weight under load")
     time.sleep(2.0)
     drill.admin.resume("drill: back to evidence")
-    final = drill.wait(lambda v: v.phase in TERMINAL_PHASES, within_s)
+    final = drill.wait(lambda v: v.phase in SETTLED_PHASES, within_s)
     return drill.result("transitions_under_load", notes=f"ended {final.phase.value}")
 
 

@@ -36,6 +36,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
+from rollout.smoke import Recorded
 from serving.answer import ModelAnswer, prediction_payload, split_answer
 from serving.autoscaling import STREAM_IN_FLIGHT
 from serving.classifier import Classifier, load_bundle, threads_for
@@ -88,6 +89,10 @@ class ModelDeployment:
     def model_id(self) -> str | None:
         """The bundle id this replica serves (None before its first user_config)."""
         return self._loaded.model_id if self._loaded is not None else None
+
+    def recorded_answers(self) -> Recorded | None:
+        """What this replica's bundle answered when registered (None: none recorded, or no bundle)."""
+        return self._loaded.recorded if self._loaded is not None else None
 
     def label_names(self) -> tuple[str, ...] | None:
         """The labels this replica answers with, in id order (None before its first user_config)."""
@@ -187,6 +192,7 @@ class _Loaded:
     wanted: ModelUserConfig
     model_id: str
     classifier: Classifier
+    recorded: Recorded | None  # the bundle's answers at registration (the smoke test's reference)
 
 
 def _load(config: ModelConfig, wanted: ModelUserConfig) -> _Loaded:
@@ -194,7 +200,16 @@ def _load(config: ModelConfig, wanted: ModelUserConfig) -> _Loaded:
     classifier = Classifier(bundle, threads_for(config.cpus), wanted.runtime)
     for _ in range(3):
         classifier.score(WARMUP_TEXTS)
-    return _Loaded(wanted, bundle.id, classifier)
+    answers = bundle.recorded_answers()
+    recorded = None
+    if answers is not None:
+        recorded = Recorded(
+            model_id=bundle.id,
+            texts=tuple(answers.texts),
+            labels=tuple(answers.labels),
+            predictions=tuple(answers.predictions),
+        )
+    return _Loaded(wanted, bundle.id, classifier, recorded)
 
 
 class CoalescingClient:

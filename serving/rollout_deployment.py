@@ -27,6 +27,10 @@ weight meanwhile.
 
 Serve runs sync methods in its thread pool; the controller locks internally, so they are
 called directly. The tick loop calls `tick` in a worker thread to keep the loop free.
+
+Before stage 0 the loop runs the spec's smoke test (rollout/smoke.py) as a task of its own: the
+served teacher and student answer their bundles' recorded inputs through their handles, and
+the verdict goes to the controller, which starts stage 0 or rolls back.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from rollout.controller import RolloutController
 from rollout.evidence import Observation, Variant
 from rollout.feedback import FeedbackDesk, FeedbackItem, FeedbackResult
 from rollout.receipts import ReceiptSigner, load_or_create_key
+from rollout.smoke import SmokeResult, judge_smoke, skipped
 from rollout.spec import RolloutSpec
 from rollout.store import SqliteStateStore
 from rollout.views import ModelPair, PublishedRouting
@@ -56,6 +61,9 @@ from rollout.webhooks import HttpWebhookSender
 from serving.errors import PairUnknownError
 
 log = logging.getLogger("ray.serve")
+VARIANTS = (Variant.TEACHER, Variant.STUDENT)
+SMOKE_BATCH = 32  # inputs per model call of the smoke test
+SMOKE_ATTEMPTS = 3  # smoke tests in a row whose calls failed before it counts as failed
 
 
 class ControllerConfig(BaseModel):
@@ -102,6 +110,8 @@ class RolloutDeployment:
             [str(url) for url in config.webhooks], timeout_s=config.webhook_timeout_s, retries=config.webhook_retries
         )
         self._metrics = ControllerMetrics()
+        self._smoking: asyncio.Task[None] | None = None  # the smoke test in flight, if any
+        self._smoke_failures = 0  # smoke test attempts in a row whose model calls failed
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
@@ -139,6 +149,49 @@ class RolloutDeployment:
                 self._metrics.show(controller.snapshot())
             except Exception:  # a bad tick must not end the loop; the next one retries
                 log.exception("rollout tick failed")
+            if self._smoking is None and controller.smoke_due():
+                self._smoking = asyncio.get_running_loop().create_task(self._smoke_test(controller))
+
+    async def _smoke_test(self, controller: RolloutController) -> None:
+        """The spec's smoke test (rollout/smoke.py): the served models answer their bundles'
+        recorded inputs through Serve, as traffic reaches them; the verdict goes to `controller`.
+        A call that fails is tried again on the next loop; SMOKE_ATTEMPTS failures in a row fail
+        the smoke test, naming the error (a model that cannot answer never reaches stage 0)."""
+        try:
+            result = await self._smoke_result(controller)
+            self._smoke_failures = 0
+        except Exception as exc:
+            self._smoke_failures += 1
+            log.warning("smoke test call failed (%d of %d): %r", self._smoke_failures, SMOKE_ATTEMPTS, exc)
+            if self._smoke_failures < SMOKE_ATTEMPTS:
+                self._smoking = None
+                return
+            self._smoke_failures = 0
+            result = SmokeResult(passed=False, message=f"smoke test failed: the served models did not answer: {exc!r}")
+        log.info("%s", result.message)
+        try:
+            await asyncio.to_thread(controller.record_smoke, result)
+        finally:
+            self._smoking = None
+
+    async def _smoke_result(self, controller: RolloutController) -> SmokeResult:
+        asked = [self._models[v].options(method_name="recorded_answers").remote() for v in VARIANTS]
+        teacher, student = [await asyncio.wait_for(answer, timeout=30.0) for answer in asked]
+        if teacher is None or student is None:
+            pair = controller.pair
+            return skipped(str(pair.teacher_id if teacher is None else pair.student_id) if pair else "?")
+        tolerance = self._spec.smoke.tolerance if self._spec.smoke is not None else 0.0
+        teacher_top1 = await self._top1(Variant.TEACHER, teacher.texts)
+        student_top1 = await self._top1(Variant.STUDENT, student.texts)
+        return judge_smoke(tolerance, teacher, student, teacher_top1, student_top1)
+
+    async def _top1(self, variant: Variant, texts: Sequence[str]) -> list[int]:
+        handle = self._models[variant].options(method_name="predict")
+        labels: list[int] = []
+        for start in range(0, len(texts), SMOKE_BATCH):
+            answer = await asyncio.wait_for(handle.remote(list(texts[start : start + SMOKE_BATCH])), timeout=30.0)
+            labels += answer.probabilities.argmax(axis=1).tolist()
+        return labels
 
     async def _follow_models(self) -> None:
         try:
@@ -180,7 +233,9 @@ class RolloutDeployment:
             before = self._controller
             store = SqliteStateStore(path)
             desk = FeedbackDesk(ReceiptSigner(self._key), pair, labels, store)
-            controller = RolloutController(self._spec, store, SystemClock(), self._webhooks, pair=pair, desk=desk)
+            controller = RolloutController(
+                self._spec, store, SystemClock(), self._webhooks, pair=pair, desk=desk, smoke_test=True
+            )
             if before is not None and before.status() is not None and controller.status() is None:
                 reason = f"{before.pair} replaced in place by {pair}: a fresh rollout from the shadow stage"
                 controller.start(actor="kdcanary", reason=reason)

@@ -161,6 +161,7 @@ FAIL_SPEC = {  # no gate can roll it back: the test does, once Prometheus has se
     "latency": None,
     "fast_rollback": None,
     "tick_interval_s": 0.2,
+    "smoke": None,  # its student fails every call: a smoke test would (rightly) stop it before stage 0
 }
 
 

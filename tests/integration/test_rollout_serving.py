@@ -51,6 +51,7 @@ def spec(threshold: float, *, min_requests: int = 40, stage0_shadow: float = 1.0
         "latency": None,
         "fast_rollback": {"max_consecutive_errors": 5, "window_s": 5.0, "min_window_requests": 10},
         "tick_interval_s": 0.2,
+        "smoke": None,  # these tests start and promote at once; test_rollout_watch.py runs the smoke test
     }
 
 

@@ -78,6 +78,8 @@ def test_forced_variants_confirmation_deadline_and_watch_on_real_serve(deploy: D
             view = wait_for_status(admin, lambda v: v.phase is Phase.ROLLED_BACK, 120, "rolled back by the watch")
         log = admin.events(limit=1000)
     assert view.rollback_reason is not None and "watch: change detected in agreement" in view.rollback_reason
+    smoke = next(e for e in log if e.action == "smoke_test")  # the default smoke test ran before stage 0
+    assert smoke.payload["passed"] and smoke.payload["inputs"] > 0 and not smoke.payload["skipped"]
     confirmed = next(e for e in log if e.action == "confirm")
     assert (confirmed.actor, confirmed.reason, confirmed.payload["stage"]) == ("qa-lead", "QA signed off", 1)
     deadline = next(e for e in log if e.action == "pause" and e.kind.value == "decision")

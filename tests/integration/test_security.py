@@ -45,7 +45,10 @@ def test_predict_cannot_steer_the_rollout(app: httpx.Client) -> None:
         before = admin.status()
     for extra in ({"variant": "student"}, {"weight": 1.0}, {"admin": True}):
         assert app.post("/v1/predict", json={"inputs": ["x"], **extra}).status_code == 422
-    steering = {"x-kdcanary-variant": "student", "x-variant": "student", "authorization": f"Bearer {ADMIN_TOKEN}"}
+    forcing = {"x-kdcanary-variant": "student", "authorization": f"Bearer {ADMIN_TOKEN}"}  # not the force token
+    refused = app.post("/v1/predict", json={"inputs": ["x"]}, headers=forcing)
+    assert refused.status_code == 401 and "force token" in refused.json()["detail"]
+    steering = {"x-variant": "student", "x-kdcanary-weight": "1", "authorization": f"Bearer {ADMIN_TOKEN}"}
     answers = [app.post("/v1/predict", json={"inputs": ["x"]}, headers=steering).json() for _ in range(20)]
     assert {a["variant"] for a in answers} == {"teacher"}  # stage 0: every user is on the teacher
     assert all(set(a) == {"predictions", "variant", "model_id", "request_id"} for a in answers)

@@ -26,7 +26,10 @@ from rollout.status import (
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 SPEC = RolloutSpec.from_mapping(
-    {"stages": [{"weight": w, "min_requests": 1000, "min_dwell_s": 60, "shadow_fraction": 0.2} for w in WEIGHTS]}
+    {
+        "stages": [{"weight": w, "min_requests": 1000, "min_dwell_s": 60, "shadow_fraction": 0.2} for w in WEIGHTS],
+        "smoke": None,  # the smoke test has tests of its own (test_smoke.py)
+    }
 )
 T0 = 1_000_000.0
 
@@ -197,7 +200,7 @@ def test_min_dwell_holds_until_it_elapses_and_says_when_to_look() -> None:
 
 def test_min_requests_holds_until_enough_student_observations() -> None:
     stages = [{"weight": w, "min_requests": 5000, "min_dwell_s": 0} for w in WEIGHTS]
-    c = Controller(RolloutSpec.from_mapping({"stages": stages})).started()
+    c = Controller(RolloutSpec.from_mapping({"stages": stages, "smoke": None})).started()
     c.observe(traffic(3000))
     decision = c.tick()
     assert decision.action is Action.HOLD

@@ -328,7 +328,8 @@ def test_every_ray_pod_exports_metrics_and_mounts_the_shared_volume_and_token() 
             assert Path(path).is_relative_to(mounts[data]), path
         env = {variable["name"]: variable["value"] for variable in container["env"]}
         secrets = {v["name"] for v in spec["volumes"] if "secret" in v}
-        assert any(Path(env["KDCANARY_ADMIN_TOKEN_FILE"]).parent == Path(mounts[name]) for name in secrets)
+        for variable in ("KDCANARY_ADMIN_TOKEN_FILE", "KDCANARY_FEEDBACK_TOKEN_FILE", "KDCANARY_FORCE_TOKEN_FILE"):
+            assert any(Path(env[variable]).parent == Path(mounts[name]) for name in secrets), variable
 
 
 def test_pod_monitor_scrapes_the_metrics_port_of_every_ray_pod_as_job_ray() -> None:

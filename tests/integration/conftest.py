@@ -92,11 +92,11 @@ def serve_cluster() -> Iterator[ServeCluster]:
 @pytest.fixture(scope="session")
 def no_gates() -> dict[str, Any]:
     """A rollout spec whose stage 0 holds (default min_requests) and that no gate judges: only an
-    admin intent can move it. With the default gates, a few shadowed answers to one repeated input
-    could roll a rollout back before or after a test read its status, depending on how fast the
-    machine was (a fresh clone saw it)."""
+    admin intent can move it (no smoke test either: it would start stage 0 by itself). With the
+    default gates, a few shadowed answers to one repeated input could roll a rollout back before
+    or after a test read its status, depending on how fast the machine was (a fresh clone saw it)."""
     stages = [{"weight": 0}, {"weight": 1}]
-    return {"stages": stages, "agreement": None, "errors": None, "latency": None}
+    return {"stages": stages, "agreement": None, "errors": None, "latency": None, "smoke": None}
 
 
 Deploy = Callable[..., AbstractContextManager[httpx.Client]]

@@ -9,6 +9,10 @@ Pure core (no I/O, no clock):
     verdict.py       Verdict (pass | fail | inconclusive) and GateResult, with its numbers
     answer_gates.py  agreement overall / by class / by segment, accuracy on labels, their combination
     gates.py         operational gates (errors, latency, cost, trip wire); evaluate_gates runs them all
+    watch.py         e-detectors for after promotion: agreement, classes, segments, accuracy
+    smoke.py         the smoke test: served answers against a bundle's recorded ones
+    decision.py      Action and Decision: what a tick decides
+    watching.py      a tick while the promoted student is watched (alarms -> rollback or alert)
     policy.py        decide(spec, status, evidence, now) -> Decision; apply(status, decision, now)
     errors.py        RolloutError and its subclasses
 
@@ -30,7 +34,7 @@ The rollout simulation and its Flagger-style baseline live with their benchmark
 core, with no copy of either's rules.
 
 Imports run one way: policy -> gates -> answer_gates -> verdict, gates -> spec -> evidence ->
-stats -> errors, and policy -> status -> errors; controller -> journal -> (store, webhooks,
+(stats, watch) -> errors, policy -> watching -> decision, and policy -> status -> (smoke, errors); controller -> journal -> (store, webhooks,
 views) -> events -> evidence, store -> sqlite_file, views -> policy, and controller ->
 feedback -> (receipts, store). Nothing here imports serving/.
 """

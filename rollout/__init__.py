@@ -11,6 +11,7 @@ Pure core (no I/O, no clock):
     gates.py         operational gates (errors, latency, cost, trip wire); evaluate_gates runs them all
     watch.py         e-detectors for after promotion: agreement, classes, segments, accuracy
     smoke.py         the smoke test: served answers against a bundle's recorded ones
+    disagreements.py the disagreement log: shadowed inputs the models answered differently
     decision.py      Action and Decision: what a tick decides
     watching.py      a tick while the promoted student is watched (alarms -> rollback or alert)
     policy.py        decide(spec, status, evidence, now) -> Decision; apply(status, decision, now)
@@ -34,7 +35,8 @@ The rollout simulation and its Flagger-style baseline live with their benchmark
 core, with no copy of either's rules.
 
 Imports run one way: policy -> gates -> answer_gates -> verdict, gates -> spec -> evidence ->
-(stats, watch) -> errors, policy -> watching -> decision, and policy -> status -> (smoke, errors); controller -> journal -> (store, webhooks,
-views) -> events -> evidence, store -> sqlite_file, views -> policy, and controller ->
-feedback -> (receipts, store). Nothing here imports serving/.
+(stats, watch, disagreements) -> errors, policy -> watching -> decision, policy -> status ->
+(smoke, errors); controller -> journal -> (store, webhooks, views) -> events -> evidence,
+store -> sqlite_file, views -> policy, and controller -> feedback -> (receipts, store).
+Nothing here imports serving/.
 """

@@ -48,6 +48,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from rollout.clock import Clock
+from rollout.disagreements import DisagreementSink, LoggedDisagreement
 from rollout.errors import FeedbackError, IntentError, SpecError
 from rollout.events import Event, EventKind, summarize
 from rollout.evidence import Evidence, Observation, Variant, add_labels, add_observations, rollover
@@ -118,7 +119,9 @@ class RolloutController:
         pair: ModelPair | None = None,
         desk: FeedbackDesk | None = None,
         smoke_test: bool = False,
+        disagreements: DisagreementSink | None = None,
     ) -> None:
+        self._disagreements = disagreements  # where the spec's disagreement log goes (None: nowhere)
         self._smoke_test = smoke_test  # the wrapper can reach the served models to run the spec's smoke test
         self._spec, self._clock, self._webhooks = self._judged(spec), clock, webhooks
         self.pair = pair  # the models this rollout judges; routers check answers against it
@@ -179,6 +182,7 @@ class RolloutController:
             if not observations:
                 return None
             self._evidence = add_observations(self._evidence, observations, now)
+            self._log_disagreements(observations)
             if self._desk is not None and self._spec.accuracy is not None:  # accuracy: null keeps none
                 self._desk.keep(observations, now, self._spec.max_label_age_s)
             self._rate.add(now, sum(o.variant is Variant.STUDENT for o in observations))
@@ -186,6 +190,20 @@ class RolloutController:
             if self._status is not None and urgent(self._spec, self._status, self._evidence, now):
                 return self._tick(now)
             return None
+
+    def _log_disagreements(self, observations: Sequence[Observation]) -> None:
+        """Append the batch's disagreements (at most the spec's `per_batch`) to the log."""
+        log, sink = self._spec.disagreements, self._disagreements
+        if log is None or sink is None or self._status is None:
+            return
+        entries = [entry for observation in observations for entry in observation.disagreements][: log.per_batch]
+        if entries:
+            sink.append(entries, self._status.stage_index)
+
+    def disagreements(self, after: int = 0, limit: int = 1000) -> list[LoggedDisagreement]:
+        """Logged disagreements with seq > `after`, oldest first (none without a log)."""
+        with self._lock:
+            return [] if self._disagreements is None else self._disagreements.entries(after, limit)
 
     def feedback(self, items: Sequence[FeedbackItem]) -> FeedbackResult:
         """Take a batch of labels (all or nothing: a FeedbackError names the first bad item) into
@@ -439,6 +457,8 @@ class RolloutController:
         with self._lock:
             ids = self.pair.model_dump() if self.pair is not None else {}
             ids |= {"dogfood_keys": self._spec.dogfood_keys}  # a rollout or not: the spec names them
+            if (log := self._spec.disagreements) is not None and self._disagreements is not None:
+                ids |= {"log_disagreements": log.sample, "log_per_batch": log.per_batch}
             if self._status is None:
                 return PublishedRouting(weight=0.0, shadow_fraction=0.0, version=0, **ids)
             current = policy_routing(self._spec, self._status)

@@ -36,6 +36,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rollout.disagreements import Disagreement
 from rollout.stats import Bucket
 from rollout.watch import ACCURACY, ACCURACY_LOSS, AGREEMENT, WatchState, feed
 
@@ -94,6 +95,9 @@ class Observation(BaseModel):
     answers: PairedAnswers | None = None
     # The request's segment: one the spec declares, or "other"; None when the spec declares none.
     segment: str | None = None
+    # Inputs of a shadowed request the models answered differently, for the disagreement log
+    # (on the student's observation; only while the spec keeps one).
+    disagreements: tuple[Disagreement, ...] = ()
 
 
 def bucket_index(latency_s: float) -> int:

@@ -244,6 +244,20 @@ class SmokeTest(BaseModel):
     tolerance: float = Field(default=0.02, ge=0.0, lt=1.0)
 
 
+class DisagreementLog(BaseModel):
+    """Keep the shadowed inputs the models answered differently (rollout/disagreements.py): the
+    text, both answers and probabilities, class, segment, stage and time. Off unless set: it
+    stores users' text. `sample` of disagreeing requests are kept, at most `per_batch` inputs per
+    router batch, in files of `max_file_bytes` rotated `keep_files` deep beside the rollout store."""
+
+    model_config = _STRICT
+
+    sample: float = Field(default=1.0, gt=0.0, le=1.0)
+    per_batch: int = Field(default=100, ge=1, le=10_000)
+    max_file_bytes: int = Field(default=64 * 2**20, ge=2**16)
+    keep_files: int = Field(default=4, ge=1, le=100)
+
+
 class RolloutSpec(BaseModel):
     """Stages plus gates; `tick_interval_s` is how often the controller re-evaluates."""
 
@@ -260,6 +274,7 @@ class RolloutSpec(BaseModel):
     fast_rollback: FastRollback | None = Field(default_factory=FastRollback)
     watch: WatchSpec | None = Field(default_factory=WatchSpec)
     smoke: SmokeTest | None = Field(default_factory=SmokeTest)
+    disagreements: DisagreementLog | None = None
     dogfood_keys: tuple[Annotated[str, StringConstraints(min_length=1, max_length=256)], ...] = Field(
         default=(),
         max_length=1000,

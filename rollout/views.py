@@ -50,6 +50,8 @@ class PublishedRouting(Routing):
     student_id: str | None = None
     segments: tuple[str, ...] = ()  # the spec's declared segments (a request naming another is "other")
     dogfood_keys: tuple[str, ...] = ()  # routing keys always sent to the student, kept out of the evidence
+    log_disagreements: float = 0.0  # the share of disagreeing shadowed requests routers log (0: none)
+    log_per_batch: int = 0  # ... and at most this many inputs per batch of observations
 
     def same_pair(self, other: PublishedRouting) -> bool:
         return (self.teacher_id, self.student_id) == (other.teacher_id, other.student_id)

@@ -13,6 +13,7 @@ goes into the event log); the token never does.
 
     GET  /admin/rollout                  status: phase, stage, weight, gates, ETA
     GET  /admin/rollout/events           the event log (after=<id>, limit=<n>)
+    GET  /admin/rollout/disagreements    the disagreement log, when the spec keeps one (after=<seq>, limit=<n>)
     POST /admin/rollout/start            begin a rollout at stage 0 (shadow)
     POST /admin/rollout/pause            hold the weight; rollbacks still fire
     POST /admin/rollout/resume           withdraw a pause or a manual weight
@@ -36,6 +37,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope
 
+from rollout.disagreements import LoggedDisagreement
 from rollout.events import Event
 from rollout.status import PromoteTarget
 from rollout.views import StatusView
@@ -100,6 +102,16 @@ def build_admin_app(controller: DeploymentHandle[Any]) -> FastAPI:
     @app.get(f"{PREFIX}/events", response_model=list[Event], summary="The append-only event log, oldest first")
     async def events(after: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Any:
         return await call("events", after, limit)
+
+    @app.get(
+        f"{PREFIX}/disagreements",
+        response_model=list[LoggedDisagreement],
+        summary="The disagreement log (the spec's `disagreements`), oldest first, after a sequence number",
+    )
+    async def disagreements(
+        after: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 1000
+    ) -> Any:
+        return await call("disagreements", after, limit)
 
     @app.post(
         f"{PREFIX}/start", response_model=StatusView, summary="Begin a rollout at stage 0 (shadow) with fresh evidence"

@@ -25,6 +25,7 @@ from typing import Any, Self
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from rollout.disagreements import LoggedDisagreement
 from rollout.events import Event
 from rollout.feedback import FeedbackItem, FeedbackResult
 from rollout.status import SETTLED_PHASES, Phase, PromoteTarget
@@ -32,6 +33,7 @@ from rollout.views import StatusView
 from serving.schemas import AdminNote, PromoteRequest, RollbackRequest, WeightUpdate
 
 PREFIX = "/admin/rollout"
+_DISAGREEMENTS = TypeAdapter(list[LoggedDisagreement])
 _EVENTS = TypeAdapter(list[Event])
 
 
@@ -102,6 +104,11 @@ class AdminClient(_ApiClient):
 
     def events(self, after: int = 0, limit: int = 100) -> list[Event]:
         return _EVENTS.validate_python(self._call("GET", f"{PREFIX}/events", params={"after": after, "limit": limit}))
+
+    def disagreements(self, after: int = 0, limit: int = 1000) -> list[LoggedDisagreement]:
+        """The disagreement log with seq > `after`, oldest first (empty when the spec keeps none)."""
+        found = self._call("GET", f"{PREFIX}/disagreements", params={"after": after, "limit": limit})
+        return _DISAGREEMENTS.validate_python(found)
 
     # --- intents (each answers the status after it) ------------------------------------------------
 

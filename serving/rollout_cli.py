@@ -7,6 +7,7 @@
     kdcanary rollout rollback --reason TEXT
     kdcanary rollout set-weight 0.25 --reason TEXT
     kdcanary rollout events [--after ID] [--limit N]
+    kdcanary rollout disagreements --out FILE.jsonl [--after SEQ]   the disagreement log, for a recipe
 
 URL and token come from `--url` / `--token` or $KDCANARY_URL / $KDCANARY_ADMIN_TOKEN (or the
 file named by $KDCANARY_ADMIN_TOKEN_FILE); the actor recorded in the event log is `--actor`,
@@ -18,14 +19,17 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+from pathlib import Path
 from typing import Any
 
 from rollout.spec import percent
 from rollout.views import StatusView
 from serving.admin import configured_token
 from serving.admin_client import AdminClient
+from serving.errors import ServingError
 
 URL_ENV = "KDCANARY_URL"
+EXPORT_PAGE = 1000
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -46,6 +50,11 @@ def add_rollout_commands(sub: Any) -> None:
     weight = _action(actions, "set-weight", "pin the student's share (pauses progression)", _intent)
     weight.add_argument("weight", type=float, help="0..1")
     weight.add_argument("--reason", required=True)
+    log = _action(
+        actions, "disagreements", "export the disagreement log as JSON lines (a recipe's transfer text)", _export
+    )
+    log.add_argument("--out", type=Path, required=True, help="a .jsonl file, written whole or not at all")
+    log.add_argument("--after", type=int, default=0, help="only entries after this sequence number")
     events = _action(actions, "events", "the event log, oldest first", _events)
     events.add_argument("--after", type=int, default=0)
     events.add_argument("--limit", type=int, default=50)
@@ -90,6 +99,25 @@ def _events(args: argparse.Namespace) -> int:
         for event in admin.events(args.after, args.limit):
             actor = f" by {event.actor}" if event.actor else ""
             print(f"#{event.id:<5} {event.kind.value:<10} {event.action:<10}{actor}: {event.reason}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Page through the log and write it beside `--out`, then rename it into place."""
+    out: Path = args.out
+    if not out.parent.is_dir():
+        raise ServingError(f"--out {out}: directory {out.parent} does not exist")
+    partial = out.with_name(f".{out.name}.partial")
+    count, after = 0, args.after
+    try:
+        with _client(args) as admin, partial.open("w", encoding="utf-8") as file:
+            while page := admin.disagreements(after, EXPORT_PAGE):
+                file.writelines(entry.model_dump_json() + "\n" for entry in page)
+                count, after = count + len(page), page[-1].seq
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"wrote {count} disagreements to {out} (through seq {after}); use it as data.transfer.paths in a recipe")
     return 0
 
 

@@ -28,6 +28,9 @@ weight meanwhile.
 Serve runs sync methods in its thread pool; the controller locks internally, so they are
 called directly. The tick loop calls `tick` in a worker thread to keep the loop free.
 
+With the spec's `disagreements` log on when the pair opens, it is written beside the store
+(`<pair>.disagreements.jsonl`, rotated); `disagreements(after, limit)` pages it for export.
+
 Before stage 0 the loop runs the spec's smoke test (rollout/smoke.py) as a task of its own: the
 served teacher and student answer their bundles' recorded inputs through their handles, and
 the verdict goes to the controller, which starts stage 0 or rolls back.
@@ -50,6 +53,7 @@ from ray.serve.handle import DeploymentHandle
 
 from rollout.clock import SystemClock
 from rollout.controller import RolloutController
+from rollout.disagreements import DisagreementFile
 from rollout.evidence import Observation, Variant
 from rollout.feedback import FeedbackDesk, FeedbackItem, FeedbackResult
 from rollout.receipts import ReceiptSigner, load_or_create_key
@@ -233,9 +237,14 @@ class RolloutDeployment:
             before = self._controller
             store = SqliteStateStore(path)
             desk = FeedbackDesk(ReceiptSigner(self._key), pair, labels, store)
+            kept = self._spec.disagreements
+            disagreements = None if kept is None else DisagreementFile(
+                path.with_suffix(".disagreements.jsonl"), kept.max_file_bytes, kept.keep_files
+            )  # fmt: skip
             controller = RolloutController(
-                self._spec, store, SystemClock(), self._webhooks, pair=pair, desk=desk, smoke_test=True
-            )
+                self._spec, store, SystemClock(), self._webhooks, pair=pair, desk=desk, smoke_test=True,
+                disagreements=disagreements,
+            )  # fmt: skip
             if before is not None and before.status() is not None and controller.status() is None:
                 reason = f"{before.pair} replaced in place by {pair}: a fresh rollout from the shadow stage"
                 controller.start(actor="kdcanary", reason=reason)
@@ -284,6 +293,9 @@ class RolloutDeployment:
 
     def snapshot(self) -> dict[str, Any]:
         return self.controller.snapshot().model_dump(mode="json")
+
+    def disagreements(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        return [entry.model_dump(mode="json") for entry in self.controller.disagreements(after, limit)]
 
     def events(self, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         return [event.model_dump(mode="json") for event in self.controller.events(after_id, limit)]

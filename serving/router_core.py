@@ -52,7 +52,14 @@ from rollout.views import PublishedRouting
 from serving.answer import ModelAnswer
 from serving.config import RouterConfig
 from serving.errors import ModelCallError
-from serving.routing import Chooser, other, top1_agreement, total_variation
+from serving.routing import (
+    Chooser,
+    bound_disagreements,
+    disagreements_of,
+    other,
+    top1_agreement,
+    total_variation,
+)
 
 log = logging.getLogger("ray.serve")  # a name only (no Ray import): Serve shows it in the replica's log
 
@@ -343,6 +350,9 @@ class RouterCore:
             "by_class": tuple(zip((teacher.label_names[i] for i in teacher_ids), map(bool, agree), strict=True)),
             "segment": answered.segment,
         }
+        if not agree.all() and self._chooser.sample(answered.routing.log_disagreements):
+            where = (answered.nonce, self._wall(), answered.texts, answered.segment)
+            verdicts["disagreements"] = disagreements_of(*where, teacher, student, agree)
         if answered.signed:  # labels may come back for this request: keep both answers
             student_ids = tuple(student.probabilities.argmax(axis=1).tolist())
             verdicts["answers"] = PairedAnswers(
@@ -369,7 +379,7 @@ class RouterCore:
             del self._pending[: len(self._pending) - KEEP_BATCHES * cap]
         while self._pending:
             batch, self._pending = self._pending[:cap], self._pending[cap:]
-            yield batch
+            yield bound_disagreements(batch, self._routing.log_per_batch)
 
 
 def _segment_of(segment: str | None, routing: PublishedRouting) -> str | None:

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rollout.evidence import Variant
+from rollout.disagreements import Disagreement
+from rollout.evidence import Observation, Variant
+from serving.answer import ModelAnswer
 
 BUCKETS = 10_000
 
@@ -85,3 +87,43 @@ def split_compute(total_s: float, sizes: Sequence[int]) -> list[float]:
     """A batch's compute seconds shared between its requests in proportion to their inputs."""
     count = sum(sizes)
     return [total_s * size / count if count else 0.0 for size in sizes]
+
+
+def disagreements_of(
+    nonce: str,
+    at: float,
+    texts: Sequence[str],
+    segment: str | None,
+    teacher: ModelAnswer,
+    student: ModelAnswer,
+    agree: np.ndarray,
+) -> tuple[Disagreement, ...]:
+    """The inputs of one shadowed request the two models answered differently, for the
+    spec's disagreement log (ids: the request's nonce and the input's index)."""
+    return tuple(
+        Disagreement(
+            id=f"{nonce}:{i}",
+            at=at,
+            text=texts[i],
+            teacher_label=teacher.label_names[int(teacher.probabilities[i].argmax())],
+            student_label=student.label_names[int(student.probabilities[i].argmax())],
+            teacher_probabilities=tuple(round(float(p), 6) for p in teacher.probabilities[i]),
+            student_probabilities=tuple(round(float(p), 6) for p in student.probabilities[i]),
+            segment=segment,
+        )
+        for i in np.flatnonzero(~agree).tolist()
+    )
+
+
+def bound_disagreements(batch: list[Observation], limit: int) -> list[Observation]:
+    """`batch` with at most `limit` disagreement entries (the first ones), the rest stripped."""
+    if sum(len(o.disagreements) for o in batch) <= limit:
+        return batch
+    kept, bounded = 0, []
+    for observation in batch:
+        if observation.disagreements:
+            room = max(0, limit - kept)
+            observation = observation.model_copy(update={"disagreements": observation.disagreements[:room]})
+            kept += len(observation.disagreements)
+        bounded.append(observation)
+    return bounded

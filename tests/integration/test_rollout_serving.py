@@ -95,6 +95,7 @@ def held(deploy: Deploy) -> Iterator[httpx.Client]:
 ROUTES = [
     ("GET", "/admin/rollout", None),
     ("GET", "/admin/rollout/events", None),
+    ("GET", "/admin/rollout/disagreements", None),
     ("POST", "/admin/rollout/start", {"reason": "x"}),
     ("POST", "/admin/rollout/pause", {"reason": "x"}),
     ("POST", "/admin/rollout/resume", {"reason": "x"}),

@@ -10,7 +10,9 @@ watch can tell), with a small ARL so it does within seconds.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -89,3 +91,41 @@ def test_forced_variants_confirmation_deadline_and_watch_on_real_serve(deploy: D
     rollback = next(e for e in log if e.action == "rollback")
     watch = {g["name"]: g for g in rollback.payload["decision"]["gates"]}["watch"]
     assert watch["verdict"] == "fail" and watch["estimate"] >= 1.0
+
+
+def plot_sentences(count: int) -> list[str]:
+    """Sentences of the corpus's plot synopses: text no recipe labelled (what the loop bench serves)."""
+    from compression.data import SENTENCE_END, _read_rotten_tomatoes
+
+    plots = _read_rotten_tomatoes()[3]
+    sentences = [s for plot in plots for s in SENTENCE_END.split(plot) if 20 <= len(s) <= 400]
+    return sentences[:count]
+
+
+def test_disagreements_are_logged_exported_and_read_by_a_recipe(deploy: Deploy, tmp_path: Path) -> None:
+    from compression.data import load_corpus
+    from compression.recipe import DataConfig
+
+    held = {"weight": 0, "min_requests": 1_000_000, "min_dwell_s": 0.5, "shadow_fraction": 1.0}
+    spec = {
+        "stages": [held, {"weight": 1.0}],
+        **dict.fromkeys(("agreement", "errors", "latency", "smoke", "watch")),  # nothing moves it
+        "disagreements": {"per_batch": 50},
+        "tick_interval_s": 0.2,
+    }
+    with deploy("logged", rollout=spec) as client, admin_client(client) as admin:
+        with Traffic(client, plot_sentences(300)):
+            admin.start("integration test")  # stage 0 mirrors every request
+            wait_for_status(admin, lambda v: v.evidence.agreement_compared >= 60, 120, "comparing answers")
+        logged = admin.disagreements()
+        out = tmp_path / "disagreements.jsonl"
+        who = ["--url", str(client.base_url).rstrip("/"), "--token", ADMIN_TOKEN]
+        assert kdcanary(["rollout", "disagreements", *who, "--out", str(out)]) == 0
+    assert logged and all(e.teacher_label != e.student_label and e.stage == 0 for e in logged)
+    assert [e.seq for e in logged] == list(range(1, len(logged) + 1))  # nothing lost, nothing twice
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["text"] for line in lines] == [e.text for e in logged]
+    assert set(lines[0]) >= {"text", "teacher_probabilities", "student_probabilities", "segment", "stage", "at"}
+    data = DataConfig.model_validate({"transfer": {"paths": [str(out)]}})
+    transfer = set(load_corpus(data, seed=13).transfer.texts)
+    assert {e.text.strip() for e in logged} <= transfer  # a recipe distils on them, teacher-labelled

@@ -442,3 +442,38 @@ def test_a_forced_student_that_fails_is_answered_by_the_teacher_and_judged_by_no
         assert rig.pending() == [] and rig.metrics.failovers == {"error": 1}
 
     run(test())
+
+
+def test_a_disagreement_is_logged_with_both_answers_only_when_the_routing_asks() -> None:
+    async def test() -> None:
+        for rate, logged in ((0.0, 0), (1.0, 2)):
+            rig = Rig(weight=0.0, shadow=1.0)
+            routing = PublishedRouting(weight=0.0, shadow_fraction=1.0, version=1, log_disagreements=rate)
+            rig.core.adopt(routing.model_copy(update={"log_per_batch": 1000}))
+            rig.models.rows[S] = NEGATIVE  # the models disagree on every input
+            rig.models.rows[T] = POSITIVE
+            await rig.request(["first", "second"])
+            await rig.core.drain()
+            entries = [entry for obs in rig.pending() for entry in obs.disagreements]
+            assert len(entries) == logged
+        first = entries[0]
+        assert (first.text, first.teacher_label, first.student_label) == ("first", "pos", "neg")
+        assert first.id.endswith(":0") and entries[1].id.endswith(":1")
+        assert first.teacher_probabilities == pytest.approx(POSITIVE, abs=1e-6)
+
+    run(test())
+
+
+def test_a_batch_carries_at_most_the_routings_share_of_disagreements() -> None:
+    async def test() -> None:
+        rig = Rig(weight=0.0, shadow=1.0)
+        routing = PublishedRouting(weight=0.0, shadow_fraction=1.0, version=1, log_disagreements=1.0, log_per_batch=3)
+        rig.core.adopt(routing)
+        rig.models.rows[S] = NEGATIVE
+        for _ in range(5):
+            await rig.request(["a", "b"])
+        await rig.core.drain()
+        batches = list(rig.core.take_pending(1000))
+        assert sum(len(o.disagreements) for batch in batches for o in batch) == 3
+
+    run(test())

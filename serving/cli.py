@@ -129,6 +129,10 @@ def _models_show(args: argparse.Namespace) -> int:
     chain = _registry(args).lineage(args.model)
     print(chain[0].manifest.model_dump_json(indent=2, exclude={"recipe"}))
     print("lineage: " + "  <-  ".join(f"{b.manifest.name} ({b.id}, {b.manifest.stage})" for b in chain))
+    transfer = chain[0].manifest.recipe.get("data", {}).get("transfer", {})
+    sources = [*(["the corpus's plot sentences"] if transfer.get("plot_sentences") else []), *transfer.get("paths", [])]
+    print(f"data: {chain[0].manifest.recipe_name} recipe, hash {chain[0].manifest.data_hash[:12]}; transfer text: "
+          f"{', '.join(map(str, sources)) or 'none'}")  # fmt: skip
     return 0
 
 

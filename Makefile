@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.rollout
 	$(BIN)/python -m bench.watch
+	$(BIN)/python -m bench.loop
 	$(BIN)/python -m bench.reliability
 
 clean:

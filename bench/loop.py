@@ -1,0 +1,229 @@
+"""The loop, measured: online disagreements distil the next student.
+
+Usage: python -m bench.loop [--logged 1500] [--held-out 1000] [--no-write]
+
+Round 1 distils a student (the tiny recipe's `minilm-l2` architecture, distillation only) from
+the labelled corpus without the plot sentences. It is served with its teacher on real Ray Serve
+(the shipped application, the same code as `kdcanary serve`), a rollout held in the shadow stage
+with the disagreement log on, and `--logged` plot sentences are sent through the router; every
+one is compared, and the inputs the two models answered differently are logged and exported
+with the typed admin client, as `kdcanary rollout disagreements --out` does. Round 2 distils the
+same architecture with the export added as transfer text (labelled by the teacher's logits).
+Both students are scored on `--held-out` other plot sentences, never served or logged: the share
+whose top-1 answer differs from the teacher's (ONNX Runtime, through serving's Classifier), and
+the test-split accuracy their manifests record.
+
+Target: round 2's disagreement rate >= 20 % lower than round 1's (relative), test accuracy not
+lower by more than 0.5 points. Writes bench/results/loop.json and the README's bench:loop table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.readme import ROOT, replace_section
+from compression.data import SENTENCE_END, _read_rotten_tomatoes
+from compression.pipeline import compress
+from compression.recipe import Recipe, load_recipe
+from compression.registry import Bundle, Registry
+from serving.router import VERSION_HEADER
+
+RESULTS = ROOT / "bench" / "results" / "loop.json"
+STUDENT = "minilm-l2"
+TARGETS = {"relative_reduction": 0.20, "max_accuracy_drop": 0.005}
+
+
+def plot_sentences() -> list[str]:
+    """The corpus's plot synopses as sentences, in corpus order (no recipe labels them)."""
+    plots = _read_rotten_tomatoes()[3]
+    return list(dict.fromkeys(s.strip() for plot in plots for s in SENTENCE_END.split(plot) if 20 <= len(s) <= 400))
+
+
+def round_recipe(transfer: list[Path]) -> Recipe:
+    """The tiny recipe with one student, distillation only, and `transfer` as its only transfer text."""
+    tiny = load_recipe(ROOT / "recipes" / "tiny.yaml").model_dump(mode="json")
+    (student,) = [s for s in tiny["students"] if s["name"] == STUDENT]
+    student |= {"prune": None, "quantize": None}
+    tiny["data"]["transfer"] = {"plot_sentences": False, "paths": [str(path) for path in transfer]}
+    tiny["students"] = [student]
+    tiny["name"] = "loop"
+    return Recipe.model_validate(tiny)
+
+
+def distil(registry: Registry, transfer: list[Path]) -> tuple[Bundle, Bundle]:
+    """(teacher, student) of one round."""
+    summary = compress(round_recipe(transfer), registry)
+    by_name = {bundle.manifest.name: bundle for bundle in summary.bundles}
+    return by_name["teacher"], by_name[STUDENT]
+
+
+def serve_and_log(teacher: Bundle, student: Bundle, registry: Registry, texts: list[str], out: Path) -> int:
+    """Serve the pair with the disagreement log on, send `texts` (each one compared), export the log."""
+    import ray
+    from ray import serve
+
+    from rollout.disagreements import LoggedDisagreement
+    from rollout.spec import RolloutSpec
+    from serving.admin import ADMIN
+    from serving.admin_client import AdminClient
+    from serving.app import AppArgs, app_builder
+    from serving.config import Resources
+
+    os.environ.setdefault(ADMIN.env, secrets.token_urlsafe(24))
+    spec = {
+        "stages": [{"weight": 0, "min_requests": 10**9, "min_dwell_s": 0, "shadow_fraction": 1.0}, {"weight": 1}],
+        **dict.fromkeys(("agreement", "errors", "latency", "smoke", "watch", "max_stage_duration_s")),
+        "disagreements": {"per_batch": 1000},
+    }
+    port = _free_port()
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        state = Path(tempfile.mkdtemp(prefix="kdcanary-loop-state-"))
+        args = AppArgs(
+            teacher_id=teacher.id, student_id=student.id, registry=registry.root,
+            rollout=RolloutSpec.from_mapping(spec), state_dir=state,
+            teacher=Resources(num_cpus=0.5), student=Resources(num_cpus=0.5), router=Resources(num_cpus=0.2),
+        )  # fmt: skip
+        serve.run(app_builder(args), name="loop", route_prefix="/loop")
+        url = f"http://127.0.0.1:{port}/loop"
+        with AdminClient(url, os.environ[ADMIN.env], actor="bench.loop") as admin:
+            admin.start("bench: the loop")
+            version = _wait_for_stage_0(admin)
+            _send(url, texts, version)
+            _wait(lambda: admin.status().evidence.agreement_compared >= len(texts))
+            entries: list[LoggedDisagreement] = []
+            after = 0
+            while page := admin.disagreements(after, 1000):
+                entries, after = entries + page, page[-1].seq
+        out.write_text("".join(entry.model_dump_json() + "\n" for entry in entries))
+        return len(entries)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _wait_for_stage_0(admin: Any) -> int:
+    """The routing version of stage 0 (every request compared), once the controller publishes it."""
+    deadline = time.monotonic() + 300.0
+    while (view := admin.status()).routing.shadow_fraction != 1.0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench.loop: the rollout never reached stage 0: {view.message}")
+        time.sleep(0.5)
+    return int(view.routing.version)
+
+
+def _send(url: str, texts: list[str], version: int) -> None:
+    """The traffic: one request per sentence, as users send them, once the router holds stage 0's
+    routing (its version header says so: a request it answered before would go uncompared)."""
+    with httpx.Client(timeout=30.0) as client:
+        while int(client.post(f"{url}/v1/predict", json={"inputs": [texts[0]]}).headers[VERSION_HEADER]) < version:
+            time.sleep(0.2)
+        for text in texts:
+            client.post(f"{url}/v1/predict", json={"inputs": [text]}).raise_for_status()
+
+
+def _wait(done: Any, within_s: float = 300.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench.loop: not done within {within_s} s")
+        time.sleep(0.5)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def disagreement_rate(teacher: Bundle, student: Bundle, registry: Registry, texts: list[str]) -> float:
+    """The share of `texts` whose top-1 answer differs between the two (ONNX Runtime, as served)."""
+    from serving.classifier import Classifier, load_bundle
+
+    answers = []
+    for bundle in (teacher, student):
+        classifier = Classifier(load_bundle(registry.root, bundle.id), 2, "onnx")
+        top1 = []
+        for start in range(0, len(texts), 64):
+            top1 += classifier.score(texts[start : start + 64]).probabilities.argmax(1).tolist()
+        answers.append(top1)
+    return sum(a != b for a, b in zip(*answers, strict=True)) / len(texts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--logged", type=int, default=1500, help="plot sentences served with the log on")
+    parser.add_argument("--held-out", type=int, default=1000, help="other plot sentences the rounds are scored on")
+    parser.add_argument("--registry", type=Path, default=Path(tempfile.gettempdir()) / "kdcanary-loop-registry")
+    parser.add_argument("--no-write", action="store_true", help="print the figures only")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    sentences = plot_sentences()
+    served, held_out = sentences[: args.logged], sentences[-args.held_out :]
+    registry = Registry(args.registry)
+    teacher, first = distil(registry, [])
+    log = args.registry / "disagreements.jsonl"
+    logged = serve_and_log(teacher, first, registry, served, log)
+    teacher2, second = distil(registry, [log])  # the teacher's stage key covers the data: it may retrain
+    rounds: dict[str, dict[str, Any]] = {}
+    for name, (its_teacher, student) in (("round1", (teacher, first)), ("round2", (teacher2, second))):
+        rounds[name] = {
+            "teacher": its_teacher.id,
+            "student": student.id,
+            "disagreement_rate": disagreement_rate(its_teacher, student, registry, held_out),
+            "test_accuracy": student.manifest.metrics.test_accuracy,
+        }
+    before, after = rounds["round1"]["disagreement_rate"], rounds["round2"]["disagreement_rate"]
+    reduction = (before - after) / before if before else 0.0
+    drop = rounds["round1"]["test_accuracy"] - rounds["round2"]["test_accuracy"]
+    report = {
+        **rounds,
+        "log_entries": logged,
+        "served": len(served),
+        "held_out": len(held_out),
+        "relative_reduction": reduction,
+        "test_accuracy_drop": drop,
+        "targets": {
+            "relative_reduction": {"target": TARGETS["relative_reduction"], "met": reduction >= 0.20},
+            "test_accuracy_drop": {"target": TARGETS["max_accuracy_drop"], "met": drop <= 0.005},
+        },
+        "same_teacher": teacher.id == teacher2.id,
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(report, indent=2))
+    if not args.no_write:
+        RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+        replace_section("loop", readme_text(report))
+
+
+def readme_text(report: dict[str, Any]) -> str:
+    met = {key: "met" if value["met"] else "missed" for key, value in report["targets"].items()}
+    r1, r2 = report["round1"], report["round2"]
+    return "\n".join(
+        [
+            f"Round 1 served on {report['served']} plot sentences with the log on ({report['log_entries']} "
+            f"disagreements logged); both rounds scored on {report['held_out']} other plot sentences:",
+            "",
+            "| figure | round 1 | round 2 | target |",
+            "|---|---|---|---|",
+            f"| disagreement with the teacher | {r1['disagreement_rate']:.3f} | {r2['disagreement_rate']:.3f} | "
+            f"≥ 20 % lower: {report['relative_reduction']:.1%} — {met['relative_reduction']} |",
+            f"| test accuracy | {r1['test_accuracy']:.3f} | {r2['test_accuracy']:.3f} | "
+            f"≤ 0.5 points lower: {100 * report['test_accuracy_drop']:+.1f} — {met['test_accuracy_drop']} |",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import secrets
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from compression.data import SENTENCE_END, _read_rotten_tomatoes
 from compression.pipeline import compress
 from compression.recipe import Recipe, load_recipe
 from compression.registry import Bundle, Registry
+from serving.local_cluster import free_port, wait_until
 from serving.router import VERSION_HEADER
 
 RESULTS = ROOT / "bench" / "results" / "loop.json"
@@ -85,7 +85,7 @@ def serve_and_log(teacher: Bundle, student: Bundle, registry: Registry, texts: l
         **dict.fromkeys(("agreement", "errors", "latency", "smoke", "watch", "max_stage_duration_s")),
         "disagreements": {"per_batch": 1000},
     }
-    port = _free_port()
+    port = free_port()
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -101,7 +101,7 @@ def serve_and_log(teacher: Bundle, student: Bundle, registry: Registry, texts: l
             admin.start("bench: the loop")
             version = _wait_for_stage_0(admin)
             _send(url, texts, version)
-            _wait(lambda: admin.status().evidence.agreement_compared >= len(texts))
+            wait_until(lambda: admin.status().evidence.agreement_compared >= len(texts), 300.0, "every pair compared")
             entries: list[LoggedDisagreement] = []
             after = 0
             while page := admin.disagreements(after, 1000):
@@ -131,20 +131,6 @@ def _send(url: str, texts: list[str], version: int) -> None:
             time.sleep(0.2)
         for text in texts:
             client.post(f"{url}/v1/predict", json={"inputs": [text]}).raise_for_status()
-
-
-def _wait(done: Any, within_s: float = 300.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not done():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"bench.loop: not done within {within_s} s")
-        time.sleep(0.5)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def disagreement_rate(teacher: Bundle, student: Bundle, registry: Registry, texts: list[str]) -> float:

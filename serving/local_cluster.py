@@ -45,7 +45,7 @@ class LocalCluster:
     def __init__(self, folder: Path, admin_token: str) -> None:
         self.folder = folder  # logs and the configs deployed
         self.temp_dir = Path(tempfile.mkdtemp(prefix="kdc-"))  # Ray's socket paths must stay under 108 bytes
-        self.gcs_port, self.dashboard_port, self.http_port = _free_port(), _free_port(), _free_port()
+        self.gcs_port, self.dashboard_port, self.http_port = free_port(), free_port(), free_port()
         self.dashboard_url, self.http_url = (
             f"http://127.0.0.1:{self.dashboard_port}",
             f"http://127.0.0.1:{self.http_port}",
@@ -93,7 +93,7 @@ class LocalCluster:
         self.nodes[name] = subprocess.Popen(
             [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
              "--num-cpus=1", f'--resources={{"{NODE_RESOURCES[name]}": 1}}',
-             f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}", *args],
+             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}", *args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
@@ -225,7 +225,7 @@ def wait_until(done: Callable[[], bool], within_s: float, what: str) -> None:
         time.sleep(0.25)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

@@ -41,6 +41,7 @@ from serving.admin_client import AdminClient, FeedbackClient
 from serving.demo.load import LabelFeed, LoadGenerator
 from serving.demo.report import ScenarioResult, write_report
 from serving.demo.view import Sample, render, sample, scrape_costs
+from serving.local_cluster import free_port
 
 
 class DemoOptions(BaseModel):
@@ -104,7 +105,7 @@ def run_demo(options: DemoOptions) -> int:
     for credential in (ADMIN, FEEDBACK):
         if not configured_token(credential=credential):
             os.environ[credential.env] = secrets.token_urlsafe(24)  # Ray workers inherit it
-    metrics_port = _free_port()
+    metrics_port = free_port()
     ray.init(
         address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port
     )
@@ -238,12 +239,3 @@ def _line_printer(every_s: float = 5.0) -> Callable[[str], None]:
             print(text + "\n", flush=True)
 
     return show
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

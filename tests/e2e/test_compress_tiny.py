@@ -100,7 +100,8 @@ def test_cli_lists_shows_and_reports(
     student = summary.students["minilm-l2"][-1]
     shown = run_cli(capsys, "models", "show", student.manifest.name, "--registry", registry.root)
     assert shown.returncode == 0 and f"lineage: {student.manifest.name}" in shown.stdout
-    assert "teacher (" in shown.stdout.splitlines()[-1]
+    lineage, data = shown.stdout.splitlines()[-2:]
+    assert "teacher (" in lineage and "transfer text: the corpus's plot sentences" in data
     report = run_cli(capsys, "report", "--registry", registry.root, "--out", tmp_path)
     assert report.returncode == 0 and (tmp_path / "pareto.png").stat().st_size > 10_000
     assert "minilm-l2-pruned-int8" in (tmp_path / "pareto.md").read_text()

@@ -28,7 +28,8 @@ Controller layer (I/O behind injected Protocols, each with an in-package fake):
     views.py       PublishedRouting (with version), StatusView, ETA, store health
     receipts.py    signed request ids: what was answered, so labels can come back later
     feedback.py    FeedbackDesk: labels for earlier answers -> LabelOutcome (all or nothing)
-    controller.py  RolloutController: record / feedback / tick / routing / admin intents / snapshot / events
+    intents.py     OperatorIntents: start / pause / resume / promote / rollback / confirm / set_weight
+    controller.py  RolloutController: record / feedback / tick / routing / smoke test / snapshot / events
 
 The rollout simulation and its Flagger-style baseline live with their benchmark
 (bench/simulation.py, bench/baseline.py): they drive this controller behind serving's router
@@ -37,6 +38,7 @@ core, with no copy of either's rules.
 Imports run one way: policy -> gates -> answer_gates -> verdict, gates -> spec -> evidence ->
 (stats, watch, disagreements) -> errors, policy -> watching -> decision, policy -> status ->
 (smoke, errors); controller -> journal -> (store, webhooks, views) -> events -> evidence,
-store -> sqlite_file, views -> policy, and controller -> feedback -> (receipts, store).
+store -> sqlite_file, views -> policy, controller -> intents -> (journal, policy), and
+controller -> feedback -> (receipts, store).
 Nothing here imports serving/.
 """

@@ -42,18 +42,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
+from collections.abc import Sequence
 
 from rollout.clock import Clock
 from rollout.disagreements import DisagreementSink, LoggedDisagreement
-from rollout.errors import FeedbackError, IntentError, SpecError
+from rollout.errors import FeedbackError, SpecError
 from rollout.events import Event, EventKind, summarize
 from rollout.evidence import Evidence, Observation, Variant, add_labels, add_observations, rollover
 from rollout.feedback import FeedbackDesk, FeedbackItem, FeedbackResult
 from rollout.gates import GateResult
+from rollout.intents import OperatorIntents
 from rollout.journal import Draft, Journal
 from rollout.policy import Action, Decision, apply, check_spec_change, decide, deferred, idle, urgent
 from rollout.policy import routing as policy_routing
@@ -61,14 +59,7 @@ from rollout.smoke import SmokeResult
 from rollout.spec import RolloutSpec, percent
 from rollout.status import (
     Phase,
-    PromoteTarget,
     RolloutStatus,
-    request_confirm,
-    request_manual_weight,
-    request_pause,
-    request_promote,
-    request_resume,
-    request_rollback,
 )
 from rollout.store import Claim, StateStore, StoredState, default_holder
 from rollout.views import (
@@ -87,20 +78,7 @@ from rollout.webhooks import WebhookSender
 log = logging.getLogger(__name__)
 
 
-class _Operator(BaseModel):
-    """Who asked and why, validated at the boundary (the actor is a name, never a credential)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
-
-    actor: str = Field(min_length=1, max_length=200)
-    reason: str = Field(max_length=2000)
-
-
-def _position(status: RolloutStatus) -> dict[str, Any]:
-    return {"phase": status.phase.value, "stage_index": status.stage_index, "weight": status.weight}
-
-
-class RolloutController:
+class RolloutController(OperatorIntents):
     """One rollout's controller; see the module docstring for how a wrapper drives it.
 
     Raises StoreError when the store cannot be loaded, and SpecError when the stored status
@@ -158,7 +136,7 @@ class RolloutController:
             + (f", taken over from {claim.previous_holder}" if claim.previous_holder else "")
         )
         payload = {
-            **_position(status),
+            **status.position(),
             "evidence": summarize(self._evidence).model_dump(),
             "claim": claim.model_dump(mode="json"),
         }
@@ -270,8 +248,8 @@ class RolloutController:
         payload = {
             "decision": decision.model_dump(mode="json"),
             "evidence": summarize(self._evidence).model_dump(),
-            "from": _position(before),
-            "to": _position(after),
+            "from": before.position(),
+            "to": after.position(),
         }
         return Draft(EventKind.DECISION, decision.action.value, "; ".join(decision.reasons), payload)
 
@@ -293,113 +271,6 @@ class RolloutController:
             regular = self._after(self._last_tick_at if self._last_tick_at is not None else now)
             wanted = self._last_decision.next_check_at if self._last_decision is not None else None
             return regular if wanted is None else min(wanted, regular)
-
-    # --- admin intents (the tick acts on them) ---------------------------------------------
-
-    def start(self, *, actor: str, reason: str) -> RolloutStatus:
-        """Begin a rollout at stage 0 with fresh evidence: the first ever, or a new one after
-        the last rolled back, completed or is watched. IntentError while one is live."""
-        operator = _Operator(actor=actor, reason=reason)
-        with self._lock:
-            self._require_writer()
-            now, old, before = self._clock.now(), self._status, (self._status, self._evidence)
-            if old is not None and not old.settled:
-                raise IntentError(
-                    f"cannot start: a rollout is already {old.phase.value} at stage {old.stage_index} "
-                    f"({percent(old.weight)})"
-                )
-            epoch = 0 if old is None else old.epoch + 1  # keeps the routing version rising
-            self._status, self._evidence = RolloutStatus(epoch=epoch), Evidence(epoch=epoch)
-            self._last_gates = ()
-            previous = None if old is None else old.phase.value
-            return self._accept(operator, "start", before, {"previous_phase": previous}, now)
-
-    def pause(self, *, actor: str, reason: str) -> RolloutStatus:
-        """Hold the current weight (rollbacks still fire) until `resume`."""
-        return self._intent("pause", _Operator(actor=actor, reason=reason), request_pause, {})
-
-    def resume(self, *, actor: str, reason: str) -> RolloutStatus:
-        """Withdraw a pause and any manual weight; progression continues from the stage."""
-        return self._intent("resume", _Operator(actor=actor, reason=reason), request_resume, {})
-
-    def promote(self, to_full: bool = False, *, actor: str, reason: str) -> RolloutStatus:
-        """Skip the current stage's conditions: one stage, or (`to_full`) to 100 % and completed."""
-        target = PromoteTarget.FULL if to_full else PromoteTarget.NEXT
-        change = lambda status: request_promote(status, target)  # noqa: E731
-        return self._intent("promote", _Operator(actor=actor, reason=reason), change, {"to": target.value})
-
-    def rollback(self, reason: str, *, actor: str) -> RolloutStatus:
-        """Send the student back to 0 % now (the tick runs inside this call)."""
-        operator = _Operator(actor=actor, reason=reason)
-        _require_reason("rollback", operator)
-        return self._intent("rollback", operator, lambda status: request_rollback(status, operator.reason), {})
-
-    def confirm(self, *, actor: str, reason: str) -> RolloutStatus:
-        """Let the rollout enter the next stage when its conditions are met (for a stage with
-        `confirm`); rollbacks fire meanwhile as always. IntentError when the next stage asks for
-        no confirmation."""
-        operator = _Operator(actor=actor, reason=reason)
-        _require_reason("confirm", operator)
-        with self._lock:
-            status = self._status
-            following = status.stage_index + 1 if status is not None else 0
-            if status is not None and not status.settled and not self._confirmable(following):
-                raise IntentError(f"cannot confirm: stage {following} does not ask for a confirmation")
-        return self._intent("confirm", operator, request_confirm, {"stage": following})
-
-    def _confirmable(self, index: int) -> bool:
-        return index < len(self._spec.stages) and self._spec.stages[index].confirm
-
-    def set_weight(self, weight: float | None, *, actor: str, reason: str) -> RolloutStatus:
-        """Pin the student's weight, pausing progression; None withdraws the override."""
-        operator = _Operator(actor=actor, reason=reason)
-        _require_reason("set a manual weight", operator)
-        change = lambda status: request_manual_weight(status, weight)  # noqa: E731
-        return self._intent("set_weight", operator, change, {"weight": weight})
-
-    def _intent(
-        self,
-        action: str,
-        operator: _Operator,
-        change: Callable[[RolloutStatus], RolloutStatus],
-        payload: dict[str, Any],
-    ) -> RolloutStatus:
-        with self._lock:
-            self._require_writer()
-            now = self._clock.now()
-            if self._status is None:
-                raise IntentError(f"cannot {action}: no rollout started (start one first)")
-            before = (self._status, self._evidence)
-            self._status = change(self._status)
-            return self._accept(operator, action, before, payload, now)
-
-    def _require_writer(self) -> None:
-        """A fenced controller accepts no intent: it could never record it."""
-        if self._journal.fenced is not None:
-            raise self._journal.fenced
-
-    def _accept(
-        self,
-        operator: _Operator,
-        action: str,
-        before: tuple[RolloutStatus | None, Evidence],
-        payload: dict[str, Any],
-        now: float,
-    ) -> RolloutStatus:
-        """Record the operator event, persist, and tick at once if the intent is urgent. A save
-        that finds this controller fenced undoes the intent and refuses it."""
-        status = self._status
-        assert status is not None
-        self._dirty = True
-        details = {**payload, "status": _position(status), "intents": status.intents.model_dump(mode="json")}
-        self._journal.commit(Draft(EventKind.OPERATOR, action, operator.reason, details, operator.actor), now)
-        self._save(now)
-        if self._journal.fenced is not None:
-            self._status, self._evidence = before
-            raise self._journal.fenced
-        if urgent(self._spec, status, self._evidence, now):
-            self._tick(now)
-        return self._status or status
 
     def adopt_spec(self, spec: RolloutSpec) -> None:
         """Judge by `spec` from the next tick on, in place: same stage, weight, evidence and writer
@@ -498,8 +369,3 @@ class RolloutController:
                 webhooks=self._webhooks.stats(),
                 last_event_id=self._journal.last_id,
             )
-
-
-def _require_reason(action: str, operator: _Operator) -> None:
-    if not operator.reason:
-        raise IntentError(f"cannot {action} without a reason: say why (it goes into the event log)")

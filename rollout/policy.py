@@ -292,15 +292,7 @@ def deferred(decision: Decision, status: RolloutStatus, failures: int, next_chec
         f"state store unavailable ({failures} failed saves in a row): holding instead of "
         f"{decision.action.value} until a save succeeds"
     )
-    return Decision(
-        action=Action.HOLD,
-        phase=status.phase,
-        stage_index=status.stage_index,
-        weight=status.weight,
-        gates=decision.gates,
-        reasons=(reason, *decision.reasons),
-        next_check_at=next_check_at,
-    )
+    return stay(status, (reason, *decision.reasons), next_check_at, decision.gates)
 
 
 def apply(status: RolloutStatus, decision: Decision, now: float) -> RolloutStatus:

@@ -10,6 +10,7 @@ hold until withdrawn; edge intents (`promote`, `abort`) are consumed by the tick
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,6 +82,10 @@ class RolloutStatus(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.phase in TERMINAL_PHASES
+
+    def position(self) -> dict[str, Any]:
+        """Where it stands, for event payloads."""
+        return {"phase": self.phase.value, "stage_index": self.stage_index, "weight": self.weight}
 
     @property
     def settled(self) -> bool:

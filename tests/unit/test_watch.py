@@ -21,7 +21,7 @@ def test_every_bet_is_fair_at_the_null_and_never_negative(null_mean: float) -> N
     for bet in bets_for(null_mean):
         assert bet > 0
         assert null_mean * (1 + bet * (1 - null_mean)) + (1 - null_mean) * (1 - bet * null_mean) == pytest.approx(1)
-        assert 1 + bet * (0 - null_mean) >= 0  # the worst X for the bet
+        assert 1 + bet * (0 - null_mean) >= 0  # X = 0 is the bet's worst case: an alternative above 1 breaks it
 
 
 def test_false_alarms_at_the_floor_come_no_sooner_than_the_arl() -> None:

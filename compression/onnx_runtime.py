@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from compression.models import Classifier
+from compression.preprocessing import run_logits
 from compression.recipe import ExportConfig
 from compression.registry import Latency
 from compression.text import Encoded, batches, pad
@@ -26,7 +27,7 @@ def export_onnx(model: Classifier, path: Path, config: ExportConfig, sample: Enc
     The dynamo exporter writes weights to a side `.data` file for large models; the result is
     folded back into one file (under ONNX's 2 GB limit) so a bundle is a single model file.
     """
-    ids, mask = pad(sample.ids[:2])  # >1 row and >1 token, so neither axis is specialised
+    ids, mask = pad(sample.ids[:2], sample.pad_id)  # >1 row and >1 token, so neither axis is specialised
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -65,12 +66,6 @@ def inline_external_data(path: Path) -> None:
         (path.parent / name).unlink(missing_ok=True)
 
 
-def run_logits(sess: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    wanted = {i.name for i in sess.get_inputs()}
-    feed = {k: v for k, v in (("input_ids", ids), ("attention_mask", mask)) if k in wanted}
-    return np.asarray(sess.run(None, feed)[0], dtype=np.float32)
-
-
 def predict(
     sess: ort.InferenceSession, encoded: Encoded, batch_size: int = 64, progress: str | None = None
 ) -> np.ndarray:
@@ -90,8 +85,9 @@ def predict(
 def measure_latency(sess: ort.InferenceSession, encoded: Encoded, threads: int, runs: int) -> Latency:
     """Wall time of single requests (batch 1) and of full batches (32) of real examples,
     each padded to its own longest row, after a short warm-up."""
-    singles = [pad([encoded.ids[i % len(encoded)]]) for i in range(runs)]
-    groups = [pad([encoded.ids[(i * 32 + j) % len(encoded)] for j in range(32)]) for i in range(max(3, runs // 3))]
+    rows, pad_id = encoded.ids, encoded.pad_id
+    singles = [pad([rows[i % len(rows)]], pad_id) for i in range(runs)]
+    groups = [pad([rows[(i * 32 + j) % len(rows)] for j in range(32)], pad_id) for i in range(max(3, runs // 3))]
     b1, b32 = _time_all(sess, singles), _time_all(sess, groups)
     return Latency(
         threads=threads,

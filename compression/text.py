@@ -1,4 +1,5 @@
-"""Tokenisation once per split, and the length-bucketed batches every stage iterates over."""
+"""Tokenisation once per split (through compression/preprocessing.py, the path serving uses
+too), and the length-bucketed batches every stage iterates over."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from compression import preprocessing
 from compression.errors import TeacherLoadError
 
 
@@ -18,12 +20,13 @@ class Encoded:
     """Token ids of a split, unpadded; batches pad to their own longest row."""
 
     ids: list[np.ndarray]
+    pad_id: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def subset(self, index: np.ndarray) -> Encoded:
-        return Encoded([self.ids[i] for i in index])
+        return Encoded([self.ids[i] for i in index], self.pad_id)
 
 
 def load_tokenizer(path: Path, field: str = "tokenizer") -> PreTrainedTokenizerBase:
@@ -37,18 +40,15 @@ def load_tokenizer(path: Path, field: str = "tokenizer") -> PreTrainedTokenizerB
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> Encoded:
-    out = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
-    return Encoded([np.asarray(row, dtype=np.int64) for row in out["input_ids"]])
+    """`texts` as the served bundle will see them: the fast tokenizer behind `tokenizer` (the one
+    a bundle saves as tokenizer.json) through the shared TextEncoder."""
+    encoder = preprocessing.TextEncoder(tokenizer.backend_tokenizer, max_length)
+    return Encoded(encoder.encode(texts), encoder.pad_id)
 
 
 def pad(rows: list[np.ndarray], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) padded to the longest row."""
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
+    """(input_ids, attention_mask) padded to the longest row, as torch tensors."""
+    ids, mask = preprocessing.pad(rows, pad_id)
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
@@ -73,5 +73,5 @@ def batches(
     if rng is not None:
         chunks = [chunks[i] for i in rng.permutation(len(chunks))]
     for index in chunks:
-        ids, mask = pad([encoded.ids[i] for i in index])
+        ids, mask = pad([encoded.ids[i] for i in index], encoded.pad_id)
         yield index, ids, mask

@@ -16,6 +16,7 @@ those budgets.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
@@ -237,11 +238,14 @@ class WatchSpec(BaseModel):
 class SmokeTest(BaseModel):
     """Before stage 0 the served teacher and student answer their bundles' recorded inputs
     (rollout/smoke.py); each must answer at least 1 - `tolerance` of them as recorded, and its
-    accuracy and the pair's agreement must stay within `tolerance` of the recorded ones."""
+    accuracy and the pair's agreement must stay within `tolerance` of the recorded ones.
+    `inputs` names a labelled CSV or JSONL (`text` and `label` columns) to send instead, read
+    where the controller runs; each bundle as registered answers it beside the served model."""
 
     model_config = _STRICT
 
     tolerance: float = Field(default=0.02, ge=0.0, lt=1.0)
+    inputs: Path | None = None
 
 
 class DisagreementLog(BaseModel):

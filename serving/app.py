@@ -38,6 +38,7 @@ from serving.config import Batching, ModelConfig, ModelUserConfig, Resources, Ro
 from serving.model import ModelDeployment
 from serving.rollout_deployment import ControllerConfig, RolloutDeployment
 from serving.router import Router
+from serving.smoke_inputs import read_labelled_inputs
 
 MODEL = cast(Deployment, ModelDeployment)
 ROLLOUT_CONTROLLER = cast(Deployment, RolloutDeployment)
@@ -58,6 +59,12 @@ class AppArgs(BaseModel):
     registry: Path = Field(default_factory=default_root)
     teacher_runtime: Runtime = "onnx"  # "torch" serves an FP32 bundle's torch weights
     student_runtime: Runtime = "onnx"
+    teacher_max_length: int | None = Field(
+        default=None, ge=2, le=512, description="serve shorter inputs than the bundle's"
+    )
+    student_max_length: int | None = Field(
+        default=None, ge=2, le=512, description="serve shorter inputs than the bundle's"
+    )
     price_per_cpu_hour: float = Field(default=0.05, ge=0.0)
     batching: Batching = Batching()
     teacher: Resources = Resources()
@@ -71,14 +78,21 @@ class AppArgs(BaseModel):
     webhooks: tuple[HttpUrl, ...] = ()
 
     def rollout_spec(self) -> RolloutSpec:
-        """The spec, read from its YAML file when given as a path (SpecError names the problem)."""
-        if isinstance(self.rollout, RolloutSpec):
-            return self.rollout
-        try:
-            text = self.rollout.read_text()
-        except OSError as exc:
-            raise SpecError(f"rollout spec {self.rollout}: cannot be read ({exc.strerror or exc})") from exc
-        return RolloutSpec.from_yaml_text(text)
+        """The spec, read from its YAML file when given as a path, with the smoke test's labelled
+        inputs checked when it names some (SpecError names the problem)."""
+        spec = self.rollout if isinstance(self.rollout, RolloutSpec) else _read_spec(self.rollout)
+        if spec.smoke is not None and spec.smoke.inputs is not None and self.teacher_id is not None:
+            teacher = Registry(self.registry.resolve()).get(self.teacher_id)
+            read_labelled_inputs(spec.smoke.inputs, tuple(teacher.manifest.label_names))
+        return spec
+
+
+def _read_spec(path: Path) -> RolloutSpec:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"rollout spec {path}: cannot be read ({exc.strerror or exc})") from exc
+    return RolloutSpec.from_yaml_text(text)
 
 
 def app_builder(args: AppArgs | dict[str, Any]) -> Application:
@@ -86,9 +100,9 @@ def app_builder(args: AppArgs | dict[str, Any]) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     registry = Registry(args.registry.resolve())
     models = {}
-    for variant, ref, resources, runtime in (
-        (Variant.TEACHER, args.teacher_id, args.teacher, args.teacher_runtime),
-        (Variant.STUDENT, args.student_id, args.student, args.student_runtime),
+    for variant, ref, resources, runtime, max_length in (
+        (Variant.TEACHER, args.teacher_id, args.teacher, args.teacher_runtime, args.teacher_max_length),
+        (Variant.STUDENT, args.student_id, args.student, args.student_runtime, args.student_max_length),
     ):
         options = resources.options(variant.value, at_least_ongoing=args.batching.max_batch_size)
         config = ModelConfig(
@@ -102,7 +116,8 @@ def app_builder(args: AppArgs | dict[str, Any]) -> Application:
             chaos_delay_s=args.student_chaos_delay_s if variant is Variant.STUDENT else 0.0,
         )
         if ref is not None:  # an unknown bundle fails here, before anything starts
-            options["user_config"] = ModelUserConfig(bundle=registry.get(ref).id, runtime=runtime).model_dump()
+            wanted = ModelUserConfig(bundle=registry.get(ref).id, runtime=runtime, max_length=max_length)
+            options["user_config"] = wanted.model_dump()
         models[variant] = MODEL.options(**options).bind(config)
     teacher, student = models[Variant.TEACHER], models[Variant.STUDENT]
     controller = ROLLOUT_CONTROLLER.options(user_config=args.rollout_spec().model_dump(mode="json")).bind(

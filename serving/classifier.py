@@ -1,9 +1,11 @@
 """A registry bundle as a callable classifier: its own tokenizer plus ONNX Runtime or torch (no Ray).
 
 Runtime "onnx" (every bundle has model.onnx) or "torch" (FP32 bundles also keep their torch
-weights under torch/; INT8 bundles exist only as ONNX). Tokenization mirrors compression's
-(truncate to the manifest's max_length, pad with id 0 to the longest row of the batch), so served
-probabilities match the validated ones.
+weights under torch/; INT8 bundles exist only as ONNX). Text becomes inputs, and inputs ONNX
+logits, through compression/preprocessing.py, the path every stage was validated with, so served
+logits are the validated ones. `max_length` may serve shorter inputs than the bundle's own (an
+operator bounding the cost of long texts); the rollout's smoke test says whether it still answers
+like its registered self.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from compression.errors import CompressionError
+from compression.preprocessing import TextEncoder, run_logits
 from compression.registry import Bundle, Registry
 from compression.runtime import session
 from serving.config import Runtime
@@ -60,44 +62,32 @@ def threads_for(cpus: float) -> int:
 
 
 class Classifier:
-    def __init__(self, bundle: Bundle, threads: int, runtime: Runtime = "onnx") -> None:
+    def __init__(self, bundle: Bundle, threads: int, runtime: Runtime = "onnx", max_length: int | None = None) -> None:
         self.bundle = bundle
         self.runtime = runtime
         self.label_names = tuple(bundle.manifest.label_names)
-        tokenizer_file = bundle.path / bundle.manifest.preprocessing.tokenizer / "tokenizer.json"
+        preprocessing = bundle.manifest.preprocessing
         try:
-            self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+            self._encoder = TextEncoder.from_dir(
+                bundle.path / preprocessing.tokenizer, max_length or preprocessing.max_length
+            )
             self._forward = _onnx_forward(bundle, threads) if runtime == "onnx" else _torch_forward(bundle, threads)
         except Exception as exc:  # ORT, torch and tokenizers raise their own untyped errors
             raise BundleRejectedError(f"bundle {bundle.id}: cannot load {runtime} model or tokenizer ({exc})") from exc
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(bundle.manifest.preprocessing.max_length)
 
     def score(self, texts: list[str]) -> Scored:
         start = time.perf_counter()
-        logits = self._forward(*self._encode(texts))
+        logits = self.logits(texts)
         return Scored(softmax(logits), time.perf_counter() - start)
 
-    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        rows = [e.ids for e in self._tokenizer.encode_batch(texts)]
-        width = max(1, max(len(r) for r in rows))
-        ids = np.zeros((len(rows), width), dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        return ids, mask
+    def logits(self, texts: list[str]) -> np.ndarray:
+        """float32 [n, labels], in the order of `texts`."""
+        return self._forward(*self._encoder.batch(texts))
 
 
 def _onnx_forward(bundle: Bundle, threads: int) -> Forward:
     onnx = session(bundle.model_path, threads)
-    inputs = {i.name for i in onnx.get_inputs()}
-
-    def forward(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        feed = {k: v for k, v in (("input_ids", ids), ("attention_mask", mask)) if k in inputs}
-        return np.asarray(onnx.run(None, feed)[0], dtype=np.float32)
-
-    return forward
+    return lambda ids, mask: run_logits(onnx, ids, mask)
 
 
 def _torch_forward(bundle: Bundle, threads: int) -> Forward:

@@ -83,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
         serve_cmd.add_argument(
             f"--{variant}-runtime", choices=("onnx", "torch"), default="onnx", help="torch: FP32 bundles' torch weights"
         )
+        serve_cmd.add_argument(
+            f"--{variant}-max-length", type=int, default=None, metavar="TOKENS",
+            help="truncate inputs shorter than the bundle's own max_length (the smoke test checks the answers)",
+        )  # fmt: skip
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8000)
     serve_cmd.add_argument("--spec", type=Path, default=None, help="rollout spec YAML (default: the built-in stages)")
@@ -209,6 +213,8 @@ def serve_app_args(args: argparse.Namespace, teacher_id: str, student_id: str, r
         registry=registry,
         teacher_runtime=args.teacher_runtime,
         student_runtime=args.student_runtime,
+        teacher_max_length=args.teacher_max_length,
+        student_max_length=args.student_max_length,
         **({"rollout": args.spec} if args.spec else {}),
         **({"state_dir": args.state_dir} if args.state_dir else {}),
         teacher=Resources(num_cpus=args.model_cpus),

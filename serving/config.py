@@ -77,6 +77,9 @@ class ModelUserConfig(BaseModel):
 
     bundle: str = Field(min_length=1, description="registry id or name")
     runtime: Runtime = "onnx"
+    max_length: int | None = Field(
+        default=None, ge=2, le=512, description="truncate inputs at this many tokens instead of the bundle's max_length"
+    )
 
 
 class ModelConfig(BaseModel):

@@ -94,6 +94,15 @@ class ModelDeployment:
         """What this replica's bundle answered when registered (None: none recorded, or no bundle)."""
         return self._loaded.recorded if self._loaded is not None else None
 
+    async def registered_answers(self, texts: list[str], labels: list[int]) -> Recorded:
+        """What this replica's bundle answers on `texts` as registered (its ONNX model and its own
+        preprocessing, whatever runtime or max_length it is served with): the smoke test's
+        reference for inputs the spec names."""
+        model = self._model
+        registered = await asyncio.to_thread(Classifier, model.classifier.bundle, threads_for(self._config.cpus))
+        predictions = await asyncio.to_thread(lambda: registered.logits(texts).argmax(1).tolist())
+        return Recorded(model_id=model.model_id, texts=tuple(texts), labels=tuple(labels), predictions=predictions)
+
     def label_names(self) -> tuple[str, ...] | None:
         """The labels this replica answers with, in id order (None before its first user_config)."""
         return tuple(self._loaded.classifier.label_names) if self._loaded is not None else None
@@ -197,7 +206,7 @@ class _Loaded:
 
 def _load(config: ModelConfig, wanted: ModelUserConfig) -> _Loaded:
     bundle = load_bundle(config.registry, wanted.bundle, wanted.runtime)
-    classifier = Classifier(bundle, threads_for(config.cpus), wanted.runtime)
+    classifier = Classifier(bundle, threads_for(config.cpus), wanted.runtime, wanted.max_length)
     for _ in range(3):
         classifier.score(WARMUP_TEXTS)
     answers = bundle.recorded_answers()

@@ -32,8 +32,9 @@ With the spec's `disagreements` log on when the pair opens, it is written beside
 (`<pair>.disagreements.jsonl`, rotated); `disagreements(after, limit)` pages it for export.
 
 Before stage 0 the loop runs the spec's smoke test (rollout/smoke.py) as a task of its own: the
-served teacher and student answer their bundles' recorded inputs through their handles, and
-the verdict goes to the controller, which starts stage 0 or rolls back.
+served teacher and student answer their bundles' recorded inputs (or the labelled file the spec
+names, beside each bundle as registered) through their handles, and the verdict goes to the
+controller, which starts stage 0 or rolls back.
 """
 
 from __future__ import annotations
@@ -54,20 +55,23 @@ from ray.serve.handle import DeploymentHandle
 from rollout.clock import SystemClock
 from rollout.controller import RolloutController
 from rollout.disagreements import DisagreementFile
+from rollout.errors import SpecError
 from rollout.evidence import Observation, Variant
 from rollout.feedback import FeedbackDesk, FeedbackItem, FeedbackResult
 from rollout.receipts import ReceiptSigner, load_or_create_key
 from rollout.smoke import SmokeResult, judge_smoke, skipped
-from rollout.spec import RolloutSpec
+from rollout.spec import RolloutSpec, SmokeTest
 from rollout.store import SqliteStateStore
 from rollout.views import ModelPair, PublishedRouting
 from rollout.webhooks import HttpWebhookSender
 from serving.errors import PairUnknownError
+from serving.smoke_inputs import read_labelled_inputs
 
 log = logging.getLogger("ray.serve")
 VARIANTS = (Variant.TEACHER, Variant.STUDENT)
 SMOKE_BATCH = 32  # inputs per model call of the smoke test
 SMOKE_ATTEMPTS = 3  # smoke tests in a row whose calls failed before it counts as failed
+SMOKE_CALL_TIMEOUT_S = 120.0  # a model call of the smoke test (a named file is answered whole)
 
 
 class ControllerConfig(BaseModel):
@@ -179,12 +183,20 @@ class RolloutDeployment:
             self._smoking = None
 
     async def _smoke_result(self, controller: RolloutController) -> SmokeResult:
-        asked = [self._models[v].options(method_name="recorded_answers").remote() for v in VARIANTS]
-        teacher, student = [await asyncio.wait_for(answer, timeout=30.0) for answer in asked]
+        smoke = self._spec.smoke or SmokeTest()
+        if smoke.inputs is None:  # each bundle's validation answers, recorded at registration
+            asked = [self._models[v].options(method_name="recorded_answers").remote() for v in VARIANTS]
+        else:  # the spec's labelled file, answered by each bundle as registered
+            try:
+                texts, labels = await asyncio.to_thread(read_labelled_inputs, smoke.inputs, await self._label_names())
+            except SpecError as exc:  # the file changed since the application was built
+                return SmokeResult(passed=False, message=f"smoke test failed: {exc}")
+            asked = [self._models[v].options(method_name="registered_answers").remote(texts, labels) for v in VARIANTS]
+        teacher, student = [await asyncio.wait_for(answer, timeout=SMOKE_CALL_TIMEOUT_S) for answer in asked]
         if teacher is None or student is None:
             pair = controller.pair
             return skipped(str(pair.teacher_id if teacher is None else pair.student_id) if pair else "?")
-        tolerance = self._spec.smoke.tolerance if self._spec.smoke is not None else 0.0
+        tolerance = smoke.tolerance
         teacher_top1 = await self._top1(Variant.TEACHER, teacher.texts)
         student_top1 = await self._top1(Variant.STUDENT, student.texts)
         return judge_smoke(tolerance, teacher, student, teacher_top1, student_top1)
@@ -193,7 +205,8 @@ class RolloutDeployment:
         handle = self._models[variant].options(method_name="predict")
         labels: list[int] = []
         for start in range(0, len(texts), SMOKE_BATCH):
-            answer = await asyncio.wait_for(handle.remote(list(texts[start : start + SMOKE_BATCH])), timeout=30.0)
+            batch = list(texts[start : start + SMOKE_BATCH])
+            answer = await asyncio.wait_for(handle.remote(batch), timeout=SMOKE_CALL_TIMEOUT_S)
             labels += answer.probabilities.argmax(axis=1).tolist()
         return labels
 

@@ -3,10 +3,13 @@ registered selves start stage 0; ones that do not never reach it, and the event 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rollout.clock import FakeClock
 from rollout.controller import RolloutController
+from rollout.errors import SpecError
 from rollout.events import EventKind
 from rollout.policy import Action
 from rollout.smoke import Recorded, judge_smoke, skipped
@@ -14,6 +17,7 @@ from rollout.spec import RolloutSpec
 from rollout.status import Phase
 from rollout.store import MemoryStateStore
 from rollout.webhooks import RecordingWebhookSender
+from serving.smoke_inputs import read_labelled_inputs
 
 TEXTS = tuple(f"review {i}" for i in range(100))
 LABELS = tuple(i % 2 for i in range(100))
@@ -86,3 +90,28 @@ def test_a_failed_smoke_test_never_reaches_stage_0() -> None:
 def test_without_served_models_no_smoke_test_is_waited_for() -> None:
     controller = RolloutController(RolloutSpec(), MemoryStateStore(), FakeClock(1_000.0), RecordingWebhookSender())
     assert controller.start(actor="alice", reason="ship v2").phase is Phase.PROGRESSING
+
+
+def test_a_named_smoke_file_maps_its_labels_to_the_models_order(tmp_path: Path) -> None:
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text('{"text": "a joy", "label": "fresh"}\n{"text": "a bore", "label": "rotten"}\n')
+    assert read_labelled_inputs(golden, ("rotten", "fresh")) == (["a joy", "a bore"], [1, 0])
+    by_index = tmp_path / "golden.csv"
+    by_index.write_text("text,label\na joy,1\na bore,0\n")
+    assert read_labelled_inputs(by_index, ("rotten", "fresh")) == (["a joy", "a bore"], [1, 0])
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ('{"text": "a", "label": "fresh"}\n{"text": "b", "label": "meh"}\n', "labels ['meh'] are not the models'"),
+        ('{"text": "a", "stars": 5}\n', "no column 'label'"),
+        ("{not json\n", "line is not JSON"),
+    ],
+)
+def test_a_bad_smoke_file_is_one_line_naming_it(tmp_path: Path, content: str, error: str) -> None:
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text(content)
+    with pytest.raises(SpecError, match=r"smoke\.inputs") as raised:
+        read_labelled_inputs(golden, ("rotten", "fresh"))
+    assert error in str(raised.value) and "\n" not in str(raised.value)

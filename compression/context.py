@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -27,6 +29,10 @@ from compression.registry import Bundle, Registry
 from compression.runtime import session
 from compression.text import Encoded, batches, encode
 
+PREDICT_BATCH = 64  # rows per ONNX Runtime call over a split: shards split on these batches
+
+ShardPredict = Callable[[Path, Encoded, int], np.ndarray]  # (model, rows, batch size) -> logits in row order
+
 
 @dataclass
 class Context:
@@ -35,6 +41,7 @@ class Context:
     registry: Registry
     tokenizer: PreTrainedTokenizerBase
     forward_batches: Counter[str] = field(default_factory=Counter)
+    shard_predict: ShardPredict | None = None  # compression/fanout.py: a split's batches as Ray tasks
     _encoded: dict[tuple[str, int], Encoded] = field(default_factory=dict)
     _sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
 
@@ -84,8 +91,10 @@ class Context:
 
     def _run(self, bundle: Bundle, split: str, max_length: int) -> np.ndarray:
         encoded = self.encoded(split, max_length)
-        self.forward_batches[bundle.id] += -(-len(encoded) // 64)
-        return predict(self.session(bundle), encoded, 64, progress=f"{bundle.manifest.name} on {split}")
+        self.forward_batches[bundle.id] += -(-len(encoded) // PREDICT_BATCH)
+        if self.shard_predict is not None:
+            return self.shard_predict(bundle.model_path, encoded, PREDICT_BATCH)
+        return predict(self.session(bundle), encoded, PREDICT_BATCH, progress=f"{bundle.manifest.name} on {split}")
 
     def _hidden(self, teacher: Bundle, encoded: Encoded) -> np.ndarray:
         model = self.torch_model(teacher)

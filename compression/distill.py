@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from compression import progress
 from compression.data import UNLABELLED
 from compression.models import Classifier, EncoderClassifier
 from compression.recipe import DistillConfig, SweepConfig
@@ -123,6 +124,7 @@ def train(
                 schedule.step()
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+                progress.report(desc, bar.n, steps)
             history.append(accuracy(predict_logits(model, validation[0]), validation[1]))
             if history[-1] > best:
                 best, best_state, stale = history[-1], copy.deepcopy(model.state_dict()), 0

@@ -3,16 +3,23 @@
 A stage whose output is already registered (same stage key) is skipped, so re-running a
 recipe recomputes nothing. A tolerance breach ends that student's chain, is reported, and
 the other students go on; the run then exits non-zero.
+
+`compress` runs everything in this process; compression/fanout.py runs the same teacher and
+the same `run_student` chains side by side as Ray tasks. Each chain seeds torch from the recipe's
+seed and the student's name, and trains on the recipe's `compute.threads`, so both ways build
+the same bundles (ids are hashes of the files).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from compression import progress
 from compression.context import Context
 from compression.data import load_corpus
 from compression.errors import ToleranceError
@@ -37,32 +44,69 @@ class RunSummary:
     def bundles(self) -> list[Bundle]:
         return [self.teacher] + [b for chain in self.students.values() for b in chain]
 
+    def add(self, name: str, chain: StudentChain) -> None:
+        self.students[name] = chain.bundles
+        if chain.breach is not None:
+            self.breaches[name] = chain.breach
+
+
+@dataclass
+class StudentChain:
+    bundles: list[Bundle]  # distilled, then pruned, then quantized: as far as it got
+    breach: str | None = None  # the tolerance error that ended it early
+
 
 def compress(recipe: Recipe, registry: Registry, only: Sequence[str] = ()) -> RunSummary:
     """Build the teacher and every student of `recipe` (or only the students named in `only`)."""
     students = select_students(recipe, only)
-    torch.manual_seed(recipe.seed)  # seeds are set once, here; stages draw from ctx.rng(...)
-    corpus = load_corpus(recipe.data, recipe.seed)
-    field = "teacher.tokenizer" if recipe.teacher.kind == "onnx" else "teacher.path"
-    ctx = Context(recipe, corpus, registry, load_tokenizer(_tokenizer_path(recipe), field))
-    summary = RunSummary(teacher_stage(ctx))
+    ctx = open_context(recipe, registry)
+    summary = RunSummary(build_teacher(ctx))
     for student in students:
-        chain: list[Bundle] = []
-        try:
-            _run_chain(ctx, summary.teacher, student, chain)
-        except ToleranceError as exc:
-            summary.breaches[student.name] = str(exc)
-        summary.students[student.name] = chain
+        summary.add(student.name, run_student(ctx, summary.teacher, student))
     summary.forward_batches = dict(ctx.forward_batches)
     return summary
 
 
-def _run_chain(ctx: Context, teacher: Bundle, student: StudentConfig, chain: list[Bundle]) -> None:
-    chain.append(distill_stage(ctx, teacher, student))
-    if student.prune is not None:
-        chain.append(prune_stage(ctx, teacher, chain[-1], student))
-    if student.quantize is not None:
-        chain.append(quantize_stage(ctx, teacher, chain[-1], student))
+def open_context(recipe: Recipe, registry: Registry) -> Context:
+    """What every stage of a run shares (each Ray task of a fanned-out run opens its own)."""
+    corpus = load_corpus(recipe.data, recipe.seed)
+    field = "teacher.tokenizer" if recipe.teacher.kind == "onnx" else "teacher.path"
+    return Context(recipe, corpus, registry, load_tokenizer(_tokenizer_path(recipe), field))
+
+
+def build_teacher(ctx: Context) -> Bundle:
+    _seed_torch(ctx.recipe, "teacher")
+    progress.report("teacher")
+    return teacher_stage(ctx)
+
+
+def run_student(ctx: Context, teacher: Bundle, student: StudentConfig) -> StudentChain:
+    """One student's chain, seeded and threaded as its recipe says, whichever process runs it."""
+    _seed_torch(ctx.recipe, student.name)
+    chain = StudentChain([])
+    try:
+        progress.report("distill")
+        chain.bundles.append(distill_stage(ctx, teacher, student))
+        if student.prune is not None:
+            progress.report("prune")
+            chain.bundles.append(prune_stage(ctx, teacher, chain.bundles[-1], student))
+        if student.quantize is not None:
+            progress.report("quantize")
+            chain.bundles.append(quantize_stage(ctx, teacher, chain.bundles[-1], student))
+    except ToleranceError as exc:
+        chain.breach = str(exc)
+    progress.report("breached" if chain.breach else "done")
+    return chain
+
+
+def _seed_torch(recipe: Recipe, salt: str) -> None:
+    """The teacher keeps the recipe's seed; each student draws its own from it and its name, so
+    its initial weights do not depend on which students ran before it, or where."""
+    seed = (
+        recipe.seed if salt == "teacher" else int(hashlib.sha256(f"{recipe.seed}:{salt}".encode()).hexdigest()[:8], 16)
+    )
+    torch.manual_seed(seed)
+    torch.set_num_threads(recipe.compute.threads)
 
 
 def _tokenizer_path(recipe: Recipe) -> Path:

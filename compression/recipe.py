@@ -178,6 +178,15 @@ class MeasureConfig(Strict):
     runs: int = Field(default=30, ge=3)  # timed batch-1 runs per model (batch-32 uses a third)
 
 
+class ComputeConfig(Strict):
+    """Torch threads for the teacher's fine-tune and for each student's chain, the same however
+    the recipe runs: training's float sums follow the thread count, so fixing it (with a seed per
+    student) makes a run in one process and one fanned out on Ray build the same bundles. A Ray
+    task of a student's chain asks for this many CPUs."""
+
+    threads: int = Field(default=2, ge=1, le=256)
+
+
 class Recipe(Strict):
     name: str
     seed: int = 13
@@ -187,6 +196,7 @@ class Recipe(Strict):
     students: list[StudentConfig] = Field(min_length=1)
     export: ExportConfig = ExportConfig()
     measure: MeasureConfig = MeasureConfig()
+    compute: ComputeConfig = ComputeConfig()
 
     @model_validator(mode="after")
     def _unique_student_names(self) -> Recipe:

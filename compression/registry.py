@@ -161,10 +161,12 @@ class Registry:
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         target = self.models / digest
         self.models.mkdir(parents=True, exist_ok=True)
-        if target.exists():  # same content already registered: keep the original
-            shutil.rmtree(staging)
-        else:
-            os.replace(staging, target)
+        try:
+            os.rename(staging, target)  # atomic; refused when the bundle exists (a directory with files)
+        except OSError:
+            if not target.is_dir():
+                raise
+            shutil.rmtree(staging)  # same content already registered, maybe by a writer beside us: keep it
         return self.get(digest)
 
     def discard(self, staging: Path) -> None:

@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--student", action="append", default=[], metavar="NAME", help="build only this student (repeatable)"
     )
+    where = compress.add_mutually_exclusive_group()
+    where.add_argument("--address", help="run the students' chains on this Ray cluster (default: a local Ray)")
+    where.add_argument("--in-process", action="store_true", help="no Ray: one student after another in this process")
     _registry_flag(compress)
     compress.set_defaults(run=_compress)
 
@@ -116,7 +119,13 @@ def _compress(args: argparse.Namespace) -> int:
     from compression.recipe import load_recipe
 
     registry = _registry(args)
-    summary = compress(load_recipe(args.recipe), registry, args.student)
+    recipe = load_recipe(args.recipe)
+    if args.in_process:
+        summary = compress(recipe, registry, args.student)
+    else:
+        from compression.fanout import compress_on_ray
+
+        summary = compress_on_ray(recipe, registry, args.student, args.address)
     _print_bundles(summary.bundles)
     for name, message in summary.breaches.items():
         print(f"student {name} stopped: {message}", file=sys.stderr)

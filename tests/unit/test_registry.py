@@ -49,9 +49,11 @@ def test_register_get_and_lineage(tmp_path: Path) -> None:
 
 
 def test_same_content_registers_once(tmp_path: Path) -> None:
+    """Also when two writers race (a fanned-out run): the later rename is refused, the first bundle kept."""
     registry = Registry(tmp_path)
     assert add(registry, "teacher", []) == add(registry, "teacher", [])
     assert len(registry.bundles()) == 1
+    assert not any((tmp_path / ".staging").iterdir())
 
 
 def test_incomplete_manifest_leaves_models_untouched(tmp_path: Path) -> None:

@@ -1,0 +1,152 @@
+"""A recipe's students side by side on Ray: `kdcanary compress RECIPE` (a local Ray) or
+`--address HOST:PORT` (an existing cluster whose nodes see the same registry path and have
+kdcanary installed).
+
+The driver builds (or reuses) the teacher as `compress` does, then computes the teacher's logits
+on every split in shards, one Ray task per group of whole batches: ONNX Runtime's output depends
+on which rows share a batch, not on the process or its threads, so the cache holds the same
+arrays a one-process run computes. Then each student's chain (`run_student`, the same function)
+runs as a task asking for the recipe's `compute.threads` CPUs, with its own Context; each task's
+stages write bundles and cache entries aside and rename them into place, so several writers
+stay correct. Progress: every task reports its stage and step to a small actor, and the driver
+prints a line per student as it moves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from compression import progress
+from compression.context import ShardPredict
+from compression.onnx_runtime import predict
+from compression.pipeline import RunSummary, StudentChain, build_teacher, open_context, run_student
+from compression.recipe import Recipe, select_students
+from compression.registry import Registry
+from compression.runtime import session
+from compression.text import Encoded, batches
+
+SPLITS = ("distill", "validation", "test")  # what the chains read of the teacher
+REPORT_EVERY_S = 1.0  # a task's step reports, at most (stage changes always go)
+
+
+def compress_on_ray(
+    recipe: Recipe,
+    registry: Registry,
+    only: Sequence[str] = (),
+    address: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> RunSummary:
+    """`compress`, with the teacher's logits sharded and the students' chains as Ray tasks."""
+    students = select_students(recipe, only)
+    ctx = open_context(recipe, registry)
+    owned = not ray.is_initialized()
+    if owned:  # a local Ray of this machine's CPUs, or the cluster at `address`
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
+    try:
+        teacher = build_teacher(ctx)
+        ctx.shard_predict = _sharded_predict(int(ray.cluster_resources().get("CPU", 1)))
+        for split in SPLITS:
+            ctx.logits(teacher, split)
+        board = ProgressBoard.remote()  # type: ignore[attr-defined]
+        chain = _student_chain.options(num_cpus=recipe.compute.threads)
+        tasks = {s.name: chain.remote(recipe, registry.root, teacher.id, s.name, board) for s in students}
+        chains = _follow(tasks, board, echo)
+    finally:
+        if owned:
+            ray.shutdown()
+    summary = RunSummary(teacher)
+    summary.forward_batches = dict(ctx.forward_batches)
+    for name in tasks:  # the recipe's order, not the order they finished in
+        ids, breach, forward_batches = chains[name]
+        summary.add(name, StudentChain([registry.get(i) for i in ids], breach))
+        for bundle_id, count in forward_batches.items():
+            summary.forward_batches[bundle_id] = summary.forward_batches.get(bundle_id, 0) + count
+    return summary
+
+
+def _sharded_predict(shards: int) -> ShardPredict:
+    def run(model: Path, encoded: Encoded, batch_size: int) -> np.ndarray:
+        """Whole batches of `predict`'s own plan (rows sorted by length) per shard: each shard's
+        `predict` forms exactly those batches again, so the logits are bit for bit the same."""
+        plan = [index for index, _, _ in batches(encoded, batch_size)]
+        parts = np.array_split(np.arange(len(plan)), min(shards, len(plan)))
+        groups = [np.concatenate([plan[i] for i in part]) for part in parts]
+        pending = [_logits_shard.remote(str(model), encoded.subset(rows), batch_size) for rows in groups]
+        out: np.ndarray | None = None
+        for rows, logits in zip(groups, ray.get(pending), strict=True):
+            out = np.zeros((len(encoded), logits.shape[1]), dtype=np.float32) if out is None else out
+            out[rows] = logits
+        assert out is not None, "no rows to predict"
+        return out
+
+    return run
+
+
+@ray.remote(num_cpus=1)
+def _logits_shard(model: str, encoded: Encoded, batch_size: int) -> np.ndarray:
+    return predict(session(Path(model), threads=1), encoded, batch_size)
+
+
+@ray.remote
+def _student_chain(
+    recipe: Recipe, root: Path, teacher_id: str, name: str, board: Any
+) -> tuple[list[str], str | None, dict[str, int]]:
+    """One student's chain in a task: (bundle ids, the breach that ended it, forward batches)."""
+    ctx = open_context(recipe, Registry(root))
+    (student,) = select_students(recipe, [name])
+    progress.listen(_reporter(name, board))
+    try:
+        chain = run_student(ctx, ctx.registry.get(teacher_id), student)
+    finally:
+        progress.listen(None)
+    return [b.id for b in chain.bundles], chain.breach, dict(ctx.forward_batches)
+
+
+def _reporter(student: str, board: Any) -> progress.Reporter:
+    shown, shown_at = "", 0.0
+
+    def report(what: str, step: int, total: int) -> None:
+        nonlocal shown, shown_at
+        now = time.monotonic()
+        if what != shown or now - shown_at >= REPORT_EVERY_S or step == total:
+            shown, shown_at = what, now
+            board.update.remote(student, what, step, total)
+
+    return report
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """The latest (stage or loop, step, total) of every student's chain."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, tuple[str, int, int]] = {}
+
+    def update(self, student: str, what: str, step: int, total: int) -> None:
+        self._latest[student] = (what, step, total)
+
+    def latest(self) -> dict[str, tuple[str, int, int]]:
+        return dict(self._latest)
+
+
+def _follow(tasks: dict[str, Any], board: Any, echo: Callable[[str], None]) -> dict[str, Any]:
+    """Wait for every chain, echoing each student's progress when it changes."""
+    names = {ref: name for name, ref in tasks.items()}
+    results: dict[str, Any] = {}
+    shown: dict[str, tuple[str, int, int]] = {}
+    pending = list(names)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=len(pending), timeout=REPORT_EVERY_S)
+        for name, (what, step, total) in sorted(ray.get(board.latest.remote()).items()):
+            if shown.get(name) != (what, step, total):
+                shown[name] = (what, step, total)
+                echo(f"  {name}: {what}" + (f" {step}/{total}" if total else ""))
+        for ref in done:
+            results[names[ref]] = ray.get(ref)
+    return results

@@ -21,8 +21,9 @@ def replace_section(name: str, body: str) -> None:
 
 
 def best_student() -> str:
-    """The compression benchmark's best student, the one the serving benchmarks put behind the router."""
-    compression = ROOT / "bench" / "results" / "compression.json"
+    """The full recipe's best student (`make bench` builds it first), the one the serving
+    benchmarks put behind the router."""
+    compression = ROOT / "bench" / "results" / "compression-full.json"
     if compression.is_file():
         return str(json.loads(compression.read_text())["target"]["best_student"]["name"])
     return "minilm-l2-pruned-int8"

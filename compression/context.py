@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from compression.data import Corpus, Split
 from compression.errors import StudentSpecError
 from compression.models import Classifier, EncoderClassifier, load_model
 from compression.onnx_runtime import predict
+from compression.preprocessing import TOKENIZER_FILE, TextEncoder
 from compression.recipe import Recipe
 from compression.registry import Bundle, Registry
 from compression.runtime import session
@@ -73,8 +74,13 @@ class Context:
             self._encoded[key] = encode(self.tokenizer, self.split(name).texts, key[1])
         return self._encoded[key]
 
+    def with_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> Context:
+        """This run's context for a student with a tokenizer of its own: the same registry,
+        cache and counters; its splits encoded in its own tokens."""
+        return replace(self, tokenizer=tokenizer, _encoded={}, _sessions={})
+
     def logits(self, bundle: Bundle, split: str) -> np.ndarray:
-        """A bundle's logits on a split, at the bundle's own max length, through the cache."""
+        """A bundle's logits on a split, in its own tokens at its own max length, through the cache."""
         max_length = bundle.manifest.preprocessing.max_length
         key = self.cache.key(bundle.id, self.split(split).content_hash(), max_length, "logits")
         return self.cache.get_or_compute(key, lambda: self._run(bundle, split, max_length))
@@ -90,11 +96,21 @@ class Context:
         return self._sessions[bundle.id]
 
     def _run(self, bundle: Bundle, split: str, max_length: int) -> np.ndarray:
-        encoded = self.encoded(split, max_length)
+        encoded = self._encoded_for(bundle, split, max_length)
         self.forward_batches[bundle.id] += -(-len(encoded) // PREDICT_BATCH)
         if self.shard_predict is not None:
             return self.shard_predict(bundle.model_path, encoded, PREDICT_BATCH)
         return predict(self.session(bundle), encoded, PREDICT_BATCH, progress=f"{bundle.manifest.name} on {split}")
+
+    def _encoded_for(self, bundle: Bundle, split: str, max_length: int) -> Encoded:
+        """`split` as `bundle` reads it: through the tokenizer saved in it (the teacher's and a
+        student's may differ), as serving will."""
+        tokenizer = bundle.manifest.files.get(f"{bundle.manifest.preprocessing.tokenizer}/{TOKENIZER_FILE}")
+        key = (f"{split}@{tokenizer}", max_length)
+        if key not in self._encoded:
+            encoder = TextEncoder.from_dir(bundle.path / bundle.manifest.preprocessing.tokenizer, max_length)
+            self._encoded[key] = Encoded(encoder.encode(self.split(split).texts), encoder.pad_id)
+        return self._encoded[key]
 
     def _hidden(self, teacher: Bundle, encoded: Encoded) -> np.ndarray:
         model = self.torch_model(teacher)

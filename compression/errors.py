@@ -8,6 +8,10 @@
     ├── RegistryError             the registry or one of its bundles is unusable
     │   ├── ManifestError         a manifest is corrupt, or its files disagree with it
     │   └── UnknownModelError     no bundle matches the id or name asked for
+    ├── ModelImportError          a model to import (`kdcanary models import`) is unusable as given
+    │   ├── LabelMismatchError    its label names or count differ from its teacher's or the recipe data's
+    │   ├── ModelSignatureError   its graph does not map input_ids [, attention_mask] (int64) to [batch, labels]
+    │   └── ImportTokenizerError  its tokenizer is missing or does not load as a fast tokenizer
     └── ToleranceError            a stage's output breached its declared tolerance against its parent
 
 Messages carry the numbers: "agreement 0.912 < 0.970 with parent abc123 on n=1280".
@@ -44,6 +48,23 @@ class ManifestError(RegistryError):
 
 class UnknownModelError(RegistryError):
     """No bundle in the registry matches the id or name that was asked for."""
+
+
+class ModelImportError(CompressionError):
+    """A model trained elsewhere cannot be imported as given; nothing is registered."""
+
+
+class LabelMismatchError(ModelImportError):
+    """The imported model's label names differ from its teacher's or the recipe data's; both are named."""
+
+
+class ModelSignatureError(ModelImportError):
+    """The imported graph does not take int64 input_ids (and optionally attention_mask) and return
+    [batch, labels] logits, checked by running one batch."""
+
+
+class ImportTokenizerError(ModelImportError):
+    """The imported model's tokenizer is missing, or does not load as a fast (tokenizer.json) tokenizer."""
 
 
 class ToleranceError(CompressionError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -112,22 +113,48 @@ class BagOfEmbeddingsClassifier(nn.Module):
 Classifier = EncoderClassifier | BagOfEmbeddingsClassifier
 
 
+@dataclass(frozen=True)
+class AttentionParts:
+    """Where a layer keeps its attention projections: BERT-style layers (BERT, MiniLM) as
+    attention.self.{query,key,value} + attention.output.dense, MPNet's as attention.attn.{q,k,v,o}."""
+
+    module: Any  # holds num_attention_heads, attention_head_size, all_head_size
+    projections: tuple[str, str, str]  # query, key, value attribute names on `module`
+    output_owner: Any
+    output: str  # attribute name of the output projection on `output_owner`
+
+
+def attention_parts(layer: Any) -> AttentionParts:
+    if hasattr(layer.attention, "self"):
+        return AttentionParts(layer.attention.self, ("query", "key", "value"), layer.attention.output, "dense")
+    attention = layer.attention.attn
+    return AttentionParts(attention, ("q", "k", "v"), attention, "o")
+
+
 def layer_shapes(model: EncoderClassifier) -> list[tuple[int, int]]:
     """(attention heads, FFN channels) of every layer, read off the tensors themselves."""
     shapes = []
     for layer in model.layers:
-        attention = layer.attention.self
-        shapes.append(
-            (attention.query.out_features // attention.attention_head_size, layer.intermediate.dense.out_features)
-        )
+        parts = attention_parts(layer)
+        query = getattr(parts.module, parts.projections[0])
+        shapes.append((query.out_features // parts.module.attention_head_size, layer.intermediate.dense.out_features))
     return shapes
 
 
 def load_hf_teacher(path: Path, num_labels: int) -> EncoderClassifier:
+    return _load_encoder(path, num_labels, "teacher.path", TeacherLoadError)
+
+
+def load_pretrained(path: Path, num_labels: int, field: str) -> EncoderClassifier:
+    """A student's own pretrained encoder (the DistilBERT/MiniLM pattern: start small, then distil)."""
+    return _load_encoder(path, num_labels, field, StudentSpecError)
+
+
+def _load_encoder(path: Path, num_labels: int, field: str, error: type[Exception]) -> EncoderClassifier:
     try:
         encoder = AutoModel.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise TeacherLoadError(f"teacher.path {path} does not load as a Hugging Face model: {exc}") from exc
+        raise error(f"{field} {path} does not load as a Hugging Face model: {exc}") from exc
     return EncoderClassifier(encoder, num_labels)
 
 
@@ -211,16 +238,17 @@ def build_model(spec: EncoderSpec | BagSpec) -> Classifier:
 
 
 def resize_layer(layer: Any, heads: list[int], channels: list[int]) -> None:
-    """Keep only these attention heads and FFN channels of a BERT-style layer, in place.
+    """Keep only these attention heads and FFN channels of a layer (BERT-style or MPNet), in place.
 
     The tensors really shrink, so the exported ONNX file and its latency shrink with them.
     """
-    attention = layer.attention.self
+    parts = attention_parts(layer)
+    attention = parts.module
     size = attention.attention_head_size
     rows = torch.tensor([h * size + i for h in heads for i in range(size)])
-    for name in ("query", "key", "value"):
+    for name in parts.projections:
         setattr(attention, name, _slice_linear(getattr(attention, name), rows, dim=0))
-    layer.attention.output.dense = _slice_linear(layer.attention.output.dense, rows, dim=1)
+    setattr(parts.output_owner, parts.output, _slice_linear(getattr(parts.output_owner, parts.output), rows, dim=1))
     attention.num_attention_heads, attention.all_head_size = len(heads), len(rows)
     kept = torch.tensor(channels)
     layer.intermediate.dense = _slice_linear(layer.intermediate.dense, kept, dim=0)

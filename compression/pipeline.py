@@ -23,9 +23,10 @@ from compression import progress
 from compression.context import Context
 from compression.data import load_corpus
 from compression.errors import ToleranceError
+from compression.packaged import encoder_dir
 from compression.recipe import Recipe, StudentConfig, select_students
 from compression.registry import Bundle, Registry
-from compression.stages import default_teacher_path, distill_stage, prune_stage, quantize_stage, teacher_stage
+from compression.stages import distill_stage, prune_stage, quantize_stage, student_tokenizer, teacher_stage
 from compression.text import load_tokenizer
 
 
@@ -83,6 +84,8 @@ def build_teacher(ctx: Context) -> Bundle:
 def run_student(ctx: Context, teacher: Bundle, student: StudentConfig) -> StudentChain:
     """One student's chain, seeded and threaded as its recipe says, whichever process runs it."""
     _seed_torch(ctx.recipe, student.name)
+    if (own := student_tokenizer(student)) is not None:
+        ctx = ctx.with_tokenizer(own)  # its every split and bundle in its own tokens
     chain = StudentChain([])
     try:
         progress.report("distill")
@@ -113,4 +116,4 @@ def _tokenizer_path(recipe: Recipe) -> Path:
     if recipe.teacher.kind == "onnx":
         assert recipe.teacher.tokenizer is not None
         return recipe.teacher.tokenizer
-    return recipe.teacher.path or default_teacher_path()
+    return recipe.teacher.path or encoder_dir(recipe.teacher.packaged)

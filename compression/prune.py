@@ -21,7 +21,7 @@ from torch import nn
 
 from compression.distill import TrainingSet, batch_loss, train
 from compression.errors import StudentSpecError
-from compression.models import Classifier, EncoderClassifier, layer_shapes, resize_layer
+from compression.models import Classifier, EncoderClassifier, attention_parts, layer_shapes, resize_layer
 from compression.recipe import DistillConfig, PruneConfig
 from compression.text import Encoded, batches
 
@@ -46,6 +46,11 @@ def prune(
     """Prune in `config.steps` rounds toward the kept fractions, fine-tuning after each round."""
     if not isinstance(model, EncoderClassifier):
         raise StudentSpecError("prune: structured pruning needs a transformer student, not a bag-of-embeddings one")
+    if config.head_keep < 1 and any(not hasattr(layer.attention, "self") for layer in model.layers):
+        raise StudentSpecError(
+            "prune.head_keep: this student's layers share one relative position bias across heads (MPNet): "
+            "prune FFN channels only (head_keep: 1.0)"
+        )
     before = layer_shapes(model)
     accuracies = []
     for step in range(1, config.steps + 1):
@@ -84,16 +89,16 @@ def importance(
 
 
 def _layer_importance(layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    attention = layer.attention.self
-    size = attention.attention_head_size
+    parts = attention_parts(layer)
+    size = parts.module.attention_head_size
 
     def taylor(linear: nn.Linear, dim: int) -> torch.Tensor:
         assert linear.weight.grad is not None
         product = (linear.weight * linear.weight.grad).detach()
         return product.sum(dim=1 - dim)  # one value per output row (dim 0) or input column (dim 1)
 
-    per_row = sum(taylor(getattr(attention, n), 0) for n in ("query", "key", "value"))
-    per_row = per_row + taylor(layer.attention.output.dense, 1)
+    per_row = sum(taylor(getattr(parts.module, n), 0) for n in parts.projections)
+    per_row = per_row + taylor(getattr(parts.output_owner, parts.output), 1)
     heads = per_row.reshape(-1, size).sum(1).abs()
     channels = (taylor(layer.intermediate.dense, 0) + taylor(layer.output.dense, 1)).abs()
     return heads, channels

@@ -26,7 +26,10 @@ from compression.text import Encoded, batches
 QUANTIZED_OPS = ["MatMul", "Gemm", "Gather"]
 
 
-def quantize(source: Path, target: Path, mode: str, calibration: Encoded) -> None:
+def quantize(source: Path, target: Path, mode: str, calibration: Encoded, optimize: bool = False) -> dict[str, int]:
+    """INT8 `target` from FP32 `source`; with `optimize`, ONNX Runtime's transformer optimizer
+    fuses what it recognises first. Returns the fused operators it made (none without it)."""
+    fused: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         stripped, prepared = Path(tmp) / "stripped.onnx", Path(tmp) / "prepared.onnx"
         # The dynamo exporter records value_info shapes that ONNX's strict shape inference
@@ -35,18 +38,35 @@ def quantize(source: Path, target: Path, mode: str, calibration: Encoded) -> Non
         model = onnx.load(str(source))
         del model.graph.value_info[:]
         onnx.save(model, str(stripped))
+        if optimize:
+            fused = _fuse(stripped)
         quant_pre_process(str(stripped), str(prepared), skip_symbolic_shape=True)
+        # Fused operators (com.microsoft) have no ONNX shape inference, and symbolic inference does
+        # not complete on exported graphs: their outputs are float, as the quantizer is told.
+        extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {}
         if mode == "dynamic":
             quantize_dynamic(
                 str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                op_types_to_quantize=QUANTIZED_OPS,
+                op_types_to_quantize=QUANTIZED_OPS, extra_options=extra,
             )  # fmt: skip
         else:
             quantize_static(
                 str(prepared), str(target), _Calibration(calibration), quant_format=QuantFormat.QDQ,
                 per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                op_types_to_quantize=QUANTIZED_OPS,
+                op_types_to_quantize=QUANTIZED_OPS, extra_options=extra,
             )  # fmt: skip
+    return fused
+
+
+def _fuse(path: Path) -> dict[str, int]:
+    """Layer norms (with their residual adds), GELUs with their bias and, where the exported graph
+    matches its patterns, attention and the embeddings, fused in place. Whether a fusion is valid
+    for this model is what the stage's check against its parent then says."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(str(path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+    optimized.save_model_to_file(str(path))
+    return {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
 
 
 class _Calibration(CalibrationDataReader):

@@ -84,7 +84,7 @@ class Manifest(BaseModel):
     id: str
     name: str
     role: Literal["teacher", "student"]
-    stage: Literal["teacher", "distill", "prune", "quantize"]
+    stage: Literal["teacher", "distill", "prune", "quantize", "import"]  # import: trained elsewhere
     precision: Literal["fp32", "int8"]
     parents: list[str]
     stage_key: str  # hash of everything that determined this stage's output; re-runs look it up

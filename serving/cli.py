@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("model", help="id, unique id prefix, or name")
     _registry_flag(show)
     show.set_defaults(run=_models_show)
+    _import_parser(models)
 
     report = sub.add_parser("report", help="Pareto table (markdown) and plot (PNG) of the registry")
     report.add_argument("--out", type=Path, default=Path("out/report"))
@@ -100,6 +101,31 @@ def _parser() -> argparse.ArgumentParser:
 
     add_rollout_commands(sub)
     return parser
+
+
+def _import_parser(models: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    imports = models.add_parser(
+        "import", help="register a model trained elsewhere (ONNX or Hugging Face) as a teacher or a student"
+    )
+    imports.add_argument("source", type=Path, metavar="PATH", help="an .onnx file, or a Hugging Face model folder")
+    imports.add_argument(
+        "--as", dest="role", choices=("teacher", "student"), required=True,
+        help="a teacher measured on the recipe's data, or a student first checked against --teacher",
+    )  # fmt: skip
+    imports.add_argument("--teacher", metavar="REF", help="students: the registered teacher (id, id prefix or name)")
+    imports.add_argument(
+        "--recipe", type=Path, help="whose data measures it (students: default their teacher's recipe); "
+        "its student of the same name, if any, gives the tolerances and max length",
+    )  # fmt: skip
+    imports.add_argument(
+        "--tokenizer", type=Path, metavar="DIR", help="tokenizer folder (default: the HF folder; for ONNX, "
+        "tokenizer/ beside the file, else its folder)",
+    )  # fmt: skip
+    imports.add_argument("--labels", help="ONNX: label names in output order, comma-separated or a file, one a line")
+    imports.add_argument("--name", help="the registered name (default: the file's or folder's name)")
+    imports.add_argument("--max-length", type=int, metavar="TOKENS", help="served max length (default: the recipe's)")
+    _registry_flag(imports)
+    imports.set_defaults(run=_models_import)
 
 
 def _registry_flag(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +172,25 @@ def _models_show(args: argparse.Namespace) -> int:
     sources = [*(["the corpus's plot sentences"] if transfer.get("plot_sentences") else []), *transfer.get("paths", [])]
     print(f"data: {chain[0].manifest.recipe_name} recipe, hash {chain[0].manifest.data_hash[:12]}; transfer text: "
           f"{', '.join(map(str, sources)) or 'none'}")  # fmt: skip
+    return 0
+
+
+def _models_import(args: argparse.Namespace) -> int:
+    from compression.importing import ImportRequest, import_model, parse_labels
+
+    request = ImportRequest(
+        source=args.source, role=args.role, teacher=args.teacher, recipe=args.recipe, tokenizer=args.tokenizer,
+        labels=parse_labels(args.labels) if args.labels is not None else None, name=args.name,
+        max_length=args.max_length,
+    )  # fmt: skip
+    registry = _registry(args)
+    bundle = import_model(request, registry)
+    _print_bundles([bundle])
+    check = bundle.manifest.parent_check
+    if check is not None:
+        print(f"validated against {check.parent_id}: agreement {check.agreement:.3f} (min {check.min_agreement:.3f}), "
+              f"accuracy {check.accuracy:.3f} vs {check.parent_accuracy:.3f} on n={check.n}")  # fmt: skip
+    print(f"registry: {registry.root}")
     return 0
 
 

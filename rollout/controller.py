@@ -329,7 +329,7 @@ class RolloutController(OperatorIntents):
             ids = self.pair.model_dump() if self.pair is not None else {}
             ids |= {"dogfood_keys": self._spec.dogfood_keys}  # a rollout or not: the spec names them
             if (log := self._spec.disagreements) is not None and self._disagreements is not None:
-                ids |= {"log_disagreements": log.sample, "log_per_batch": log.per_batch}
+                ids |= {"log_disagreements": log.sample, "log_agreements": log.agreeing, "log_per_batch": log.per_batch}
             if self._status is None:
                 return PublishedRouting(weight=0.0, shadow_fraction=0.0, version=0, **ids)
             current = policy_routing(self._spec, self._status)

@@ -252,11 +252,17 @@ class DisagreementLog(BaseModel):
     """Keep the shadowed inputs the models answered differently (rollout/disagreements.py): the
     text, both answers and probabilities, class, segment, stage and time. Off unless set: it
     stores users' text. `sample` of disagreeing requests are kept, at most `per_batch` inputs per
-    router batch, in files of `max_file_bytes` rotated `keep_files` deep beside the rollout store."""
+    router batch, in files of `max_file_bytes` rotated `keep_files` deep beside the rollout store.
+
+    `agreeing` keeps that share of the requests the models agreed on too, so that an export
+    represents the traffic: a student distilled on disagreements alone overcorrects (they lean
+    one way: bench/loop.py measured round 2 disagreeing more, not less), while the traffic
+    itself, disagreements included, is what the next student should match."""
 
     model_config = _STRICT
 
     sample: float = Field(default=1.0, gt=0.0, le=1.0)
+    agreeing: float = Field(default=0.0, ge=0.0, le=1.0)
     per_batch: int = Field(default=100, ge=1, le=10_000)
     max_file_bytes: int = Field(default=64 * 2**20, ge=2**16)
     keep_files: int = Field(default=4, ge=1, le=100)

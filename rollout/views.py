@@ -51,6 +51,7 @@ class PublishedRouting(Routing):
     segments: tuple[str, ...] = ()  # the spec's declared segments (a request naming another is "other")
     dogfood_keys: tuple[str, ...] = ()  # routing keys always sent to the student, kept out of the evidence
     log_disagreements: float = 0.0  # the share of disagreeing shadowed requests routers log (0: none)
+    log_agreements: float = 0.0  # ... and of the agreeing ones (an export that represents the traffic)
     log_per_batch: int = 0  # ... and at most this many inputs per batch of observations
 
     def same_pair(self, other: PublishedRouting) -> bool:

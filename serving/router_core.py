@@ -45,6 +45,8 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
+import numpy as np
+
 from rollout.evidence import Observation, PairedAnswers, Variant
 from rollout.receipts import Receipt, ReceiptSigner, new_nonce, pair_tag
 from rollout.spec import OTHER_SEGMENT
@@ -350,9 +352,9 @@ class RouterCore:
             "by_class": tuple(zip((teacher.label_names[i] for i in teacher_ids), map(bool, agree), strict=True)),
             "segment": answered.segment,
         }
-        if not agree.all() and self._chooser.sample(answered.routing.log_disagreements):
+        if (logged := self._logged(answered.routing, agree)).any():
             where = (answered.nonce, self._wall(), answered.texts, answered.segment)
-            verdicts["disagreements"] = disagreements_of(*where, teacher, student, agree)
+            verdicts["disagreements"] = disagreements_of(*where, teacher, student, logged)
         if answered.signed:  # labels may come back for this request: keep both answers
             student_ids = tuple(student.probabilities.argmax(axis=1).tolist())
             verdicts["answers"] = PairedAnswers(
@@ -360,6 +362,16 @@ class RouterCore:
             )
         for obs in [*answered.observations, shadow.observation]:
             self._pending.append(obs.model_copy(update=verdicts) if obs.variant is Variant.STUDENT else obs)
+
+    def _logged(self, routing: PublishedRouting, agree: np.ndarray) -> np.ndarray:
+        """Which inputs of a compared request go to the disagreement log: its disagreeing ones
+        when the request is sampled for them, its agreeing ones when sampled for those."""
+        logged = np.zeros(len(agree), dtype=bool)
+        if not agree.all() and self._chooser.sample(routing.log_disagreements):
+            logged |= ~agree
+        if routing.log_agreements and agree.any() and self._chooser.sample(routing.log_agreements):
+            logged |= agree
+        return logged
 
     async def drain(self) -> None:
         """Wait until no shadow call is in flight (tests, simulations, shutdown)."""

@@ -96,10 +96,11 @@ def disagreements_of(
     segment: str | None,
     teacher: ModelAnswer,
     student: ModelAnswer,
-    agree: np.ndarray,
+    logged: np.ndarray,
 ) -> tuple[Disagreement, ...]:
-    """The inputs of one shadowed request the two models answered differently, for the
-    spec's disagreement log (ids: the request's nonce and the input's index)."""
+    """The `logged` inputs of one shadowed request (those the two models answered differently,
+    and the agreeing ones when the spec samples those too), for the spec's disagreement log
+    (ids: the request's nonce and the input's index)."""
     return tuple(
         Disagreement(
             id=f"{nonce}:{i}",
@@ -111,7 +112,7 @@ def disagreements_of(
             student_probabilities=tuple(round(float(p), 6) for p in student.probabilities[i]),
             segment=segment,
         )
-        for i in np.flatnonzero(~agree).tolist()
+        for i in np.flatnonzero(logged).tolist()
     )
 
 

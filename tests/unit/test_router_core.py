@@ -464,6 +464,26 @@ def test_a_disagreement_is_logged_with_both_answers_only_when_the_routing_asks()
     run(test())
 
 
+def test_agreeing_inputs_are_logged_only_when_the_routing_samples_them_too() -> None:
+    async def test() -> None:
+        for agreements, logged in ((0.0, 0), (1.0, 2)):
+            rig = Rig(weight=0.0, shadow=1.0)
+            rig.core.adopt(
+                PublishedRouting(
+                    weight=0.0, shadow_fraction=1.0, version=1, log_disagreements=1.0, log_agreements=agreements,
+                    log_per_batch=1000,
+                )
+            )  # fmt: skip
+            rig.models.rows[S] = rig.models.rows[T] = POSITIVE  # the models agree on every input
+            await rig.request(["first", "second"])
+            await rig.core.drain()
+            entries = [entry for obs in rig.pending() for entry in obs.disagreements]
+            assert len(entries) == logged
+        assert all(e.teacher_label == e.student_label == "pos" for e in entries)
+
+    run(test())
+
+
 def test_a_batch_carries_at_most_the_routings_share_of_disagreements() -> None:
     async def test() -> None:
         rig = Rig(weight=0.0, shadow=1.0)

@@ -74,9 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=20.0, help="requests per second of live traffic")
     demo.add_argument("--port", type=int, default=8000, help="Serve's HTTP port on 127.0.0.1")
     demo.add_argument("--realistic", action="store_true", help="production-like stages and gates (much longer)")
-    demo.add_argument("--good", default="minilm-l2-pruned-int8", help="student of scenario 1")
-    demo.add_argument("--bad", default="minilm-l2-short-int8", help="student of scenario 2")
-    demo.add_argument("--one-class", default="minilm-l2", help="student of scenario 3 (fails one class)")
+    demo.add_argument("--good", default=None, help="student of scenario 1 (default: the tiny recipe's pruned INT8)")
+    demo.add_argument("--bad", default=None, help="student of scenario 2 (default: the short-max_length one)")
+    demo.add_argument("--one-class", default=None, help="student of scenario 3 (default: bag, fails one class)")
     _registry_flag(demo)
     demo.set_defaults(run=_demo)
 
@@ -206,13 +206,12 @@ def _demo(args: argparse.Namespace) -> int:
     from compression.registry import default_root
     from serving.demo.run import DemoOptions, run_demo
 
+    students = {k: v for k, v in (("good", args.good), ("bad", args.bad), ("one_class", args.one_class)) if v}
     options = DemoOptions(
         recipe=args.recipe,
         registry=args.registry or default_root(),
         out=args.out,
-        good=args.good,
-        bad=args.bad,
-        one_class=args.one_class,
+        **students,  # unnamed: DemoOptions' own defaults
         rate=args.rate,
         realistic=args.realistic,
         port=args.port,

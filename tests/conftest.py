@@ -68,7 +68,7 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path
     return base if worker_id == "master" else base.parent
 
 
-SERVING_STUDENTS = ("minilm-l2",)
+SERVING_STUDENTS = ("minilm-l2", "bag")
 """The recipe's students the serving tests deploy (with the teacher)."""
 
 

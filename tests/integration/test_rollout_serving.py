@@ -261,8 +261,8 @@ def test_a_segment_the_student_gets_wrong_is_rolled_back_by_the_segment_guard(
     deploy: Deploy, serving_bundles: Bundles
 ) -> None:
     """Requests name their segment: the reviews' own sentiment (as a product might tag the source
-    of a request). The unpruned student agrees well enough overall (threshold 0.5) but far less on
-    negative reviews (about 0.72 against 0.88 on positive ones), and the segment guard (0.85)
+    of a request). The bag-of-embeddings student agrees well enough overall (threshold 0.5) but far
+    less on negative reviews (about 0.7 against 0.88 on positive ones), and the segment guard (0.85)
     rolls it back naming that segment."""
     texts, labels, names, _ = _read_rotten_tomatoes()
     chosen = random.Random(3).sample(range(len(texts)), 400)
@@ -270,9 +270,9 @@ def test_a_segment_the_student_gets_wrong_is_rolled_back_by_the_segment_guard(
     by_segment = spec(0.5, min_requests=300) | {
         "segments": {"names": ["negative-reviews", "positive-reviews"], "threshold": 0.85, "accuracy_margin": None}
     }
-    unpruned = Registry(serving_bundles.registry).get("minilm-l2").id
+    bag = Registry(serving_bundles.registry).get("bag").id
     with (
-        deploy("bysegment", rollout=by_segment, student_id=unpruned) as client,
+        deploy("bysegment", rollout=by_segment, student_id=bag) as client,
         Traffic(client, list(segment), segment_of=segment.get),
     ):
         with admin_client(client) as admin:

@@ -60,7 +60,8 @@ def main() -> None:
         models.append(_row(bundle, latency.model_dump()))
     result = {
         "recipe": recipe.name, "teacher": _teacher_name(recipe), "threads": THREADS, "cpu": _cpu(), "built_s": built_s,
-        "models": models, "target": _against_target(models, TARGETS.get(recipe.name, TARGETS["full"])),
+        "models": models, "breaches": summary.breaches,
+        "target": _against_target(models, TARGETS.get(recipe.name, TARGETS["full"])),
     }  # fmt: skip
     name = "compression.json" if recipe.name == "base" else f"compression-{recipe.name}.json"
     (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
@@ -137,6 +138,8 @@ def _update_readme(result: dict) -> None:  # type: ignore[type-arg]
         f"{target['size_ratio']:g}x, <= {target['max_accuracy_gap_points']:g}) — "
         f"{'met' if result['target']['met'] else 'not met'}."
     )
+    for name, breach in result.get("breaches", {}).items():
+        lines.append(f"\nStudent `{name}` stopped at a tolerance: {breach}")
     replace_section(
         "compression" if result["recipe"] == "base" else f"compression-{result['recipe']}", "\n".join(lines)
     )

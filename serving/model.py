@@ -49,6 +49,7 @@ from serving.stream import Endpoint, StreamServer
 
 log = logging.getLogger("ray.serve")
 WARMUP_TEXTS = ["warm-up", "a somewhat longer sentence to warm up the kernels for wider inputs"]
+REFERENCE_BATCH = 32  # a bundle answering the smoke test's file as registered: as the served ones are sent
 
 
 @serve.deployment(name="model", health_check_period_s=10.0, health_check_timeout_s=30.0)
@@ -100,7 +101,7 @@ class ModelDeployment:
         reference for inputs the spec names."""
         model = self._model
         registered = await asyncio.to_thread(Classifier, model.classifier.bundle, threads_for(self._config.cpus))
-        predictions = await asyncio.to_thread(lambda: registered.logits(texts).argmax(1).tolist())
+        predictions = tuple(await asyncio.to_thread(_top1_in_batches, registered, texts))
         return Recorded(model_id=model.model_id, texts=tuple(texts), labels=tuple(labels), predictions=predictions)
 
     def label_names(self) -> tuple[str, ...] | None:
@@ -202,6 +203,14 @@ class _Loaded:
     model_id: str
     classifier: Classifier
     recorded: Recorded | None  # the bundle's answers at registration (the smoke test's reference)
+
+
+def _top1_in_batches(classifier: Classifier, texts: list[str]) -> list[int]:
+    """Top-1 answers in batches of REFERENCE_BATCH: bounded memory, batched as the served ones."""
+    top1: list[int] = []
+    for start in range(0, len(texts), REFERENCE_BATCH):
+        top1 += classifier.logits(texts[start : start + REFERENCE_BATCH]).argmax(1).tolist()
+    return top1
 
 
 def _load(config: ModelConfig, wanted: ModelUserConfig) -> _Loaded:

@@ -29,7 +29,7 @@ from compression.preprocessing import TextEncoder
 from compression.recipe import Recipe, load_recipe
 from compression.registry import Bundle, Registry
 from compression.runtime import session
-from compression.text import Encoded
+from compression.text import encode_with
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -55,8 +55,9 @@ def main() -> None:
     for bundle in summary.bundles:  # each in its own tokens, as it is served
         preprocessing = bundle.manifest.preprocessing
         encoder = TextEncoder.from_dir(bundle.path / preprocessing.tokenizer, preprocessing.max_length)
-        test = Encoded(encoder.encode(test_texts), encoder.pad_id)
-        latency = measure_latency(session(bundle.model_path, THREADS), test, THREADS, B1_RUNS)
+        latency = measure_latency(
+            session(bundle.model_path, THREADS), encode_with(encoder, test_texts), THREADS, B1_RUNS
+        )
         models.append(_row(bundle, latency.model_dump()))
     result = {
         "recipe": recipe.name, "teacher": _teacher_name(recipe), "threads": THREADS, "cpu": _cpu(), "built_s": built_s,

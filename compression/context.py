@@ -28,7 +28,7 @@ from compression.preprocessing import TOKENIZER_FILE, TextEncoder
 from compression.recipe import Recipe
 from compression.registry import Bundle, Registry
 from compression.runtime import session
-from compression.text import Encoded, batches, encode
+from compression.text import Encoded, batches, encode, encode_with
 
 PREDICT_BATCH = 64  # rows per ONNX Runtime call over a split: shards split on these batches
 
@@ -109,7 +109,7 @@ class Context:
         key = (f"{split}@{tokenizer}", max_length)
         if key not in self._encoded:
             encoder = TextEncoder.from_dir(bundle.path / bundle.manifest.preprocessing.tokenizer, max_length)
-            self._encoded[key] = Encoded(encoder.encode(self.split(split).texts), encoder.pad_id)
+            self._encoded[key] = encode_with(encoder, self.split(split).texts)
         return self._encoded[key]
 
     def _hidden(self, teacher: Bundle, encoded: Encoded) -> np.ndarray:

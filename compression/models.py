@@ -89,7 +89,10 @@ class EncoderClassifier(nn.Module):
         config = self.encoder.config
         full = all(h == config.num_attention_heads and f == config.intermediate_size for h, f in layer_shapes(self))
         return EncoderSpec(
-            hf_config=config.to_dict(), num_labels=self.head.out_features, layer_shapes=None if full else shapes
+            # without the folder it was loaded from: a path on this machine would change the bundle id elsewhere
+            hf_config={k: v for k, v in config.to_dict().items() if k != "_name_or_path"},
+            num_labels=self.head.out_features,
+            layer_shapes=None if full else shapes,
         )
 
 

@@ -54,13 +54,16 @@ def export_onnx(model: Classifier, path: Path, config: ExportConfig, sample: Enc
 
 
 def inline_external_data(path: Path) -> None:
-    """Fold any external-data files next to `path` into the model file itself."""
+    """Fold any external-data files next to `path` into the model file itself, and drop the
+    exporter's per-node metadata: the dynamo exporter records each node's Python stack trace,
+    with this checkout's path and line numbers, so the same weights exported from another
+    checkout (or after an edit to models.py) would hash to another bundle id."""
     proto = onnx.load(str(path), load_external_data=True)
     external = {
         entry.value for tensor in proto.graph.initializer for entry in tensor.external_data if entry.key == "location"
     }
-    if not external:
-        return
+    for node in [*proto.graph.node, *(n for function in proto.functions for n in function.node)]:
+        del node.metadata_props[:]
     onnx.save_model(proto, str(path), save_as_external_data=False)
     for name in external:
         (path.parent / name).unlink(missing_ok=True)

@@ -15,10 +15,10 @@ covers only the labelled splits). Both students are scored on `--held-out` other
 never served or logged: the share whose top-1 answer differs from the teacher's (ONNX Runtime,
 through serving's Classifier), and the test-split accuracy their manifests record.
 
-Why agreements too: a log of disagreements alone leans one way (round 1 calls plot sentences
-positive more often than the teacher, so most of its disagreements are teacher-negative), and a
-student distilled on it alone overcorrects: measured at 287-936 logged disagreements, round 2
-disagreed more than round 1 (0.163 -> 0.177 ... 0.235). The report keeps both counts.
+Why agreements too: a log of disagreements alone leans one way (a student that calls too much
+positive disagrees mostly on the teacher's negatives), and a
+student distilled on it alone overcorrects: with 287 logged disagreements alone, round 2
+disagreed more than round 1 (0.163 -> 0.177, commit 8c3f493). The report keeps both counts.
 
 Target: round 2's disagreement rate >= 20 % lower than round 1's (relative), test accuracy not
 lower by more than 0.5 points. Writes bench/results/loop.json and the README's bench:loop table.

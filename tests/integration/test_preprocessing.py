@@ -4,8 +4,8 @@ with, on the recipe's validation texts.
 
 Batch for batch they are equal. Across different batchings (requests of 8 here) FP32 logits stay
 equal to float precision; a dynamically quantized (INT8) model scales its activations by each
-batch's range, so its logits move slightly with the company a text keeps (up to ~0.18 here) and a
-borderline answer may flip (1 in 160 here): within the smoke test's default 2 % tolerance.
+batch's range, so its logits move slightly with the company a text keeps and a borderline answer
+may flip: within the smoke test's default 2 % tolerance.
 """
 
 from __future__ import annotations

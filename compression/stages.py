@@ -96,9 +96,16 @@ def teacher_stage(ctx: Context) -> Bundle:
         raise
 
 
+def distill_settings(student: StudentConfig) -> dict[str, Any]:
+    """What a distilled student's stage key covers. Its name too: the name seeds the chain
+    (pipeline._seed_torch, Context.rng), so two students alike but for their names train apart,
+    and neither may stand for the other."""
+    settings = student.model_dump(mode="json", include={"name", "architecture", "distill", "sweep", "max_length"})
+    return settings | {"tolerance": student.tolerances.distill.model_dump()}
+
+
 def distill_stage(ctx: Context, teacher: Bundle, student: StudentConfig) -> Bundle:
-    settings = student.model_dump(mode="json", include={"architecture", "distill", "sweep", "max_length"})
-    key = stage_key(ctx, "distill", teacher.id, settings | {"tolerance": student.tolerances.distill.model_dump()})
+    key = stage_key(ctx, "distill", teacher.id, distill_settings(student))
     if existing := ctx.registry.find_stage(key):
         return existing
     data = _distillation_set(ctx, teacher, student)

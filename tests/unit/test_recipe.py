@@ -85,3 +85,14 @@ def test_students_are_selected_by_name_in_recipe_order() -> None:
     assert [s.name for s in select_students(recipe, everyone[::-1][:2])] == everyone[1:]
     with pytest.raises(RecipeError, match=r"student 'minilm' is not in recipe tiny \(its students: minilm-l2, "):
         select_students(recipe, ["minilm"])
+
+
+def test_students_alike_but_for_their_names_have_their_own_distill_keys() -> None:
+    # The name seeds a student's chain, so a renamed copy trains apart: it must not be found
+    # in the registry as the original (bench/loop.py's replicas are such copies).
+    from compression.stages import distill_settings
+
+    student = load_recipe(RECIPES / "tiny.yaml").students[0]
+    renamed = student.model_copy(update={"name": f"{student.name}-seed1"})
+    assert distill_settings(student) != distill_settings(renamed)
+    assert distill_settings(student) == distill_settings(student.model_copy())

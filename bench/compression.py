@@ -47,9 +47,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
+    registry = Registry(args.registry)
+    from_nothing = not registry.bundles()  # else built_s counts only the stages not yet registered
     started = time.perf_counter()
-    summary = compress(recipe, Registry(args.registry))
-    built_s = round(time.perf_counter() - started, 1)  # from nothing only when the registry was empty
+    summary = compress(recipe, registry)
+    built_s = round(time.perf_counter() - started, 1)
     test_texts = load_corpus(recipe.data, recipe.seed).test.texts
     models = []
     for bundle in summary.bundles:  # each in its own tokens, as it is served
@@ -61,7 +63,7 @@ def main() -> None:
         models.append(_row(bundle, latency.model_dump()))
     result = {
         "recipe": recipe.name, "teacher": _teacher_name(recipe), "threads": THREADS, "cpu": _cpu(), "built_s": built_s,
-        "models": models, "breaches": summary.breaches,
+        "built_from_nothing": from_nothing, "models": models, "breaches": summary.breaches,
         "target": _against_target(models, TARGETS.get(recipe.name, TARGETS["full"])),
     }  # fmt: skip
     name = "compression.json" if recipe.name == "base" else f"compression-{recipe.name}.json"
@@ -141,6 +143,12 @@ def _update_readme(result: dict) -> None:  # type: ignore[type-arg]
     )
     for name, breach in result.get("breaches", {}).items():
         lines.append(f"\nStudent `{name}` stopped at a tolerance: {breach}")
+    built = f"{result['built_s'] / 60:.0f} minutes"
+    lines.append(
+        f"\nBuilt in {built} from an empty registry on {result['cpu']['cores']} cores."
+        if result.get("built_from_nothing")
+        else f"\nThis run reused registered stages: its {built} are not a build from nothing."
+    )
     replace_section(
         "compression" if result["recipe"] == "base" else f"compression-{result['recipe']}", "\n".join(lines)
     )

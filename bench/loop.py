@@ -53,7 +53,7 @@ from serving.router import VERSION_HEADER
 
 RESULTS = ROOT / "bench" / "results" / "loop.json"
 STUDENT = "minilm-l2"
-REPLICAS = 3  # students per round, seeded apart by name: one run's spread is the effect's size
+REPLICAS = 3  # students per round, seeded apart by name: their spread shows beside the effect
 # Fewer labels than logged traffic, as when a team's live traffic outnumbers its labelled set:
 # 4,000 snippets, 1,800 to train on and a 1,800-snippet test split (one answer is 0.06 points,
 # fine enough for the 0.5-point bound). Four epochs: the validation accuracy still rose at two.

@@ -167,11 +167,7 @@ def top1(bundle: Bundle, registry: Registry, texts: list[str]) -> list[int]:
     """The bundle's answers to `texts` (ONNX Runtime through serving's Classifier, as served)."""
     from serving.classifier import Classifier, load_bundle
 
-    classifier = Classifier(load_bundle(registry.root, bundle.id), 2, "onnx")
-    answers: list[int] = []
-    for start in range(0, len(texts), 64):
-        answers += classifier.score(texts[start : start + 64]).probabilities.argmax(1).tolist()
-    return answers
+    return Classifier(load_bundle(registry.root, bundle.id), 2, "onnx").top1(texts, 64)
 
 
 def score_round(teacher: Bundle, students: list[Bundle], registry: Registry, texts: list[str]) -> dict[str, Any]:

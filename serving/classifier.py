@@ -84,6 +84,14 @@ class Classifier:
         """float32 [n, labels], in the order of `texts`."""
         return self._forward(*self._encoder.batch(texts))
 
+    def top1(self, texts: list[str], batch_size: int) -> list[int]:
+        """Each text's top answer, `batch_size` texts a forward pass (bounded memory; INT8 logits
+        follow the batch a text is in, so callers batch as the answers they compare with were)."""
+        answers: list[int] = []
+        for start in range(0, len(texts), batch_size):
+            answers += self.logits(texts[start : start + batch_size]).argmax(1).tolist()
+        return answers
+
 
 def _onnx_forward(bundle: Bundle, threads: int) -> Forward:
     onnx = session(bundle.model_path, threads)

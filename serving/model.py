@@ -101,7 +101,7 @@ class ModelDeployment:
         reference for inputs the spec names."""
         model = self._model
         registered = await asyncio.to_thread(Classifier, model.classifier.bundle, threads_for(self._config.cpus))
-        predictions = tuple(await asyncio.to_thread(_top1_in_batches, registered, texts))
+        predictions = tuple(await asyncio.to_thread(registered.top1, texts, REFERENCE_BATCH))
         return Recorded(model_id=model.model_id, texts=tuple(texts), labels=tuple(labels), predictions=predictions)
 
     def label_names(self) -> tuple[str, ...] | None:
@@ -203,14 +203,6 @@ class _Loaded:
     model_id: str
     classifier: Classifier
     recorded: Recorded | None  # the bundle's answers at registration (the smoke test's reference)
-
-
-def _top1_in_batches(classifier: Classifier, texts: list[str]) -> list[int]:
-    """Top-1 answers in batches of REFERENCE_BATCH: bounded memory, batched as the served ones."""
-    top1: list[int] = []
-    for start in range(0, len(texts), REFERENCE_BATCH):
-        top1 += classifier.logits(texts[start : start + REFERENCE_BATCH]).argmax(1).tolist()
-    return top1
 
 
 def _load(config: ModelConfig, wanted: ModelUserConfig) -> _Loaded:

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from compression.augment import augmented_copies
 from compression.errors import DataError
 from compression.packaged import package_dir
-from compression.recipe import DataConfig
+from compression.recipe import AugmentConfig, DataConfig
 
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 RT_LABELS = {"rotten": 0, "fresh": 1}
@@ -81,6 +82,8 @@ def load_corpus(config: DataConfig, seed: int) -> Corpus:
         texts, labels = [texts[i] for i in keep], labels[keep]
     train, validation, test = _stratified_split(texts, labels, config, rng)
     transfer = _transfer_texts(config, plots, seen=set(texts), rng=rng)
+    if config.transfer.augment is not None:
+        transfer = _with_augmented(transfer, train.texts, config.transfer.augment, seed, seen=set(texts))
     return Corpus(train, validation, test, transfer, names)
 
 
@@ -206,6 +209,13 @@ def _transfer_texts(config: DataConfig, plots: list[str], seen: set[str], rng: n
         keep = np.sort(rng.choice(len(unique), size=config.transfer.max_examples, replace=False))
         unique = [unique[i] for i in keep]
     return Split(unique, np.full(len(unique), UNLABELLED, dtype=np.int64))
+
+
+def _with_augmented(transfer: Split, train: list[str], config: AugmentConfig, seed: int, seen: set[str]) -> Split:
+    """Perturbed copies of the training split only: validation and test stay unseen."""
+    extra = [t for t in augmented_copies(train, config, seed) if t not in seen]
+    texts = list(dict.fromkeys(transfer.texts + extra))
+    return Split(texts, np.full(len(texts), UNLABELLED, dtype=np.int64))
 
 
 def _read_texts(path: Path, text_column: str) -> list[str]:

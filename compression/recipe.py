@@ -20,12 +20,27 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AugmentConfig(Strict):
+    """Perturbed copies of every training snippet (compression/augment.py says why)."""
+
+    copies: int = Field(default=1, ge=1, le=20)
+    word_dropout: float = Field(default=0.15, ge=0, lt=1)  # each word is dropped with this chance
+    word_swap: float = Field(default=0.0, ge=0, lt=1)  # each word swaps with its right neighbour
+
+    @model_validator(mode="after")
+    def _perturbs(self) -> AugmentConfig:
+        if self.word_dropout == 0 and self.word_swap == 0:
+            raise ValueError("augment needs word_dropout or word_swap above 0: copies would equal their originals")
+        return self
+
+
 class TransferConfig(Strict):
     """Unlabelled text used only for distillation: the teacher labels it with its logits."""
 
     plot_sentences: bool = False  # the corpus's plot synopses, split into sentences
     paths: list[Path] = []  # extra .txt (one text per line), .csv or .jsonl with a text column
-    max_examples: int | None = Field(default=None, ge=1)
+    max_examples: int | None = Field(default=None, ge=1)  # caps the plot sentences and paths together
+    augment: AugmentConfig | None = None  # copies come on top of max_examples
 
 
 class DataConfig(Strict):

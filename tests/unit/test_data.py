@@ -8,7 +8,7 @@ import pytest
 
 from compression.data import UNLABELLED, load_corpus, read_labelled_file
 from compression.errors import DataError
-from compression.recipe import DataConfig, TransferConfig
+from compression.recipe import AugmentConfig, DataConfig, TransferConfig
 
 
 def test_rotten_tomatoes_split_is_stratified_disjoint_and_fixed() -> None:
@@ -25,6 +25,22 @@ def test_rotten_tomatoes_split_is_stratified_disjoint_and_fixed() -> None:
     assert corpus.label_names == ["negative", "positive"]
     assert load_corpus(config, seed=13).data_hash == corpus.data_hash
     assert load_corpus(config, seed=14).data_hash != corpus.data_hash
+
+
+def test_augmented_copies_of_training_snippets_join_the_transfer_text() -> None:
+    plain = DataConfig(max_examples=400, transfer=TransferConfig(plot_sentences=True, max_examples=30))
+    augment = AugmentConfig(copies=2, word_dropout=0.2, word_swap=0.1)
+    config = plain.model_copy(update={"transfer": plain.transfer.model_copy(update={"augment": augment})})
+    before, after = load_corpus(plain, seed=13), load_corpus(config, seed=13)
+    assert after.transfer.texts[:30] == before.transfer.texts  # on top of max_examples
+    copies = after.transfer.texts[30:]
+    assert 1.5 * len(before.train) < len(copies) <= 2 * len(before.train)
+    labelled = set(before.train.texts) | set(before.validation.texts) | set(before.test.texts)
+    assert not set(copies) & labelled and (after.transfer.labels == UNLABELLED).all()
+    assert all(len(c.split()) <= max(len(t.split()) for t in before.train.texts) for c in copies)
+    assert load_corpus(config, seed=13).transfer.texts == after.transfer.texts  # seeded
+    assert after.labelled_hash == before.labelled_hash  # the teacher is not retrained
+    assert after.data_hash != before.data_hash  # but every student is
 
 
 def test_csv_and_jsonl_with_named_labels(tmp_path: Path) -> None:

@@ -46,6 +46,8 @@ def test_minimal_recipe_gets_defaults(tmp_path: Path) -> None:
             "students.0.pretrained",
         ),
         (MINIMAL + "compute: {threads: 0}\n", "compute.threads"),
+        (MINIMAL + "data: {transfer: {augment: {word_dropout: 0}}}\n", "data.transfer.augment"),
+        (MINIMAL + "data: {transfer: {augment: {copies: 0}}}\n", "data.transfer.augment.copies"),
     ],
 )
 def test_bad_fields_are_named(tmp_path: Path, text: str, names: str) -> None:

@@ -86,9 +86,15 @@ class Context:
         return self.cache.get_or_compute(key, lambda: self._run(bundle, split, max_length))
 
     def pooled_hidden(self, teacher: Bundle, split: str) -> np.ndarray:
-        """Mean-pooled output of every teacher layer (float16, rows x layers+1 x width)."""
-        key = self.cache.key(teacher.id, self.split(split).content_hash(), self.max_length, "pooled_hidden")
-        return self.cache.get_or_compute(key, lambda: self._hidden(teacher, self.encoded(split)))
+        """Mean-pooled output of every teacher layer (float16, rows x layers+1 x width), in the
+        teacher's own tokens whatever the student reads."""
+        max_length = teacher.manifest.preprocessing.max_length
+        key = self.cache.key(teacher.id, self.split(split).content_hash(), max_length, "pooled_hidden")
+
+        def compute() -> np.ndarray:
+            return self._hidden(teacher, self._encoded_for(teacher, split, max_length))
+
+        return self.cache.get_or_compute(key, compute)
 
     def session(self, bundle: Bundle) -> ort.InferenceSession:
         if bundle.id not in self._sessions:

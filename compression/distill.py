@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -48,11 +48,35 @@ def kd_loss(
     return alpha * temperature**2 * kl + (1 - alpha) * ce
 
 
-def hidden_loss(student_pooled: list[torch.Tensor], teacher_pooled: torch.Tensor, layer_map: list[int]) -> torch.Tensor:
-    """Mean squared error between each student layer's mean-pooled output and the teacher layer
-    it was cut from (teacher_pooled: batch x teacher layers+1 x width, embeddings first)."""
+def hidden_loss(
+    student_pooled: list[torch.Tensor],
+    teacher_pooled: torch.Tensor,
+    layer_map: list[int],
+    projections: nn.ModuleList | None = None,
+) -> torch.Tensor:
+    """Mean squared error between each student layer's mean-pooled output and its teacher layer
+    (teacher_pooled: batch x teacher layers+1 x width, embeddings first). A student of another
+    width reaches the teacher's through one learned projection per layer (TinyBERT's W_h)."""
     pairs = [(student_pooled[i + 1], teacher_pooled[:, t + 1]) for i, t in enumerate(layer_map)]
+    if projections is not None:
+        pairs = [(project(s), t) for project, (s, t) in zip(projections, pairs, strict=True)]
     return torch.stack([F.mse_loss(s, t.to(s.dtype)) for s, t in pairs]).mean()
+
+
+def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Student layer i learns from teacher layer floor((i+1)*T/S) - 1: the top layers always meet."""
+    return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
+
+
+def hidden_projections(model: Classifier, data: TrainingSet) -> nn.ModuleList | None:
+    """Projections into the teacher's width, or None when the widths already agree; trained with
+    the student and dropped with the loss."""
+    if data.teacher_hidden is None or not isinstance(model, EncoderClassifier):
+        return None
+    student_width, teacher_width = model.encoder.config.hidden_size, data.teacher_hidden.shape[-1]
+    if student_width == teacher_width:
+        return None
+    return nn.ModuleList(nn.Linear(student_width, teacher_width) for _ in data.layer_map)
 
 
 @dataclass
@@ -61,7 +85,7 @@ class TrainingSet:
     labels: np.ndarray
     teacher_logits: np.ndarray | None = None
     teacher_hidden: np.ndarray | None = None  # pooled, per teacher layer; only for hidden loss
-    layer_map: list[int] = field(default_factory=list)  # student layer i was teacher layer layer_map[i]
+    layer_map: list[int] = field(default_factory=list)  # student layer i learns from this teacher layer; [] evenly
 
     def subset(self, fraction: float, rng: np.random.Generator) -> TrainingSet:
         index = np.sort(rng.choice(len(self.labels), size=max(1, int(fraction * len(self.labels))), replace=False))
@@ -107,19 +131,25 @@ def train(
 ) -> TrainResult:
     """AdamW with linear decay; keeps the weights of the best validation epoch (early stopping)."""
     steps = config.epochs * -(-len(data.labels) // config.batch_size)
+    projections = None
+    if config.hidden_loss_weight > 0 and data.teacher_hidden is not None and isinstance(model, EncoderClassifier):
+        if not data.layer_map:
+            data = replace(data, layer_map=uniform_layer_map(len(model.layers), data.teacher_hidden.shape[1] - 1))
+        projections = hidden_projections(model, data)
+    parameters = [*model.parameters(), *(projections.parameters() if projections is not None else [])]
     # fused: one kernel for every tensor; on CPU about 5x faster a step than the default
     # per-tensor loop, which spent a quarter of a tiny-recipe run in the optimizer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01, fused=True)
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.01, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / max(1, steps)))
     best, best_state, history, stale = -1.0, copy.deepcopy(model.state_dict()), [], 0
     with tqdm(total=steps, desc=desc, unit="batch", leave=False, disable=None, mininterval=1) as bar:
         for _ in range(config.epochs):
             model.train()
             for index, ids, mask in batches(data.encoded, config.batch_size, rng):
-                loss = batch_loss(model, data, config, index, ids, mask)
+                loss = batch_loss(model, data, config, index, ids, mask, projections)
                 optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                nn.utils.clip_grad_norm_(parameters, 1.0)
                 optimizer.step()
                 schedule.step()
                 bar.update()
@@ -143,6 +173,7 @@ def batch_loss(
     index: np.ndarray,
     ids: torch.Tensor,
     mask: torch.Tensor,
+    projections: nn.ModuleList | None = None,
 ) -> torch.Tensor:
     labels = torch.from_numpy(data.labels[index])
     teacher = None if data.teacher_logits is None else torch.from_numpy(data.teacher_logits[index])
@@ -150,7 +181,7 @@ def batch_loss(
     if use_hidden and isinstance(model, EncoderClassifier):
         logits, pooled = model.forward_with_hidden(ids, mask, hidden=True)
         assert data.teacher_hidden is not None
-        extra = hidden_loss(pooled, torch.from_numpy(data.teacher_hidden[index]), data.layer_map)
+        extra = hidden_loss(pooled, torch.from_numpy(data.teacher_hidden[index]), data.layer_map, projections)
         return kd_loss(logits, teacher, labels, config.temperature, config.alpha) + config.hidden_loss_weight * extra
     return kd_loss(model(ids, mask), teacher, labels, config.temperature, config.alpha)
 

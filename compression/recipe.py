@@ -154,7 +154,7 @@ class DistillConfig(Strict):
     learning_rate: float = Field(default=1e-4, gt=0)
     batch_size: int = Field(default=32, ge=1)
     patience: int = Field(default=2, ge=1)  # epochs without validation gain before stopping
-    hidden_loss_weight: float = Field(default=0.0, ge=0)  # pooled hidden-state MSE; layer students only
+    hidden_loss_weight: float = Field(default=0.0, ge=0)  # pooled hidden-state MSE; transformer students
 
 
 class SweepConfig(Strict):
@@ -204,6 +204,12 @@ class StudentConfig(Strict):
     quantize: QuantizeConfig | None = QuantizeConfig()
     max_length: int | None = Field(default=None, ge=4, le=512)  # served max length; default: recipe's
     tolerances: Tolerances = Tolerances()
+
+    @model_validator(mode="after")
+    def _hidden_loss_needs_layers(self) -> StudentConfig:
+        if self.distill.hidden_loss_weight > 0 and isinstance(self.architecture, BagOfEmbeddingsArchitecture):
+            raise ValueError("distill.hidden_loss_weight needs a transformer student: a bag has no layers")
+        return self
 
 
 class ExportConfig(Strict):

@@ -233,11 +233,10 @@ def make_student(teacher: Classifier | None, student: StudentConfig, num_labels:
 
 def _distillation_set(ctx: Context, teacher: Bundle, student: StudentConfig) -> TrainingSet:
     data = TrainingSet(ctx.encoded("distill"), ctx.split("distill").labels, ctx.logits(teacher, "distill"))
-    if student.distill.hidden_loss_weight > 0:
-        if not isinstance(student.architecture, LayersArchitecture):
-            raise StudentSpecError(f"students.{student.name}.distill.hidden_loss_weight needs a 'layers' student")
+    if student.distill.hidden_loss_weight > 0:  # the recipe refuses it for a bag of embeddings
         data.teacher_hidden = ctx.pooled_hidden(teacher, "distill")
-        data.layer_map = student.architecture.layers
+        if isinstance(student.architecture, LayersArchitecture):  # each layer learns from its original
+            data.layer_map = student.architecture.layers
     return data
 
 

@@ -48,6 +48,11 @@ def test_minimal_recipe_gets_defaults(tmp_path: Path) -> None:
         (MINIMAL + "compute: {threads: 0}\n", "compute.threads"),
         (MINIMAL + "data: {transfer: {augment: {word_dropout: 0}}}\n", "data.transfer.augment"),
         (MINIMAL + "data: {transfer: {augment: {copies: 0}}}\n", "data.transfer.augment.copies"),
+        (
+            MINIMAL.replace("kind: layers, layers: [0]", "kind: bag_of_embeddings")
+            + "    distill: {hidden_loss_weight: 1.0}\n",
+            "students.0",
+        ),
     ],
 )
 def test_bad_fields_are_named(tmp_path: Path, text: str, names: str) -> None:

@@ -177,7 +177,9 @@ def batch_loss(
 ) -> torch.Tensor:
     labels = torch.from_numpy(data.labels[index])
     teacher = None if data.teacher_logits is None else torch.from_numpy(data.teacher_logits[index])
-    use_hidden = config.hidden_loss_weight > 0 and data.teacher_hidden is not None
+    # without a layer map (a pruning importance pass over a student not cut from the teacher) the
+    # hidden term is left out: train() draws the map and the projections the term needs
+    use_hidden = config.hidden_loss_weight > 0 and data.teacher_hidden is not None and bool(data.layer_map)
     if use_hidden and isinstance(model, EncoderClassifier):
         logits, pooled = model.forward_with_hidden(ids, mask, hidden=True)
         assert data.teacher_hidden is not None

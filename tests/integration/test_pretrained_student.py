@@ -1,7 +1,8 @@
 """A pretrained student with a tokenizer and width of its own (the DistilBERT/MiniLM pattern),
 end to end on the tiny recipe's teacher: distilled from the teacher's cached logits (keyed by
-text, so each model reads the texts in its own tokens), pruned, quantized, validated against
-each parent, and served with the logits it was validated with.
+text, so each model reads the texts in its own tokens) and from its hidden states (through
+projections: 64 wide against the teacher's 384), pruned, quantized, validated against each
+parent, and served with the logits it was validated with.
 
 The "pretrained" encoder is made here: a small BERT with its own WordPiece vocabulary of 600
 tokens, trained on the corpus's snippets, saved as a Hugging Face directory as a team's own
@@ -63,7 +64,7 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Recipe:
     student: dict[str, Any] = {
         "name": "own",
         "architecture": {"kind": "pretrained", "path": str(encoder)},
-        "distill": {"epochs": 1, "learning_rate": 1.0e-3},
+        "distill": {"epochs": 1, "learning_rate": 1.0e-3, "hidden_loss_weight": 1.0},
         "prune": {"head_keep": 0.5, "ffn_keep": 0.5, "steps": 1, "finetune_epochs": 0},
         "quantize": {"mode": "dynamic", "optimize": True},
         "tolerances": {"distill": LAX, "prune": LAX, "quantize": LAX},
@@ -80,11 +81,13 @@ def test_a_student_with_its_own_tokenizer_end_to_end(
     shutil.copytree(teacher.path, registry.models / teacher.id)
     shutil.copytree(shared.root / "cache", registry.root / "cache")
     summary = compress(recipe, registry)
-    assert summary.teacher.id == teacher.id and summary.teacher_forward_batches == 0  # reused, not rerun
+    corpus = load_corpus(recipe.data, recipe.seed)
+    hidden_pass = -(-(len(corpus.train) + len(corpus.transfer)) // 64)  # its hidden states, in its tokens
+    assert summary.teacher.id == teacher.id and summary.teacher_forward_batches == hidden_pass  # logits reused
     chain = summary.students["own"]
     assert [b.manifest.stage for b in chain] == ["distill", "prune", "quantize"]
     assert chain[-1].manifest.training["fused"]  # the transformer optimizer fused something first
-    texts = load_corpus(recipe.data, recipe.seed).validation.texts
+    texts = corpus.validation.texts
     for bundle in chain:
         vocabulary = Tokenizer.from_file(str(bundle.path / "tokenizer" / "tokenizer.json")).get_vocab_size()
         assert vocabulary == 600  # its own tokens, not the teacher's 30,522

@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -110,10 +111,10 @@ def serve_and_log(teacher: Bundle, student: Bundle, registry: Registry, texts: l
         "disagreements": {"per_batch": 1000, "agreeing": 1.0},
     }
     port = free_port()
+    state = Path(tempfile.mkdtemp(prefix="kdcanary-loop-state-"))  # the rollout's store, for this round only
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        state = Path(tempfile.mkdtemp(prefix="kdcanary-loop-state-"))
         args = AppArgs(
             teacher_id=teacher.id, student_id=student.id, registry=registry.root,
             rollout=RolloutSpec.from_mapping(spec), state_dir=state,
@@ -135,6 +136,7 @@ def serve_and_log(teacher: Bundle, student: Bundle, registry: Registry, texts: l
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _wait_for_stage_0(admin: Any) -> int:

@@ -82,27 +82,28 @@ class Context:
     def logits(self, bundle: Bundle, split: str) -> np.ndarray:
         """A bundle's logits on a split, in its own tokens at its own max length, through the cache."""
         max_length = bundle.manifest.preprocessing.max_length
-        key = self.cache.key(bundle.id, self.split(split).content_hash(), max_length, "logits")
-        return self.cache.get_or_compute(key, lambda: self._run(bundle, split, max_length))
+
+        def compute(rows: np.ndarray) -> np.ndarray:
+            return self._run(bundle, self._encoded_for(bundle, split, max_length).subset(rows), split)
+
+        return self.cache.rows(bundle.id, max_length, "logits", self.split(split).texts, compute)
 
     def pooled_hidden(self, teacher: Bundle, split: str) -> np.ndarray:
         """Mean-pooled output of every teacher layer (float16, rows x layers+1 x width), in the
         teacher's own tokens whatever the student reads."""
         max_length = teacher.manifest.preprocessing.max_length
-        key = self.cache.key(teacher.id, self.split(split).content_hash(), max_length, "pooled_hidden")
 
-        def compute() -> np.ndarray:
-            return self._hidden(teacher, self._encoded_for(teacher, split, max_length))
+        def compute(rows: np.ndarray) -> np.ndarray:
+            return self._hidden(teacher, self._encoded_for(teacher, split, max_length).subset(rows))
 
-        return self.cache.get_or_compute(key, compute)
+        return self.cache.rows(teacher.id, max_length, "pooled_hidden", self.split(split).texts, compute)
 
     def session(self, bundle: Bundle) -> ort.InferenceSession:
         if bundle.id not in self._sessions:
             self._sessions[bundle.id] = session(bundle.model_path, threads=2)
         return self._sessions[bundle.id]
 
-    def _run(self, bundle: Bundle, split: str, max_length: int) -> np.ndarray:
-        encoded = self._encoded_for(bundle, split, max_length)
+    def _run(self, bundle: Bundle, encoded: Encoded, split: str) -> np.ndarray:
         self.forward_batches[bundle.id] += -(-len(encoded) // PREDICT_BATCH)
         if self.shard_predict is not None:
             return self.shard_predict(bundle.model_path, encoded, PREDICT_BATCH)

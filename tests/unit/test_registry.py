@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,17 +132,25 @@ def test_tolerance_breach_carries_the_numbers() -> None:
     assert ok.agreement == 1.0 and ok.accuracy == 1.0
 
 
-def test_cache_computes_once_per_key(tmp_path: Path) -> None:
+def test_cache_runs_each_text_once_and_only_the_new_ones(tmp_path: Path) -> None:
+    runs: list[list[str]] = []
+
+    def model(texts: list[str]) -> Callable[[np.ndarray], np.ndarray]:
+        def compute(rows: np.ndarray) -> np.ndarray:
+            runs.append([texts[i] for i in rows])
+            return np.array([[len(texts[i]), i % 2] for i in rows], dtype=np.float32)
+
+        return compute
+
+    def expected(texts: list[str]) -> np.ndarray:
+        return np.array([len(t) for t in texts], dtype=np.float32)
+
     cache = TeacherCache(tmp_path)
-    calls = []
-
-    def compute() -> np.ndarray:
-        calls.append(1)
-        return np.arange(6, dtype=np.float32).reshape(3, 2)
-
-    key = cache.key("teacher-id", "text-hash", 64, "logits")
-    assert key != cache.key("teacher-id", "text-hash", 32, "logits")
-    first = cache.get_or_compute(key, compute)
-    second = TeacherCache(tmp_path).get_or_compute(key, compute)
-    assert len(calls) == 1 and np.array_equal(first, second)
-    assert not list(tmp_path.glob("*.partial"))
+    first = ["a", "bb", "ccc", "bb"]  # a repeated text runs once
+    assert np.array_equal(cache.rows("teacher", 64, "logits", first, model(first))[:, 0], expected(first))
+    assert runs == [["a", "bb", "ccc"]]
+    more = ["dddd", "ccc", "a", "eeeee"]  # another process, the same folder: only the new texts run
+    assert np.array_equal(TeacherCache(tmp_path).rows("teacher", 64, "logits", more, model(more))[:, 0], expected(more))
+    assert runs[1:] == [["dddd", "eeeee"]]
+    TeacherCache(tmp_path).rows("teacher", 32, "logits", first, model(first))  # another max length: its own shelf
+    assert len(runs) == 3 and not list(tmp_path.rglob("*.partial"))

@@ -208,13 +208,16 @@ def _transfer_texts(config: DataConfig, plots: list[str], seen: set[str], rng: n
     if config.transfer.max_examples is not None and len(unique) > config.transfer.max_examples:
         keep = np.sort(rng.choice(len(unique), size=config.transfer.max_examples, replace=False))
         unique = [unique[i] for i in keep]
-    return Split(unique, np.full(len(unique), UNLABELLED, dtype=np.int64))
+    return _unlabelled(unique)
 
 
 def _with_augmented(transfer: Split, train: list[str], config: AugmentConfig, seed: int, seen: set[str]) -> Split:
     """Perturbed copies of the training split only: validation and test stay unseen."""
     extra = [t for t in augmented_copies(train, config, seed) if t not in seen]
-    texts = list(dict.fromkeys(transfer.texts + extra))
+    return _unlabelled(list(dict.fromkeys(transfer.texts + extra)))
+
+
+def _unlabelled(texts: list[str]) -> Split:
     return Split(texts, np.full(len(texts), UNLABELLED, dtype=np.int64))
 
 

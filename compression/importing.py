@@ -186,11 +186,8 @@ def import_model(request: ImportRequest, registry: Registry) -> Bundle:
     name = request.name or source.default_name
     if not re.fullmatch(NAME_PATTERN, name):
         raise ModelImportError(f"model name {name!r} (from {source.path.name}) is not usable: pass --name")
-    staging = registry.staging_dir()
-    try:
+    with registry.staging() as staging:
         return _import_staged(request, source, recipe, corpus, teacher, name, registry, staging)
-    finally:
-        registry.discard(staging)  # a no-op once registered (renamed away); else nothing is left half-written
 
 
 def _import_staged(

@@ -4,6 +4,8 @@
     <root>/models/<id>/model.onnx         the serving artifact
     <root>/models/<id>/tokenizer/         its own preprocessing
     <root>/models/<id>/torch/             architecture + weights, for FP32 stages (parents of later stages)
+    <root>/breaches/<stage key>.txt       a stage that breached its tolerance, and why: a re-run reports
+                                          it without training again (delete the file to try again)
 
 A bundle is assembled in <root>/.staging and renamed into place in one step, manifest
 written last, so a crash leaves no half bundle in models/. The manifest is the single record
@@ -18,6 +20,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +33,7 @@ from compression.validate import ParentCheck
 
 SCHEMA_VERSION: Literal[1] = 1
 MANIFEST = "manifest.json"
+BREACHES = "breaches"
 MODEL_FILE = "model.onnx"
 TOKENIZER_DIR = "tokenizer"
 TORCH_DIR = "torch"
@@ -143,10 +147,16 @@ class Registry:
         self.root = root
         self.models = root / "models"
 
-    def staging_dir(self) -> Path:
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh folder to assemble one bundle in. Whatever is left of it afterwards is removed
+        (nothing, once `register` renamed it into models/), so a failure leaves no half bundle."""
         path = self.root / ".staging" / uuid.uuid4().hex
         path.mkdir(parents=True)
-        return path
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
     def register(self, staging: Path, fields: dict[str, Any]) -> Bundle:
         """Hash the staged files, write the manifest, and move the bundle into place atomically.
@@ -168,9 +178,6 @@ class Registry:
                 raise
             shutil.rmtree(staging)  # same content already registered, maybe by a writer beside us: keep it
         return self.get(digest)
-
-    def discard(self, staging: Path) -> None:
-        shutil.rmtree(staging, ignore_errors=True)
 
     def __iter__(self) -> Iterator[Bundle]:
         if not self.models.is_dir():
@@ -199,6 +206,20 @@ class Registry:
 
     def find_stage(self, stage_key: str) -> Bundle | None:
         return next((b for b in self if b.manifest.stage_key == stage_key), None)
+
+    def record_breach(self, stage_key: str, message: str) -> None:
+        """Remember that this stage breached its tolerance. Its key covers everything that decided
+        the outcome (parent, settings, tolerances, data, seed), so the same key breaches again."""
+        folder = self.root / BREACHES
+        folder.mkdir(parents=True, exist_ok=True)
+        aside = folder / f".{stage_key}.{uuid.uuid4().hex}"
+        aside.write_text(message)
+        os.replace(aside, folder / f"{stage_key}.txt")  # whole or not at all, with writers beside us
+
+    def find_breach(self, stage_key: str) -> str | None:
+        """The recorded breach of this stage, if an earlier run recorded one."""
+        path = self.root / BREACHES / f"{stage_key}.txt"
+        return path.read_text() if path.is_file() else None
 
     def lineage(self, ref: str) -> list[Bundle]:
         """The bundle, its parent, its parent's parent... back to the teacher."""

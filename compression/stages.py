@@ -1,11 +1,14 @@
 """The stages of a recipe. Each builds one bundle from its parent, validates it against the
-parent, and registers it; each is skipped when a bundle with the same stage key exists."""
+parent, and registers it; each is skipped when a bundle with the same stage key exists, and a
+student's stage whose key breached its tolerance before reports that breach again untrained."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +76,7 @@ def teacher_stage(ctx: Context) -> Bundle:
     # A teacher registered while its key still covered transfer text is found by that key too.
     if existing := ctx.registry.find_stage(key) or ctx.registry.find_stage(stage_key(ctx, "teacher", source, settings)):
         return existing
-    staging = ctx.registry.staging_dir()
-    try:
+    with ctx.registry.staging() as staging:
         if config.kind == "onnx":
             params, training = _copy_onnx_teacher(config.path, staging / MODEL_FILE), {}
         else:
@@ -91,9 +93,6 @@ def teacher_stage(ctx: Context) -> Bundle:
         metrics = _measure(ctx, staging, ctx.max_length, params, teacher=None, check=None)
         identity = {"name": config.name, "role": "teacher", "stage": "teacher", "precision": "fp32"}
         return _register(ctx, staging, identity, None, None, key, metrics, training, ctx.max_length)
-    except BaseException:
-        ctx.registry.discard(staging)
-        raise
 
 
 def distill_settings(student: StudentConfig) -> dict[str, Any]:
@@ -106,27 +105,29 @@ def distill_settings(student: StudentConfig) -> dict[str, Any]:
 
 def distill_stage(ctx: Context, teacher: Bundle, student: StudentConfig) -> Bundle:
     key = stage_key(ctx, "distill", teacher.id, distill_settings(student))
-    if existing := ctx.registry.find_stage(key):
+    if existing := _registered(ctx, key):
         return existing
     data = _distillation_set(ctx, teacher, student)
     teacher_model = ctx.torch_model(teacher) if teacher.torch_path else None
     make = lambda: make_student(teacher_model, student, len(ctx.corpus.label_names))  # noqa: E731
     config, training = student.distill, dict[str, Any]()
-    if student.sweep is not None:
-        found = sweep(make, data, _validation(ctx), config, student.sweep, ctx.rng(student.name, "sweep"))
-        config = config.model_copy(update={"temperature": found.temperature, "alpha": found.alpha})
-        training["sweep"] = found.grid
-    model = make()
-    result = train(model, data, _validation(ctx), config, ctx.rng(student.name, "distill"), f"distill {student.name}")
-    training |= {"temperature": config.temperature, "alpha": config.alpha, "epochs_run": result.epochs_run,
-                 "validation_accuracy_per_epoch": result.history}  # fmt: skip
-    return _finish(ctx, model, student.name, "distill", teacher, teacher, key, training, student)
+    with _remembering_breach(ctx, key):
+        if student.sweep is not None:
+            found = sweep(make, data, _validation(ctx), config, student.sweep, ctx.rng(student.name, "sweep"))
+            config = config.model_copy(update={"temperature": found.temperature, "alpha": found.alpha})
+            training["sweep"] = found.grid
+        model = make()
+        rng = ctx.rng(student.name, "distill")
+        result = train(model, data, _validation(ctx), config, rng, f"distill {student.name}")
+        training |= {"temperature": config.temperature, "alpha": config.alpha, "epochs_run": result.epochs_run,
+                     "validation_accuracy_per_epoch": result.history}  # fmt: skip
+        return _finish(ctx, model, student.name, "distill", teacher, teacher, key, training, student)
 
 
 def prune_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: StudentConfig) -> Bundle:
     assert student.prune is not None
     key = stage_key(ctx, "prune", parent.id, [student.prune.model_dump(), student.tolerances.prune.model_dump()])
-    if existing := ctx.registry.find_stage(key):
+    if existing := _registered(ctx, key):
         return existing
     model = ctx.torch_model(parent)
     data = _distillation_set(ctx, teacher, student)
@@ -134,10 +135,11 @@ def prune_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: StudentC
         k: parent.manifest.training[k] for k in ("temperature", "alpha") if k in parent.manifest.training
     }
     distill = student.distill.model_copy(update=chosen)  # the sweep's winner, if one ran
-    result = prune(model, data, _validation(ctx), student.prune, distill, ctx.rng(student.name, "prune"))
-    training = {"shapes_before": result.shapes_before, "shapes_after": result.shapes_after,
-                "validation_accuracy_per_step": result.validation_accuracy_per_step}  # fmt: skip
-    return _finish(ctx, model, f"{student.name}-pruned", "prune", parent, teacher, key, training, student)
+    with _remembering_breach(ctx, key):
+        result = prune(model, data, _validation(ctx), student.prune, distill, ctx.rng(student.name, "prune"))
+        training = {"shapes_before": result.shapes_before, "shapes_after": result.shapes_after,
+                    "validation_accuracy_per_step": result.validation_accuracy_per_step}  # fmt: skip
+        return _finish(ctx, model, f"{student.name}-pruned", "prune", parent, teacher, key, training, student)
 
 
 def quantize_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: StudentConfig) -> Bundle:
@@ -146,11 +148,10 @@ def quantize_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: Stude
     assert config is not None
     settings = config.model_dump(exclude=set() if config.optimize else {"optimize"})  # keys made before it stay
     key = stage_key(ctx, "quantize", parent.id, [settings, student.tolerances.quantize.model_dump()])
-    if existing := ctx.registry.find_stage(key):
+    if existing := _registered(ctx, key):
         return existing
     max_length = parent.manifest.preprocessing.max_length
-    staging = ctx.registry.staging_dir()
-    try:
+    with _remembering_breach(ctx, key), ctx.registry.staging() as staging:
         shutil.copytree(parent.path / TOKENIZER_DIR, staging / TOKENIZER_DIR)
         calibration = ctx.encoded("validation", max_length)
         fused = quantize(parent.model_path, staging / MODEL_FILE, config.mode, calibration, config.optimize)
@@ -166,8 +167,25 @@ def quantize_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: Stude
         metrics = _measure(ctx, staging, max_length, parent.manifest.metrics.params, teacher, check)
         identity = {"name": f"{parent.manifest.name}-int8", "role": "student", "stage": "quantize", "precision": "int8"}
         return _register(ctx, staging, identity, parent, check, key, metrics, training, max_length)
-    except BaseException:
-        ctx.registry.discard(staging)
+
+
+def _registered(ctx: Context, key: str) -> Bundle | None:
+    """This stage's bundle from an earlier run, if any; a breach recorded for it is raised again
+    without training (the key covers parent, settings, tolerances, data and seed)."""
+    if existing := ctx.registry.find_stage(key):
+        return existing
+    if (breach := ctx.registry.find_breach(key)) is not None:
+        raise ToleranceError(breach)
+    return None
+
+
+@contextmanager
+def _remembering_breach(ctx: Context, key: str) -> Iterator[None]:
+    """Record a breach under the stage's key, so a re-run of the recipe skips what would fail again."""
+    try:
+        yield
+    except ToleranceError as breach:
+        ctx.registry.record_breach(key, str(breach))
         raise
 
 
@@ -250,17 +268,13 @@ def _finish(
 ) -> Bundle:  # fmt: skip
     """Export an FP32 student, check it against its parent, measure it, register it."""
     max_length = student.max_length or ctx.max_length
-    staging = ctx.registry.staging_dir()
-    try:
+    with ctx.registry.staging() as staging:
         _save_artifacts(ctx, model, staging)
         ctx.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
         check = _check(ctx, staging, max_length, stage, parent, getattr(student.tolerances, stage))
         metrics = _measure(ctx, staging, max_length, count_parameters(model), teacher, check)
         identity = {"name": name, "role": "student", "stage": stage, "precision": "fp32"}
         return _register(ctx, staging, identity, parent, check, key, metrics, training, max_length)
-    except BaseException:
-        ctx.registry.discard(staging)
-        raise
 
 
 def _save_artifacts(ctx: Context, model: Classifier, staging: Path) -> None:

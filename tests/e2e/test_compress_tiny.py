@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from ports import free_port
 
+from compression import progress
 from compression.pipeline import RunSummary, compress
-from compression.recipe import load_recipe
+from compression.recipe import StudentConfig, load_recipe
 from compression.registry import Registry
 from serving.cli import main
 
@@ -89,6 +90,29 @@ def test_second_run_recomputes_nothing(first_run: tuple[Registry, RunSummary]) -
     assert again.forward_batches == {}  # no model, teacher or student, ran a single batch
     assert [b.id for b in again.bundles] == [b.id for b in summary.bundles]
     assert snapshot(registry) == before
+
+
+def test_a_breach_is_reported_again_without_training(first_run: tuple[Registry, RunSummary]) -> None:
+    """A student that cannot meet its tolerance breaches once; a re-run of the recipe reports the
+    same breach from the registry instead of training the student again to the same end."""
+    registry, _ = first_run
+    tiny = load_recipe(TINY)
+    strict = StudentConfig.model_validate({
+        "name": "strict-bag", "architecture": {"kind": "bag_of_embeddings"}, "distill": {"epochs": 1},
+        "tolerances": {"distill": {"min_agreement": 1.0, "max_accuracy_drop": 0.0}},
+    })  # fmt: skip
+    recipe = tiny.model_copy(update={"students": [*tiny.students, strict]})
+    heard: list[str] = []
+    progress.listen(lambda what, step, total: heard.append(what))
+    try:
+        first = compress(recipe, registry, ["strict-bag"])
+        trained, heard[:] = list(heard), []
+        again = compress(recipe, registry, ["strict-bag"])
+    finally:
+        progress.listen(None)
+    assert "distill strict-bag" in trained and "distill strict-bag" not in heard
+    assert again.breaches == first.breaches and first.breaches["strict-bag"].startswith("distill:")
+    assert again.students["strict-bag"] == [] and "breached" in heard
 
 
 def test_more_transfer_text_reuses_the_teacher(first_run: tuple[Registry, RunSummary], tmp_path: Path) -> None:

@@ -30,9 +30,9 @@ def fields(name: str, parents: list[str], accuracy: float, latency: float, stage
 
 
 def add(registry: Registry, name: str, parents: list[str], accuracy: float = 0.8, latency: float = 1.0) -> str:
-    staging = registry.staging_dir()
-    (staging / "model.onnx").write_bytes(name.encode())
-    return registry.register(staging, fields(name, parents, accuracy, latency)).id
+    with registry.staging() as staging:
+        (staging / "model.onnx").write_bytes(name.encode())
+        return registry.register(staging, fields(name, parents, accuracy, latency)).id
 
 
 def test_register_get_and_lineage(tmp_path: Path) -> None:
@@ -49,6 +49,15 @@ def test_register_get_and_lineage(tmp_path: Path) -> None:
         registry.get("ghost")
 
 
+def test_a_breach_is_remembered_by_its_stage_key(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    assert registry.find_breach("key-student") is None
+    registry.record_breach("key-student", "distill: agreement 0.610 < 0.900")
+    assert registry.find_breach("key-student") == "distill: agreement 0.610 < 0.900"
+    assert registry.bundles() == [] and registry.find_stage("key-student") is None  # nothing registered
+    assert [p.name for p in (tmp_path / "breaches").iterdir()] == ["key-student.txt"]  # no file left aside
+
+
 def test_same_content_registers_once(tmp_path: Path) -> None:
     """Also when two writers race (a fanned-out run): the later rename is refused, the first bundle kept."""
     registry = Registry(tmp_path)
@@ -59,13 +68,13 @@ def test_same_content_registers_once(tmp_path: Path) -> None:
 
 def test_incomplete_manifest_leaves_models_untouched(tmp_path: Path) -> None:
     registry = Registry(tmp_path)
-    staging = registry.staging_dir()
-    (staging / "model.onnx").write_bytes(b"x")
     broken = fields("teacher", [], 0.8, 1.0)
     del broken["metrics"]
-    with pytest.raises(Exception, match="metrics"):
+    with pytest.raises(Exception, match="metrics"), registry.staging() as staging:
+        (staging / "model.onnx").write_bytes(b"x")
         registry.register(staging, broken)
     assert not registry.models.exists() or not any(registry.models.iterdir())
+    assert not any((tmp_path / ".staging").iterdir())  # and the half-made bundle is gone
 
 
 @pytest.mark.parametrize(

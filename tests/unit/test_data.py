@@ -34,6 +34,8 @@ def test_augmented_copies_of_training_snippets_join_the_transfer_text() -> None:
     before, after = load_corpus(plain, seed=13), load_corpus(config, seed=13)
     assert after.transfer.texts[:30] == before.transfer.texts  # on top of max_examples
     copies = after.transfer.texts[30:]
+    # at most `copies` per snippet by construction; the lower bound is the check: near-duplicates
+    # dropped against the labelled splits and each other must not eat the augmentation
     assert 1.5 * len(before.train) < len(copies) <= 2 * len(before.train)
     labelled = set(before.train.texts) | set(before.validation.texts) | set(before.test.texts)
     assert not set(copies) & labelled and (after.transfer.labels == UNLABELLED).all()

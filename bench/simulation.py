@@ -76,7 +76,8 @@ from rollout.webhooks import RecordingWebhookSender
 from serving import router_core
 from serving.config import RouterConfig
 from serving.errors import ModelCallError
-from serving.router_core import RecordingMetrics, RouterCore
+from serving.router_core import RouterCore
+from serving.router_sink import RecordingMetrics
 
 _STRICT = ConfigDict(frozen=True, extra="forbid")
 PAIR = ModelPair(teacher_id="simulated-teacher", student_id="simulated-student")  # the models' ids (world.py)

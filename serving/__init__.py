@@ -12,6 +12,7 @@
                    the one controller routers poll and the admin API drives
     router_core.py RouterCore: the router's logic without Ray (choose, call, fail over, shadow,
                    observations); the Ray shell and bench/simulation.py both drive it
+    router_sink.py RouterMetricsSink, what the core records, and RecordingMetrics, its in-memory fake
     router.py      Router: the ingress shell over RouterCore, lean Starlette hot path
     admin.py       bearer-token checks: the admin API's token, and the feedback token
     admin_api.py   the admin routes under /admin/rollout (FastAPI: typed bodies and answers, OpenAPI)

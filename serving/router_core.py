@@ -40,10 +40,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 
@@ -54,6 +53,7 @@ from rollout.views import PublishedRouting
 from serving.answer import ModelAnswer
 from serving.config import RouterConfig
 from serving.errors import ModelCallError
+from serving.router_sink import RouterMetricsSink
 from serving.routing import (
     Chooser,
     bound_disagreements,
@@ -69,58 +69,6 @@ ModelCall = Callable[[list[str]], Awaitable[ModelAnswer]]
 Outcome = Literal["ok", "failover"]
 UNSIGNED = "unsigned."
 KEEP_BATCHES = 20  # controller unreachable for a while: keep only the newest 20 batches' worth
-
-
-class RouterMetricsSink(Protocol):
-    """What the core records; `serving.metrics.RouterMetrics` is the Ray-backed one."""
-
-    def record_request(self, variant: Variant, outcome: str, latency_s: float) -> None: ...
-
-    def record_failover(self, reason: str) -> None: ...
-
-    def record_comparison(self, agreed: int, divergences: list[float]) -> None: ...
-
-    def record_shadow_dropped(self, reason: str) -> None: ...
-
-    def record_forced(self, variant: Variant) -> None: ...
-
-    def set_weight(self, weight: float) -> None: ...
-
-
-@dataclass
-class RecordingMetrics:
-    """An in-memory `RouterMetricsSink` for tests and simulations: counts what was recorded."""
-
-    requests: Counter[tuple[Variant, str]] = field(default_factory=Counter)
-    latencies_s: list[float] = field(default_factory=list)
-    failovers: Counter[str] = field(default_factory=Counter)
-    shadow_dropped: Counter[str] = field(default_factory=Counter)
-    forced: Counter[Variant] = field(default_factory=Counter)
-    comparisons: int = 0
-    agreements: int = 0
-    divergences: list[float] = field(default_factory=list)
-    weight: float | None = None
-
-    def record_request(self, variant: Variant, outcome: str, latency_s: float) -> None:
-        self.requests[(variant, outcome)] += 1
-        self.latencies_s.append(latency_s)
-
-    def record_failover(self, reason: str) -> None:
-        self.failovers[reason] += 1
-
-    def record_comparison(self, agreed: int, divergences: list[float]) -> None:
-        self.comparisons += len(divergences)
-        self.agreements += agreed
-        self.divergences.extend(divergences)
-
-    def record_shadow_dropped(self, reason: str) -> None:
-        self.shadow_dropped[reason] += 1
-
-    def record_forced(self, variant: Variant) -> None:
-        self.forced[variant] += 1
-
-    def set_weight(self, weight: float) -> None:
-        self.weight = weight
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,8 @@ from rollout.views import PublishedRouting
 from serving.answer import ModelAnswer
 from serving.config import RouterConfig
 from serving.errors import ModelCallError
-from serving.router_core import UNSIGNED, Answered, ModelCall, RecordingMetrics, RouterCore
+from serving.router_core import UNSIGNED, Answered, ModelCall, RouterCore
+from serving.router_sink import RecordingMetrics
 from serving.routing import sticky_variant
 
 T, S = Variant.TEACHER, Variant.STUDENT

@@ -79,6 +79,18 @@ def hidden_projections(model: Classifier, data: TrainingSet) -> nn.ModuleList | 
     return nn.ModuleList(nn.Linear(student_width, teacher_width) for _ in data.layer_map)
 
 
+def with_hidden_term(
+    model: Classifier, data: TrainingSet, config: DistillConfig
+) -> tuple[TrainingSet, nn.ModuleList | None]:
+    """`data` with the layer map the hidden-state term needs (evenly spread when the student was
+    not cut from the teacher) and that term's projections; `data` as it is without the term."""
+    if config.hidden_loss_weight <= 0 or data.teacher_hidden is None or not isinstance(model, EncoderClassifier):
+        return data, None
+    if not data.layer_map:
+        data = replace(data, layer_map=uniform_layer_map(len(model.layers), data.teacher_hidden.shape[1] - 1))
+    return data, hidden_projections(model, data)
+
+
 @dataclass
 class TrainingSet:
     encoded: Encoded
@@ -131,11 +143,7 @@ def train(
 ) -> TrainResult:
     """AdamW with linear decay; keeps the weights of the best validation epoch (early stopping)."""
     steps = config.epochs * -(-len(data.labels) // config.batch_size)
-    projections = None
-    if config.hidden_loss_weight > 0 and data.teacher_hidden is not None and isinstance(model, EncoderClassifier):
-        if not data.layer_map:
-            data = replace(data, layer_map=uniform_layer_map(len(model.layers), data.teacher_hidden.shape[1] - 1))
-        projections = hidden_projections(model, data)
+    data, projections = with_hidden_term(model, data, config)
     parameters = [*model.parameters(), *(projections.parameters() if projections is not None else [])]
     # fused: one kernel for every tensor; on CPU about 5x faster a step than the default
     # per-tensor loop, which spent a quarter of a tiny-recipe run in the optimizer

@@ -8,7 +8,14 @@ import torch
 from transformers import BertConfig, BertModel
 
 from compression.data import UNLABELLED
-from compression.distill import TrainingSet, hidden_projections, kd_loss, train, uniform_layer_map
+from compression.distill import (
+    TrainingSet,
+    hidden_projections,
+    kd_loss,
+    train,
+    uniform_layer_map,
+    with_hidden_term,
+)
 from compression.models import EncoderClassifier
 from compression.recipe import DistillConfig
 from compression.text import Encoded
@@ -65,14 +72,15 @@ def test_a_narrower_student_learns_the_teachers_hidden_states_through_projection
     teacher_hidden = rng.normal(size=(16, 5, 32)).astype(np.float16)  # 4 teacher layers + embeddings, width 32
     data = TrainingSet(Encoded(ids), labels, rng.normal(size=(16, 2)).astype(np.float32), teacher_hidden)
     student = tiny_encoder(16)
-    data.layer_map = uniform_layer_map(len(student.layers), 4)
-    projections = hidden_projections(student, data)
+    config = DistillConfig(epochs=2, hidden_loss_weight=1.0, batch_size=8)
+    spread, projections = with_hidden_term(student, data, config)
+    assert spread.layer_map == uniform_layer_map(2, 4) and not data.layer_map  # a copy: train() spreads its own
     assert projections is not None and len(projections) == 2
     assert all(isinstance(p, torch.nn.Linear) and (p.in_features, p.out_features) == (16, 32) for p in projections)
-    assert hidden_projections(tiny_encoder(32), data) is None  # same width: compared as they are
+    assert hidden_projections(tiny_encoder(32), spread) is None  # same width: compared as they are
+    unchanged, none = with_hidden_term(student, data, config.model_copy(update={"hidden_loss_weight": 0.0}))
+    assert unchanged is data and none is None  # no term: nothing spread, nothing to train
 
     before = sum(p.numel() for p in student.parameters())
-    config = DistillConfig(epochs=2, hidden_loss_weight=1.0, batch_size=8)
-    data.layer_map = []  # train() spreads them itself
     result = train(student, data, (Encoded(ids), labels), config, rng, "hidden")
     assert result.epochs_run >= 1 and sum(p.numel() for p in student.parameters()) == before  # projections dropped

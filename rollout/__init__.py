@@ -5,6 +5,7 @@ Pure core (no I/O, no clock):
     spec.py          RolloutSpec: stages as data, gate configs, fast-rollback trip wire
     status.py        RolloutStatus: the one persisted record, phases, admin intents
     evidence.py      Evidence: mergeable per-model aggregates of router observations
+    latency.py       LatencyHistogram: log-bucketed latency counts that merge exactly
     stats.py         anytime-valid confidence sequences (Robbins 1970; Howard & Ramdas 2022)
     verdict.py       Verdict (pass | fail | inconclusive) and GateResult, with its numbers
     answer_gates.py  agreement overall / by class / by segment, accuracy on labels, their combination

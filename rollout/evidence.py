@@ -37,15 +37,9 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from rollout.disagreements import Disagreement
-from rollout.stats import Bucket
+from rollout.latency import LatencyHistogram, histogram_of, merge_histograms
 from rollout.watch import ACCURACY, ACCURACY_LOSS, AGREEMENT, WatchState, feed
 
-HISTOGRAM_MIN_S = 1e-4
-"""Lower edge of the first finite latency bucket (0.1 ms); faster samples share bucket 0."""
-HISTOGRAM_GROWTH = 1.04
-"""Each bucket is 4 % wider than the one below: p99 is known to within 4 %."""
-HISTOGRAM_TOP_INDEX = 353
-"""Index of the last finite bucket (upper edge ~100 s); slower samples go to the overflow bucket."""
 RECENT_RETENTION_S = 60
 """Seconds of per-second student counts kept for the fast-rollback window (its maximum)."""
 
@@ -100,64 +94,6 @@ class Observation(BaseModel):
     disagreements: tuple[Disagreement, ...] = ()
 
 
-def bucket_index(latency_s: float) -> int:
-    """The histogram bucket that holds `latency_s` (half-open: lower <= x < upper)."""
-    if latency_s < HISTOGRAM_MIN_S:
-        return 0
-    index = min(
-        HISTOGRAM_TOP_INDEX + 1,
-        math.floor(math.log(latency_s / HISTOGRAM_MIN_S) / math.log(HISTOGRAM_GROWTH)) + 1,
-    )
-    while index > 0 and latency_s < bucket_edges(index)[0]:  # floating-point fix-ups at edges
-        index -= 1
-    while index <= HISTOGRAM_TOP_INDEX and latency_s >= bucket_edges(index)[1]:
-        index += 1
-    return index
-
-
-def bucket_edges(index: int) -> tuple[float, float]:
-    """(lower, upper) edges of bucket `index`; bucket 0 starts at 0, the overflow ends at inf."""
-    lower = 0.0 if index == 0 else HISTOGRAM_MIN_S * HISTOGRAM_GROWTH ** (index - 1)
-    upper = math.inf if index > HISTOGRAM_TOP_INDEX else HISTOGRAM_MIN_S * HISTOGRAM_GROWTH**index
-    return lower, upper
-
-
-class LatencyHistogram(BaseModel):
-    """Sparse log-bucketed latency counts: mergeable by addition, bounded in size (~355 keys).
-
-    Exact enough for quantile bounds: `stats.quantile_cs` rounds outward to bucket edges, so
-    bucketing widens the interval by at most one bucket (4 %) and never invalidates it.
-    """
-
-    model_config = _FROZEN
-
-    counts: dict[int, int] = Field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def buckets(self) -> list[Bucket]:
-        """Sorted (lower, upper, count) triples, the form `stats.quantile_cs` reads."""
-        return [(*bucket_edges(index), self.counts[index]) for index in sorted(self.counts)]
-
-
-def histogram_of(latencies: Iterable[float]) -> LatencyHistogram:
-    """A histogram of raw latencies (routers may pre-aggregate with this)."""
-    counts: dict[int, int] = {}
-    for latency in latencies:
-        index = bucket_index(latency)
-        counts[index] = counts.get(index, 0) + 1
-    return LatencyHistogram(counts=counts)
-
-
-def _add_counts(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
-    merged = dict(a)
-    for key, value in b.items():
-        merged[key] = merged.get(key, 0) + value
-    return merged
-
-
 class VariantStats(BaseModel):
     """One model's requests, errors, cost and latency since the current epoch began."""
 
@@ -175,7 +111,7 @@ def merge_stats(a: VariantStats, b: VariantStats) -> VariantStats:
         requests=a.requests + b.requests,
         errors=a.errors + b.errors,
         cost_total=a.cost_total + b.cost_total,
-        latency=LatencyHistogram(counts=_add_counts(a.latency.counts, b.latency.counts)),
+        latency=merge_histograms(a.latency, b.latency),
     )
 
 

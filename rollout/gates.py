@@ -21,7 +21,8 @@ from rollout.answer_gates import (
     combine_accuracy,
     segment_guard,
 )
-from rollout.evidence import Evidence, LatencyHistogram, VariantStats
+from rollout.evidence import Evidence, VariantStats
+from rollout.latency import LatencyHistogram
 from rollout.spec import CostGate, ErrorGate, FastRollback, LatencyGate, RolloutSpec
 from rollout.stats import difference_cs, quantile_cs, quantile_estimate, quantile_ratio_cs
 from rollout.verdict import GateResult, Verdict, finite, judge

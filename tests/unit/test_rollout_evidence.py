@@ -1,14 +1,10 @@
-"""rollout.evidence: folding observations in, bucket edges, merging, per-stage rollover."""
+"""rollout.evidence: folding observations in, merging, per-stage rollover."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 
 from rollout.evidence import (
-    HISTOGRAM_MIN_S,
-    HISTOGRAM_TOP_INDEX,
     RECENT_RETENTION_S,
     Agreement,
     Evidence,
@@ -16,37 +12,12 @@ from rollout.evidence import (
     Variant,
     VariantStats,
     add_observations,
-    bucket_edges,
-    bucket_index,
-    histogram_of,
     merge_stats,
     rollover,
 )
+from rollout.latency import histogram_of
 
 S, T = Variant.STUDENT, Variant.TEACHER
-
-
-def test_every_latency_lands_in_the_bucket_whose_edges_hold_it() -> None:
-    edges = [bucket_edges(i)[0] for i in range(1, HISTOGRAM_TOP_INDEX + 2)]
-    for value in [
-        0.0,
-        5e-5,
-        HISTOGRAM_MIN_S,
-        0.0123,
-        1.0,
-        99.0,
-        *edges,
-        *(e * (1 - 1e-15) for e in edges),
-    ]:
-        lower, upper = bucket_edges(bucket_index(value))
-        assert lower <= value < upper, value
-    assert bucket_index(0.0) == 0
-    assert bucket_edges(bucket_index(1e6)) == (bucket_edges(HISTOGRAM_TOP_INDEX + 1)[0], math.inf)
-
-
-def test_buckets_are_4_percent_wide() -> None:
-    lower, upper = bucket_edges(bucket_index(0.05))
-    assert upper / lower == pytest.approx(1.04)
 
 
 def test_add_observations_counts_each_variant_and_pools_agreement() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rollout.errors import StatsError
-from rollout.evidence import LatencyHistogram, bucket_index
+from rollout.latency import LatencyHistogram, bucket_index
 from rollout.stats import (
     Interval,
     bernoulli_count_range,

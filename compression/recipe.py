@@ -203,12 +203,20 @@ class StudentConfig(Strict):
     prune: PruneConfig | None = None
     quantize: QuantizeConfig | None = QuantizeConfig()
     max_length: int | None = Field(default=None, ge=4, le=512)  # served max length; default: recipe's
+    # "corpus": keep only the teacher's tokens the recipe's text uses (compression/vocabulary.py)
+    vocabulary: Literal["teacher", "corpus"] = "teacher"
     tolerances: Tolerances = Tolerances()
 
     @model_validator(mode="after")
     def _hidden_loss_needs_layers(self) -> StudentConfig:
         if self.distill.hidden_loss_weight > 0 and isinstance(self.architecture, BagOfEmbeddingsArchitecture):
             raise ValueError("distill.hidden_loss_weight needs a transformer student: a bag has no layers")
+        return self
+
+    @model_validator(mode="after")
+    def _trimming_needs_teacher_tokens(self) -> StudentConfig:
+        if self.vocabulary == "corpus" and isinstance(self.architecture, PretrainedArchitecture):
+            raise ValueError("vocabulary: corpus trims the teacher's vocabulary; a pretrained student reads its own")
         return self
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from transformers import PreTrainedTokenizerBase
 
 from compression.context import Context
 from compression.distill import TrainingSet, sweep, train
@@ -59,6 +58,7 @@ from compression.registry import (
 from compression.runtime import session
 from compression.text import load_tokenizer
 from compression.validate import ParentCheck, check_against_parent
+from compression.vocabulary import kept_ids, trim_embeddings, trimmed_tokenizer
 
 
 def stage_key(ctx: Context, stage: str, parent: str, settings: Any, data: str | None = None) -> str:
@@ -100,6 +100,8 @@ def distill_settings(student: StudentConfig) -> dict[str, Any]:
     (pipeline._seed_torch, Context.rng), so two students alike but for their names train apart,
     and neither may stand for the other."""
     settings = student.model_dump(mode="json", include={"name", "architecture", "distill", "sweep", "max_length"})
+    if student.vocabulary != "teacher":  # keys made before trimming existed stay as they were
+        settings["vocabulary"] = student.vocabulary
     return settings | {"tolerance": student.tolerances.distill.model_dump()}
 
 
@@ -109,6 +111,8 @@ def distill_stage(ctx: Context, teacher: Bundle, student: StudentConfig) -> Bund
         return existing
     data = _distillation_set(ctx, teacher, student)
     teacher_model = ctx.torch_model(teacher) if teacher.torch_path else None
+    if teacher_model is not None and ctx.vocabulary is not None:
+        teacher_model = trim_embeddings(teacher_model, ctx.vocabulary)
     make = lambda: make_student(teacher_model, student, len(ctx.corpus.label_names))  # noqa: E731
     config, training = student.distill, dict[str, Any]()
     with _remembering_breach(ctx, key):
@@ -226,13 +230,18 @@ def freeze(model: EncoderClassifier, layers: int) -> None:
             parameter.requires_grad = False
 
 
-def student_tokenizer(student: StudentConfig) -> PreTrainedTokenizerBase | None:
-    """A pretrained student's own tokenizer; None: the student reads the teacher's."""
+def student_context(ctx: Context, student: StudentConfig) -> Context:
+    """The run's context as `student` reads text: in a pretrained student's own tokenizer, in the
+    teacher's trimmed to the tokens the recipe's text uses (`vocabulary: corpus`), or as it is."""
     arch = student.architecture
-    if not isinstance(arch, PretrainedArchitecture):
-        return None
-    field = f"students.{student.name}.architecture.path"
-    return load_tokenizer(arch.path or encoder_dir(str(arch.packaged)), field)
+    if isinstance(arch, PretrainedArchitecture):
+        field = f"students.{student.name}.architecture.path"
+        return ctx.with_tokenizer(load_tokenizer(arch.path or encoder_dir(str(arch.packaged)), field))
+    if student.vocabulary == "corpus":
+        max_length = max(ctx.max_length, student.max_length or 0)
+        kept = kept_ids(ctx.tokenizer, [ctx.encoded(split, max_length) for split in ("distill", "validation")])
+        return ctx.with_tokenizer(trimmed_tokenizer(ctx.tokenizer, kept), vocabulary=kept)
+    return ctx
 
 
 def make_student(teacher: Classifier | None, student: StudentConfig, num_labels: int) -> Classifier:

@@ -53,6 +53,12 @@ def test_minimal_recipe_gets_defaults(tmp_path: Path) -> None:
             + "    distill: {hidden_loss_weight: 1.0}\n",
             "students.0",
         ),
+        (MINIMAL + "    vocabulary: all\n", "students.0.vocabulary"),
+        (
+            MINIMAL.replace("kind: layers, layers: [0]", "kind: pretrained, packaged: all-MiniLM-L6-v2")
+            + "    vocabulary: corpus\n",
+            "students.0",
+        ),
     ],
 )
 def test_bad_fields_are_named(tmp_path: Path, text: str, names: str) -> None:
@@ -103,3 +109,11 @@ def test_students_alike_but_for_their_names_have_their_own_distill_keys() -> Non
     renamed = student.model_copy(update={"name": f"{student.name}-seed1"})
     assert distill_settings(student) != distill_settings(renamed)
     assert distill_settings(student) == distill_settings(student.model_copy())
+
+
+def test_trimming_the_vocabulary_enters_the_distill_key_only_when_asked() -> None:
+    from compression.stages import distill_settings
+
+    student = load_recipe(RECIPES / "tiny.yaml").students[0]
+    assert "vocabulary" not in distill_settings(student)  # registries built before trimming keep their keys
+    assert distill_settings(student.model_copy(update={"vocabulary": "corpus"}))["vocabulary"] == "corpus"

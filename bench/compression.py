@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.readme import replace_section
+from compression import progress
 from compression.data import load_corpus
 from compression.onnx_runtime import measure_latency, predict
 from compression.pipeline import compress
@@ -51,6 +53,8 @@ def main() -> None:
     recipe = load_recipe(args.recipe)
     registry = Registry(args.registry)
     from_nothing = not registry.bundles()  # else built_s counts only the stages not yet registered
+    if not sys.stdout.isatty():  # a log of a long run: tqdm draws on terminals only
+        progress.listen(progress.lines(lambda line: print(line, flush=True)))
     started = time.perf_counter()
     summary = compress(recipe, registry)
     built_s = round(time.perf_counter() - started, 1)

@@ -14,7 +14,6 @@ prints a line per student as it moves.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -109,16 +108,7 @@ def _student_chain(
 
 
 def _reporter(student: str, board: Any) -> progress.Reporter:
-    shown, shown_at = "", 0.0
-
-    def report(what: str, step: int, total: int) -> None:
-        nonlocal shown, shown_at
-        now = time.monotonic()
-        if what != shown or now - shown_at >= REPORT_EVERY_S or step == total:
-            shown, shown_at = what, now
-            board.update.remote(student, what, step, total)
-
-    return report
+    return progress.throttled(lambda what, step, total: board.update.remote(student, what, step, total), REPORT_EVERY_S)
 
 
 @ray.remote(num_cpus=0)

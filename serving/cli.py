@@ -141,12 +141,15 @@ def _registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _compress(args: argparse.Namespace) -> int:
+    from compression import progress
     from compression.pipeline import compress
     from compression.recipe import load_recipe
 
     registry = _registry(args)
     recipe = load_recipe(args.recipe)
     if args.in_process:
+        if not sys.stdout.isatty():  # tqdm draws on terminals only
+            progress.listen(progress.lines(lambda line: print(line, flush=True)))
         summary = compress(recipe, registry, args.student)
     else:
         from compression.fanout import compress_on_ray

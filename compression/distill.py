@@ -150,6 +150,7 @@ def train(
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.01, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / max(1, steps)))
     best, best_state, history, stale = -1.0, copy.deepcopy(model.state_dict()), [], 0
+    done = 0  # steps taken
     with tqdm(total=steps, desc=desc, unit="batch", leave=False, disable=None, mininterval=1) as bar:
         for _ in range(config.epochs):
             model.train()
@@ -162,7 +163,8 @@ def train(
                 schedule.step()
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-                progress.report(desc, bar.n, steps)
+                done += 1  # not bar.n: tqdm counts nothing where it draws nothing (not a terminal)
+                progress.report(desc, done, steps)
             history.append(accuracy(predict_logits(model, validation[0]), validation[1]))
             if history[-1] > best:
                 best, best_state, stale = history[-1], copy.deepcopy(model.state_dict()), 0

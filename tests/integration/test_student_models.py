@@ -164,4 +164,8 @@ def test_quantization_aware_export_holds_int8_weights_and_matches_torch(
     int8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert len(int8) == 2 * 6 + 1  # every Linear's weight: 6 per layer, plus the head
     assert {n.op_type for n in graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
-    np.testing.assert_allclose(predict(session(tmp_path / "qdq.onnx", 1), data), torch_logits(student, data), atol=1e-4)
+    # Without VNNI, ONNX Runtime's u8s8 kernels sum pairs of products in saturating int16 (its
+    # documented AVX2 caveat): the graph then drifts from torch by a few thousandths, not 1e-4.
+    vnni = any(flag in Path("/proc/cpuinfo").read_text() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    atol = 1e-4 if vnni else 1e-2
+    np.testing.assert_allclose(predict(session(tmp_path / "qdq.onnx", 1), data), torch_logits(student, data), atol=atol)

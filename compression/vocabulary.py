@@ -2,7 +2,7 @@
 corpus uses (`vocabulary: corpus` in a recipe).
 
 A BERT-base teacher's 30k x 768 token embeddings are almost half of what a six-layer INT8 cut
-of it weighs; a corpus of film reviews uses little over half of them. The student keeps the
+of it weighs; a corpus of film reviews uses only part of them. The student keeps the
 tokens that its training and validation text use, every special token, and the single-character
 tokens (with and without the continuation prefix) of every character that text shows and of
 printable ASCII: WordPiece still segments a word it has not seen into smaller pieces; only a

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -56,6 +57,18 @@ def serving_bundles(request: pytest.FixtureRequest) -> Bundles:
     chain = summary.students["minilm-l2"]
     assert [bundle.manifest.name for bundle in chain[-2:]] == [OTHER_STUDENT_NAME, STUDENT_NAME]
     return Bundles(registry.root, summary.teacher.id, chain[-1].id, chain[-2].id)
+
+
+@pytest.fixture
+def teacher_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Registry:
+    """A registry of the test's own holding the tiny teacher and its cached logits, copied from the
+    session's build: a test's students are built there, and the shared registry stays as it was."""
+    shared, _ = request.getfixturevalue("serving_run")
+    registry = Registry(tmp_path / "registry")
+    teacher = shared.get("teacher")
+    shutil.copytree(teacher.path, registry.models / teacher.id)
+    shutil.copytree(shared.root / "cache", registry.root / "cache")
+    return registry
 
 
 @pytest.fixture(scope="session")

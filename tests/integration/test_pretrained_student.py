@@ -11,7 +11,6 @@ model would be.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +71,9 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Recipe:
     return Recipe.model_validate(tiny.model_dump(mode="json") | {"students": [student]})
 
 
-def test_a_student_with_its_own_tokenizer_end_to_end(
-    tiny_run: tuple[Registry, Any], recipe: Recipe, tmp_path: Path
-) -> None:
-    shared, _ = tiny_run
-    registry = Registry(tmp_path / "registry")  # the tiny teacher and its cached logits, copied in
-    teacher = shared.get("teacher")
-    shutil.copytree(teacher.path, registry.models / teacher.id)
-    shutil.copytree(shared.root / "cache", registry.root / "cache")
+def test_a_student_with_its_own_tokenizer_end_to_end(teacher_registry: Registry, recipe: Recipe) -> None:
+    registry = teacher_registry
+    teacher = registry.get("teacher")
     summary = compress(recipe, registry)
     corpus = load_corpus(recipe.data, recipe.seed)
     hidden_pass = -(-(len(corpus.train) + len(corpus.transfer)) // 64)  # its hidden states, in its tokens

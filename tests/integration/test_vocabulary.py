@@ -9,7 +9,6 @@ padding id itself moves; the second runs a trimmed student of the tiny recipe en
 from __future__ import annotations
 
 import copy
-import shutil
 import string
 from pathlib import Path
 from typing import Any
@@ -100,12 +99,9 @@ def recipe() -> Recipe:
     return Recipe.model_validate(tiny.model_dump(mode="json") | {"students": [student]})
 
 
-def test_a_trimmed_student_end_to_end(tiny_run: tuple[Registry, Any], recipe: Recipe, tmp_path: Path) -> None:
-    shared, _ = tiny_run
-    registry = Registry(tmp_path / "registry")  # the tiny teacher and its cached logits, copied in
-    teacher = shared.get("teacher")
-    shutil.copytree(teacher.path, registry.models / teacher.id)
-    shutil.copytree(shared.root / "cache", registry.root / "cache")
+def test_a_trimmed_student_end_to_end(teacher_registry: Registry, recipe: Recipe) -> None:
+    registry = teacher_registry
+    teacher = registry.get("teacher")
     summary = compress(recipe, registry)
     assert summary.teacher.id == teacher.id and summary.teacher_forward_batches == 0  # logits reused
     distilled, quantized = summary.students["trimmed"]

@@ -37,10 +37,10 @@ class FakeQuantLinear(nn.Module):
     seen: torch.Tensor
     frozen_scales: tuple[torch.Tensor, ...]
 
-    def __init__(self, linear: nn.Linear, momentum: float = 0.1) -> None:
+    def __init__(self, linear: nn.Linear, momentum: float = 0.1, weight_max: int = 127) -> None:
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias
-        self.momentum = momentum
+        self.momentum, self.weight_max = momentum, weight_max
         self.register_buffer("low", torch.tensor(0.0))
         self.register_buffer("high", torch.tensor(0.0))
         self.register_buffer("seen", torch.tensor(False))
@@ -51,6 +51,7 @@ class FakeQuantLinear(nn.Module):
         scale, zero, w_scale = self.scales()
         x = torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
         w_zero = torch.zeros_like(w_scale, dtype=torch.int32)
+        # The scale alone narrows 7-bit weights (to +-63): ONNX's quantizers take only 8-bit ranges.
         weight = torch.fake_quantize_per_channel_affine(self.weight, w_scale, w_zero, 0, -128, 127)
         return F.linear(x, weight, self.bias)
 
@@ -61,7 +62,7 @@ class FakeQuantLinear(nn.Module):
             return scale, zero, w_scale
         scale = (torch.clamp(self.high - self.low, min=1e-8) / 255).detach()
         zero = torch.clamp(torch.round(-self.low / scale), 0, 255).to(torch.int32).detach()
-        w_scale = (self.weight.detach().abs().amax(dim=1).clamp(min=1e-8) / 127).float()
+        w_scale = (self.weight.detach().abs().amax(dim=1).clamp(min=1e-8) / self.weight_max).float()
         return scale, zero, w_scale
 
     def freeze(self) -> None:
@@ -76,13 +77,14 @@ class FakeQuantLinear(nn.Module):
             self.low.lerp_(low, self.momentum), self.high.lerp_(high, self.momentum)
 
 
-def wrap_linears(model: M) -> M:
-    """Replace every nn.Linear in place by its fake-quantized twin; returns the model."""
+def wrap_linears(model: M, reduce_range: bool = False) -> M:
+    """Replace every nn.Linear in place by its fake-quantized twin (7-bit weights with
+    `reduce_range`, as compression/quantize.py makes them); returns the model."""
     for name, child in model.named_children():
         if isinstance(child, nn.Linear):
-            setattr(model, name, FakeQuantLinear(child))
+            setattr(model, name, FakeQuantLinear(child, weight_max=63 if reduce_range else 127))
         else:
-            wrap_linears(child)
+            wrap_linears(child, reduce_range)
     return model
 
 

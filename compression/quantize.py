@@ -26,9 +26,12 @@ from compression.text import Encoded, batches
 QUANTIZED_OPS = ["MatMul", "Gemm", "Gather"]
 
 
-def quantize(source: Path, target: Path, mode: str, calibration: Encoded, optimize: bool = False) -> dict[str, int]:
+def quantize(
+    source: Path, target: Path, mode: str, calibration: Encoded, optimize: bool = False, reduce_range: bool = False
+) -> dict[str, int]:
     """INT8 `target` from FP32 `source`; with `optimize`, ONNX Runtime's transformer optimizer
-    fuses what it recognises first. Returns the fused operators it made (none without it)."""
+    fuses what it recognises first; with `reduce_range`, weights use 7 bits (for CPUs without
+    VNNI). Returns the fused operators it made (none without `optimize`)."""
     fused: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         stripped, prepared = Path(tmp) / "stripped.onnx", Path(tmp) / "prepared.onnx"
@@ -47,13 +50,13 @@ def quantize(source: Path, target: Path, mode: str, calibration: Encoded, optimi
         if mode == "dynamic":
             quantize_dynamic(
                 str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                op_types_to_quantize=QUANTIZED_OPS, extra_options=extra,
+                reduce_range=reduce_range, op_types_to_quantize=QUANTIZED_OPS, extra_options=extra,
             )  # fmt: skip
         else:
             quantize_static(
                 str(prepared), str(target), _Calibration(calibration), quant_format=QuantFormat.QDQ,
-                per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                op_types_to_quantize=QUANTIZED_OPS, extra_options=extra,
+                per_channel=True, reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8, op_types_to_quantize=QUANTIZED_OPS, extra_options=extra,
             )  # fmt: skip
     return fused
 

@@ -180,6 +180,9 @@ class QuantizeConfig(Strict):
     qat_fallback: bool = True  # fake-quant distillation when post-training INT8 breaches tolerance
     qat_epochs: int = Field(default=1, ge=1)
     optimize: bool = False  # ONNX Runtime's transformer optimizer fuses layer norms, GELUs... first
+    # 7-bit weights (ONNX Runtime's `reduce_range`): on CPUs without VNNI (AVX2 only) its u8s8
+    # kernels add pairs of 8-bit products in saturating int16, which full-range weights overflow.
+    reduce_range: bool = False
 
 
 class Tolerance(Strict):

@@ -150,7 +150,8 @@ def quantize_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: Stude
     """Post-training INT8; if that breaches tolerance, quantization-aware distillation (QDQ)."""
     config = student.quantize
     assert config is not None
-    settings = config.model_dump(exclude=set() if config.optimize else {"optimize"})  # keys made before it stay
+    unset = {flag for flag in ("optimize", "reduce_range") if not getattr(config, flag)}
+    settings = config.model_dump(exclude=unset)  # keys made before these flags existed stay
     key = stage_key(ctx, "quantize", parent.id, [settings, student.tolerances.quantize.model_dump()])
     if existing := _registered(ctx, key):
         return existing
@@ -158,7 +159,9 @@ def quantize_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: Stude
     with _remembering_breach(ctx, key), ctx.registry.staging() as staging:
         shutil.copytree(parent.path / TOKENIZER_DIR, staging / TOKENIZER_DIR)
         calibration = ctx.encoded("validation", max_length)
-        fused = quantize(parent.model_path, staging / MODEL_FILE, config.mode, calibration, config.optimize)
+        fused = quantize(
+            parent.model_path, staging / MODEL_FILE, config.mode, calibration, config.optimize, config.reduce_range
+        )
         training: dict[str, Any] = {"mode": config.mode} | ({"fused": fused} if config.optimize else {})
         try:
             check = _check(ctx, staging, max_length, "quantize", parent, student.tolerances.quantize)
@@ -198,7 +201,7 @@ def _quantization_aware(
 ) -> dict[str, Any]:
     """Distil the parent's own weights for a short pass under fake quantization, export QDQ."""
     assert student.quantize is not None
-    model = wrap_linears(ctx.torch_model(parent))
+    model = wrap_linears(ctx.torch_model(parent), student.quantize.reduce_range)
     tune = student.distill.model_copy(update={"epochs": student.quantize.qat_epochs})
     data = _distillation_set(ctx, teacher, student)
     result = train(model, data, _validation(ctx), tune, ctx.rng(student.name, "qat"), f"QAT {student.name}")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
+from transformers.models.mpnet.modeling_mpnet import MPNetSelfAttention
 
 from compression.errors import StudentSpecError, TeacherLoadError
 from compression.recipe import BagOfEmbeddingsArchitecture, LayersArchitecture, TransformerArchitecture
@@ -247,6 +248,8 @@ def resize_layer(layer: Any, heads: list[int], channels: list[int]) -> None:
     """
     parts = attention_parts(layer)
     attention = parts.module
+    if isinstance(attention, MPNetSelfAttention) and len(heads) < attention.num_attention_heads:
+        _keep_position_bias_of(attention, heads)
     size = attention.attention_head_size
     rows = torch.tensor([h * size + i for h in heads for i in range(size)])
     for name in parts.projections:
@@ -256,6 +259,37 @@ def resize_layer(layer: Any, heads: list[int], channels: list[int]) -> None:
     kept = torch.tensor(channels)
     layer.intermediate.dense = _slice_linear(layer.intermediate.dense, kept, dim=0)
     layer.output.dense = _slice_linear(layer.output.dense, kept, dim=1)
+
+
+class HeadPrunedMPNetAttention(MPNetSelfAttention):
+    """MPNet self-attention with some heads removed. MPNet's encoder computes one relative
+    position bias for all the model's heads and hands it to every layer; this layer adds only
+    its kept heads' slices of it. `kept_heads` (indices into the encoder's heads) is a buffer,
+    so it travels in the weights file and exports as a constant gather."""
+
+    kept_heads: torch.Tensor
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_bias: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, ...]:
+        if position_bias is not None:
+            position_bias = position_bias.index_select(1, self.kept_heads)
+        return super().forward(hidden_states, attention_mask, position_bias, output_attentions, **kwargs)
+
+
+def _keep_position_bias_of(attention: MPNetSelfAttention, heads: list[int]) -> None:
+    """Make an MPNet attention module a head-pruned one that remembers which encoder heads it keeps."""
+    if isinstance(attention, HeadPrunedMPNetAttention):
+        kept = attention.kept_heads
+    else:
+        kept = torch.arange(attention.num_attention_heads)
+        attention.__class__ = HeadPrunedMPNetAttention
+    attention.register_buffer("kept_heads", kept[torch.tensor(heads)].clone())
 
 
 def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:

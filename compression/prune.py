@@ -46,11 +46,6 @@ def prune(
     """Prune in `config.steps` rounds toward the kept fractions, fine-tuning after each round."""
     if not isinstance(model, EncoderClassifier):
         raise StudentSpecError("prune: structured pruning needs a transformer student, not a bag-of-embeddings one")
-    if config.head_keep < 1 and any(not hasattr(layer.attention, "self") for layer in model.layers):
-        raise StudentSpecError(
-            "prune.head_keep: this student's layers share one relative position bias across heads (MPNet): "
-            "prune FFN channels only (head_keep: 1.0)"
-        )
     before = layer_shapes(model)
     accuracies = []
     for step in range(1, config.steps + 1):

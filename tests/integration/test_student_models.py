@@ -21,6 +21,7 @@ from compression.models import (
     fresh_transformer,
     layer_shapes,
     load_model,
+    resize_layer,
     save_model,
 )
 from compression.onnx_runtime import export_onnx, predict
@@ -113,25 +114,45 @@ def test_pruning_shrinks_tensors_and_round_trips(teacher: EncoderClassifier, tmp
     assert (tmp_path / "pruned.onnx").stat().st_size < (tmp_path / "full.onnx").stat().st_size
 
 
-def test_an_mpnet_student_prunes_ffn_channels_and_keeps_its_heads(tmp_path: Path) -> None:
-    """MPNet's layers share one relative position bias over every head: heads stay, FFN channels go."""
+def mpnet_student() -> EncoderClassifier:
     torch.manual_seed(0)
     config = MPNetConfig(
         vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
     )
     student = EncoderClassifier(MPNetModel(config), num_labels=2).eval()
+    with torch.no_grad():  # a bias that differs per head, as a trained one does (a fresh one is all zeros)
+        student.encoder.encoder.relative_attention_bias.weight.normal_(0.0, 1.0)
+    return student
+
+
+def test_an_mpnet_layer_without_some_heads_answers_as_if_they_were_silenced() -> None:
+    """MPNet's encoder computes one relative position bias over all its heads for every layer: a
+    layer that lost heads must add its kept heads' slices of it, each to its own head."""
+    pruned, silenced = mpnet_student(), mpnet_student()
+    for layer, silent, keep in zip(pruned.layers, silenced.layers, ([1, 3], [0, 2]), strict=True):
+        resize_layer(layer, keep, list(range(64)))
+        size = silent.attention.attn.attention_head_size
+        with torch.no_grad():  # the removed heads add nothing through the output projection
+            for head in set(range(4)) - set(keep):
+                silent.attention.attn.o.weight[:, head * size : (head + 1) * size] = 0.0
+    data = sample(16)
+    np.testing.assert_allclose(torch_logits(pruned, data), torch_logits(silenced, data), atol=1e-5)
+
+
+def test_an_mpnet_student_prunes_heads_and_channels_and_round_trips(tmp_path: Path) -> None:
+    student = mpnet_student()
     data = sample(32)
     labels = RNG.integers(0, 2, len(data))
     training = TrainingSet(data, labels, torch_logits(student, data))
-    with pytest.raises(StudentSpecError, match=r"head_keep: 1\.0"):
-        prune(student, training, (data, labels), PruneConfig(head_keep=0.5), DistillConfig(batch_size=16), RNG)
-    config_ffn = PruneConfig(head_keep=1.0, ffn_keep=0.5, steps=1, finetune_epochs=0)
-    result = prune(student, training, (data, labels), config_ffn, DistillConfig(batch_size=16), RNG)
-    assert result.shapes_after == [(4, 32)] * 2
+    config = PruneConfig(head_keep=0.5, ffn_keep=0.5, steps=2, finetune_epochs=0)
+    result = prune(student, training, (data, labels), config, DistillConfig(batch_size=16), RNG)
+    assert result.shapes_after == [(2, 32)] * 2
+    kept = [layer.attention.attn.kept_heads.tolist() for layer in student.layers]
+    assert all(len(heads) == 2 and set(heads) <= {0, 1, 2, 3} for heads in kept)
     save_model(student, tmp_path / "torch")
-    np.testing.assert_allclose(
-        torch_logits(load_model(tmp_path / "torch"), data), torch_logits(student, data), atol=1e-5
-    )
+    reloaded = load_model(tmp_path / "torch")
+    assert [layer.attention.attn.kept_heads.tolist() for layer in reloaded.layers] == kept
+    np.testing.assert_allclose(torch_logits(reloaded, data), torch_logits(student, data), atol=1e-5)
     export_onnx(student, tmp_path / "pruned.onnx", ExportConfig(), data)
     np.testing.assert_allclose(
         predict(session(tmp_path / "pruned.onnx", 1), data), torch_logits(student, data), atol=1e-4

@@ -192,7 +192,8 @@ class RolloutDeployment:
             except SpecError as exc:  # the file changed since the application was built
                 return SmokeResult(passed=False, message=f"smoke test failed: {exc}")
             asked = [self._models[v].options(method_name="registered_answers").remote(texts, labels) for v in VARIANTS]
-        teacher, student = [await asyncio.wait_for(answer, timeout=SMOKE_CALL_TIMEOUT_S) for answer in asked]
+        async with asyncio.timeout(SMOKE_CALL_TIMEOUT_S * len(asked)):
+            teacher, student = [await answer for answer in asked]
         if teacher is None or student is None:
             pair = controller.pair
             return skipped(str(pair.teacher_id if teacher is None else pair.student_id) if pair else "?")
@@ -206,7 +207,8 @@ class RolloutDeployment:
         labels: list[int] = []
         for start in range(0, len(texts), SMOKE_BATCH):
             batch = list(texts[start : start + SMOKE_BATCH])
-            answer = await asyncio.wait_for(handle.remote(batch), timeout=SMOKE_CALL_TIMEOUT_S)
+            async with asyncio.timeout(SMOKE_CALL_TIMEOUT_S):
+                answer = await handle.remote(batch)
             labels += answer.probabilities.argmax(axis=1).tolist()
         return labels
 
@@ -229,14 +231,16 @@ class RolloutDeployment:
     async def _served(self, variant: Variant) -> str | None:
         """The bundle id every replica of `variant` serves; None while they differ or none answers."""
         response = self._models[variant].broadcast("model_id")
-        answers = await asyncio.wait_for(response.results_async(return_exceptions=True), timeout=10.0)
+        async with asyncio.timeout(10.0):
+            answers = await response.results_async(return_exceptions=True)
         ids = {answer for answer in answers if isinstance(answer, str)}
         complete = len(ids) == 1 and all(isinstance(answer, str) for answer in answers)
         return ids.pop() if complete else None
 
     async def _label_names(self) -> tuple[str, ...]:
         handle = self._models[Variant.TEACHER].options(method_name="label_names")
-        labels: tuple[str, ...] | None = await asyncio.wait_for(handle.remote(), timeout=10.0)
+        async with asyncio.timeout(10.0):
+            labels: tuple[str, ...] | None = await handle.remote()
         if not labels:
             raise RuntimeError("the teacher answered no label names")
         return labels

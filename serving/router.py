@@ -192,7 +192,8 @@ class Router:
             raise RouterError(422, *first_error(exc)) from exc
         handle = self._controller.options(method_name="feedback")
         try:
-            result = await asyncio.wait_for(handle.remote(items), FEEDBACK_TIMEOUT_S)
+            async with asyncio.timeout(FEEDBACK_TIMEOUT_S):
+                result = await handle.remote(items)
         except Exception as exc:
             status, message = controller_refusal("feedback", exc)
             raise RouterError(status, None, message) from exc
@@ -231,10 +232,12 @@ class Router:
         timeout = max(1.0, 4 * self._config.poll_interval_s)
         while True:
             try:
-                routing: PublishedRouting = await asyncio.wait_for(handle.remote(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel
+                    routing: PublishedRouting = await handle.remote()
                 self._core.adopt(routing)  # ignored when older than the routing in use
                 if not self._core.has_receipt_key:  # once: the key never changes
-                    key = await asyncio.wait_for(self._controller.options(method_name="receipt_key").remote(), timeout)
+                    async with asyncio.timeout(timeout):
+                        key = await self._controller.options(method_name="receipt_key").remote()
                     self._core.set_receipt_key(bytes.fromhex(key))
             except Exception as exc:  # keep the last known routing
                 log.debug("controller unreachable (%s); keeping weight %.3f", type(exc).__name__, self._core.weight)
@@ -247,7 +250,8 @@ class Router:
             await asyncio.sleep(self._config.flush_interval_s)
             for batch in self._core.take_pending(self._config.flush_max_observations):
                 try:
-                    await asyncio.wait_for(handle.remote(batch), timeout=5.0)
+                    async with asyncio.timeout(5.0):
+                        await handle.remote(batch)
                 except Exception as exc:  # the rest wait for the next round
                     log.debug("could not report %d observations (%s)", len(batch), type(exc).__name__)
                     break

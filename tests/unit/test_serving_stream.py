@@ -199,6 +199,33 @@ def test_a_replica_serve_no_longer_runs_is_forgotten_at_the_next_discovery() -> 
     run(test)
 
 
+@pytest.mark.parametrize("steps", range(4))
+def test_discovery_stops_when_cancelled_however_its_answer_lands(steps: int) -> None:
+    """A cancel that arrives as the replicas' answer lands ends the loop (3.11's `wait_for` kept it
+    going: asyncio.run then waited forever for it at shutdown)."""
+
+    async def test() -> None:
+        asked, landing = asyncio.Event(), asyncio.get_running_loop().create_future()
+
+        async def answers() -> list[Any]:
+            asked.set()
+            return await landing
+
+        handle = FakeHandle([])
+        handle.broadcast = lambda method: FakeBroadcast(answers())  # type: ignore[method-assign]
+        discovery = asyncio.create_task(StreamClient(handle, rediscover_s=0.01)._discover_forever())  # type: ignore[arg-type]
+        await asked.wait()
+        landing.set_result([])
+        for _ in range(steps):  # the cancel lands some loop steps after the answer
+            await asyncio.sleep(0)
+        discovery.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.shield(discovery)  # wait for the loop itself, not for our cancel of it
+        assert discovery.cancelled()
+
+    run(test)
+
+
 def test_a_full_replica_refuses_the_call_untaken_and_serve_gets_it() -> None:
     async def test() -> None:
         full = {"now": False}

@@ -26,15 +26,21 @@ TESTS = Path(__file__).parent
 TINY_RECIPE = TESTS.parent / "recipes" / "tiny.yaml"
 
 
-FIRST = ("e2e/test_compress_tiny.py", "unit", "integration/test_student_models.py")
+FIRST = (
+    "e2e/test_compress_tiny.py",
+    "unit",
+    "integration/test_student_models.py",
+    "integration/test_compress_fanout.py",
+)
 LAST = ("e2e/test_readme.py",)
 """Run order (the Makefile keeps it with --no-loadscope-reorder): the file that builds the tiny
 registry and then runs the demo (the longest chain) starts at once on one worker while the other
-runs what needs no registry (the unit tests, the student models' torch checks), then the serving
-tests, which start as soon as the students they deploy are built (`serving_run`); the README
-test, which needs every bundle, goes last. The torch checks beside the build cost it little only
-because waiting threads sleep (`pytest_configure`): with spinning ones the build took 262 s
-instead of 155-180 s."""
+runs what needs no registry (the unit tests, the student models' torch checks, the fan-out's own
+recipe), then the serving tests, which start as soon as the students they deploy are built
+(`serving_run`); the README test, which needs every bundle, goes last. Before the fan-out moved
+up, the other worker waited for the serving students with a core idle about half the time. The
+torch checks beside the build cost it little only because waiting threads sleep
+(`pytest_configure`): with spinning ones the build took 262 s instead of 155-180 s."""
 
 
 def pytest_configure(config: pytest.Config) -> None:

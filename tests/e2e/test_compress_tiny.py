@@ -4,6 +4,7 @@ complete, a second run recomputes nothing, bad input changes nothing."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -147,6 +148,16 @@ def test_cli_lists_shows_and_reports(
     assert "minilm-l2-pruned-int8" in (tmp_path / "pareto.md").read_text()
 
 
+EVIDENCE = r"\(\d+/\d+\), bounds \[0\.\d+, 0\.\d+\] at alpha=0\.\d+"  # agreeing/compared, the bounds
+
+
+def reason(scenario: str) -> str:
+    """A scenario's rollback reason, as the demo's report gives it."""
+    found = re.search(r"^Reason: (.*)$", scenario, re.M)
+    assert found, scenario
+    return found.group(1)
+
+
 def test_demo_promotes_one_student_and_rolls_back_the_others(
     first_run: tuple[Registry, RunSummary], tmp_path: Path
 ) -> None:
@@ -161,8 +172,11 @@ def test_demo_promotes_one_student_and_rolls_back_the_others(
     good, bad, one_class = summary.split("## Scenario ")[1:]
     assert "**promoted to 100 % and watched**" in good and "After promotion: watch: no change detected" in good
     assert "smoke test passed" in good  # the served models answered like their registered selves
-    assert "**rolled back**" in bad and "upper bound <" in bad  # agreement, or its class, whichever first
-    assert "agreement by class: class 'negative'" in one_class
+    assert "**rolled back**" in bad and "**rolled back**" in one_class
+    bad_reason, one_class_reason = reason(bad), reason(one_class)  # with the numbers that decided
+    assert bad_reason.startswith("agreement") and "upper bound <" in bad_reason  # overall, or a class: whichever first
+    assert one_class_reason.startswith("agreement by class: class 'negative'")  # the overall gate did not fail
+    assert re.search(EVIDENCE, bad_reason) and re.search(EVIDENCE, one_class_reason)
     assert "Labels (feedback): online accuracy teacher 0." in summary
     charts = ("good.png", "bad.png", "class.png", "pareto.png")
     assert all((tmp_path / name).stat().st_size > 10_000 for name in charts)

@@ -3,9 +3,12 @@
 Each test deploys its own application with a fast spec (stages 0 -> 50 -> 100, tens of
 requests per stage, sub-second dwell) and drives traffic with real review sentences, so the
 student's true agreement with the teacher is what the tiny recipe made (about 0.8): a
-threshold of 0.65 makes it a good student, 0.95 a bad one. The latency gate is off in these
-specs: a p99 bound needs about a thousand samples per stage (unit tests and the simulation
-cover it).
+threshold of 0.65 makes it a good student. The latency gate is off in these specs: a p99 bound
+needs about a thousand samples per stage (unit tests and the simulation cover it).
+
+The agreement gate's and the class guard's rollbacks on real Serve are the demo's scenarios 2 and
+3 (tests/e2e/test_compress_tiny.py runs `kdcanary demo`, whose exit code requires both, and reads
+their numbers in its report): here, the segment guard and the trip wire.
 """
 
 from __future__ import annotations
@@ -227,34 +230,6 @@ def _wait_for_metrics(metrics_url: str, app: str, within_s: float = 60.0) -> dic
         if metrics.get(("ray_kdcanary_rollout_phase", "watching")) == 1.0 or time.monotonic() > deadline:
             return metrics
         time.sleep(1.0)
-
-
-def test_disagreeing_student_is_rolled_back_with_the_numbers(deploy: Deploy, reviews: list[str]) -> None:
-    with deploy("bad", rollout=spec(0.95)) as client, Traffic(client, reviews):
-        with admin_client(client) as admin:
-            admin.start("integration test")
-        view = wait_for(client, lambda v: v.phase is Phase.ROLLED_BACK, within_s=120)
-        log = events(client)
-    assert view.weight == 0.0 and view.routing.weight == 0.0
-    (rollback,) = [e for e in log if e.action == "rollback"]
-    gate = next(g for g in rollback.payload["decision"]["gates"] if g["name"] == "agreement")
-    assert gate["verdict"] == "fail" and gate["upper"] < 0.95 and gate["n"] > 0
-
-
-def test_a_class_the_student_gets_wrong_is_rolled_back_by_the_class_guard(deploy: Deploy, reviews: list[str]) -> None:
-    """The overall gate passes this student (threshold 0.5); per class (the teacher's label) it
-    is far below 0.99, so the class guard rolls it back and names the class with its numbers."""
-    by_class = spec(0.5, min_requests=100) | {"agreement_by_class": {"threshold": 0.99, "classes": 2}}
-    with deploy("byclass", rollout=by_class) as client, Traffic(client, reviews):
-        with admin_client(client) as admin:
-            admin.start("integration test")
-        view = wait_for(client, lambda v: v.phase is Phase.ROLLED_BACK, within_s=120)
-        log = events(client)
-    assert view.routing.weight == 0.0
-    (rollback,) = [e for e in log if e.action == "rollback"]
-    gates = {g["name"]: g for g in rollback.payload["decision"]["gates"]}
-    assert gates["agreement_by_class"]["verdict"] == "fail" and gates["agreement"]["verdict"] != "fail"
-    assert "class '" in gates["agreement_by_class"]["message"] and gates["agreement_by_class"]["upper"] < 0.99
 
 
 def test_a_segment_the_student_gets_wrong_is_rolled_back_by_the_segment_guard(

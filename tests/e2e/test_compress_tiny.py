@@ -166,7 +166,10 @@ def test_demo_promotes_one_student_and_rolls_back_the_others(
     watched), the bad one was rolled back, and the one failing a class by the per-class guard."""
     registry, _ = first_run
     port = str(free_port())  # not the default 8000: the README test's server may hold it meanwhile
-    demo = kdcanary("demo", "--registry", registry.root, "--out", tmp_path, "--rate", "30", "--port", port)
+    # At the demo's own rate (20 a second): beside the other worker's tests, 30 a second overloads
+    # its models, and the scenarios then wait longer for the same evidence (against one busy core:
+    # 547 s at 30, 372 s at 20, one run each).
+    demo = kdcanary("demo", "--registry", registry.root, "--out", tmp_path, "--port", port)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     summary = (tmp_path / "summary.md").read_text()
     good, bad, one_class = summary.split("## Scenario ")[1:]

@@ -52,7 +52,7 @@ class DemoOptions(BaseModel):
     out: Path = Path("out/demo")
     good: str = "minilm-l2-pruned-int8"
     bad: str = "minilm-l2-short-int8"
-    one_class: str = "bag"  # agrees ~0.82 overall, ~0.69 on "negative" (tiny recipe)
+    one_class: str = "bag"  # agrees ~0.78 overall, ~0.67 on "negative" (tiny recipe)
     rate: float = Field(default=20.0, gt=0.0, le=500.0)
     realistic: bool = False
     max_scenario_s: float = Field(default=420.0, gt=0.0)
@@ -63,9 +63,13 @@ class DemoOptions(BaseModel):
 def demo_spec(realistic: bool) -> RolloutSpec:
     """The demo's stages and gates: the defaults when `realistic`, else a fast spec.
 
-    Fast: tens to hundreds of requests and a few seconds per stage; agreement >= 0.80 (the tiny
-    recipe's layer students agree with their teacher about 88 % of the time, the short-max_length
-    one about 74 %) and >= 0.75 in each class (the bag baseline: 0.69 on "negative");
+    Fast: tens to hundreds of requests and a few seconds per stage; agreement >= 0.78 and >= 0.77
+    in each class. On held-out snippets the good student (the pruned INT8) agrees with its
+    teacher 0.85 of the time (0.81 on "negative"), the short-max_length one 0.67, and the bag
+    baseline 0.78 overall but 0.67 on "negative". The thresholds leave each scenario a margin of
+    several points: at 0.80 the good student's bound hovered at the threshold for minutes (a
+    stage advances only while the bound is above it), and at 0.75 per class the bag's rollback
+    needed about 1,300 comparisons;
     error margin 0.1; no latency gate (a p99 bound needs about a thousand samples per stage,
     minutes at the demo's rate: `realistic` keeps it). Accuracy on the labels that come back
     guards (it may veto, agreement decides): students 3 points less accurate than the teacher
@@ -81,8 +85,8 @@ def demo_spec(realistic: bool) -> RolloutSpec:
     return RolloutSpec.model_validate(
         {
             "stages": [s.model_dump() for s in stages],
-            "agreement": {"threshold": 0.80, "alpha": 0.05},
-            "agreement_by_class": {"threshold": 0.75, "alpha": 0.05, "classes": 2},
+            "agreement": {"threshold": 0.78, "alpha": 0.05},
+            "agreement_by_class": {"threshold": 0.77, "alpha": 0.05, "classes": 2},
             "accuracy": {"margin": 0.05, "mode": "guards"},
             "errors": {"margin": 0.1, "alpha": 0.05},
             "latency": None,
@@ -140,7 +144,7 @@ def run_scenarios(options: DemoOptions, registry: Registry, http_url: str, metri
     teacher = registry.get("teacher")
     scenarios = [
         ("good", "Scenario 1: a good student", registry.get(options.good)),
-        ("bad", "Scenario 2: a student exported with max_length 8", registry.get(options.bad)),
+        ("bad", "Scenario 2: a student exported with max_length 6", registry.get(options.bad)),
         ("class", "Scenario 3: a student that fails one class", registry.get(options.one_class)),
     ]
     return [

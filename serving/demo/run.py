@@ -43,6 +43,8 @@ from serving.demo.report import ScenarioResult, write_report
 from serving.demo.view import Sample, render, sample, scrape_costs
 from serving.local_cluster import free_port
 
+COSTS_EVERY_S = 10.0  # Ray's default metrics export interval (the demo's ray.init keeps it)
+
 
 class DemoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -184,15 +186,18 @@ def _scenario(
 def _watch(
     title: str, admin: AdminClient, load: LoadGenerator, metrics_url: str, app: str, options: DemoOptions
 ) -> tuple[list[Sample], StatusView, float]:
-    """Sample once a second until the rollout ends (plus a few seconds) or time runs out."""
+    """Sample once a second until the rollout ends (plus a few seconds) or time runs out; costs
+    every COSTS_EVERY_S, as often as Ray exports them (reading Ray's metrics endpoint is not free:
+    its agent renders about a megabyte each time)."""
     started, costs, ended_at = time.monotonic(), scrape_costs(metrics_url, app), None
+    costs_at = 0.0
     samples: list[Sample] = []
     show = _live_printer() if options.live else _line_printer()
     while True:
         status = admin.status()
         now = time.monotonic() - started
-        if int(now) % 3 == 0:
-            costs = scrape_costs(metrics_url, app)
+        if now - costs_at >= COSTS_EVERY_S:
+            costs, costs_at = scrape_costs(metrics_url, app), now
         samples.append(sample(now, status, load.window(10.0), costs))
         show(render(title, samples[-1]))
         if status.phase in SETTLED_PHASES and ended_at is None:

@@ -10,11 +10,11 @@ against the teacher, per scored input.
 from __future__ import annotations
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
 
 from rollout.views import StatusView
 from serving.demo.load import Window
+from serving.metrics import scrape
 
 VARIANTS = ("teacher", "student")
 GATE_NUMBERS = ("estimate", "lower", "upper", "threshold", "n")
@@ -49,15 +49,14 @@ def scrape_costs(metrics_url: str, application: str) -> dict[str, float | None]:
     """Dollars per 1000 scored inputs per variant, from Ray's metrics endpoint (None: no data yet)."""
     sums: dict[tuple[str, str], float] = {}
     try:
-        text = httpx.get(metrics_url, timeout=5.0).text
+        samples = scrape(metrics_url, timeout_s=5.0)
     except httpx.HTTPError:
         return dict.fromkeys(VARIANTS)
     wanted = ("ray_kdcanary_cost_dollars_total", "ray_kdcanary_model_inputs_total")
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in wanted and sample.labels.get("application") == application:
-                key = (sample.name, sample.labels.get("variant", ""))
-                sums[key] = sums.get(key, 0.0) + sample.value
+    for sample in samples:
+        if sample.name in wanted and sample.labels.get("application") == application:
+            key = (sample.name, sample.labels.get("variant", ""))
+            sums[key] = sums.get(key, 0.0) + sample.value
     out: dict[str, float | None] = {}
     for variant in VARIANTS:
         inputs = sums.get(("ray_kdcanary_model_inputs_total", variant), 0.0)

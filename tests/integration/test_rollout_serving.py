@@ -23,7 +23,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from rollout_admin import ADMIN_TOKEN, AUTH, admin_client
 from traffic import Traffic
 
@@ -34,6 +33,7 @@ from rollout.status import SETTLED_PHASES, TERMINAL_PHASES, Phase
 from rollout.views import StatusView
 from serving.admin_client import AdminCallError
 from serving.cli import main as kdcanary
+from serving.metrics import scrape
 
 Deploy = Any  # tests/integration/conftest.py
 Bundles = Any
@@ -185,13 +185,10 @@ class WebhookSink:
 def rollout_metrics(metrics_url: str, app: str) -> dict[tuple[str, str], float]:
     """{(name, label value), value} of the app's ray_kdcanary_rollout_* samples."""
     out = {}
-    for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text):
-        for sample in family.samples:
-            if sample.name.startswith("ray_kdcanary_rollout") and sample.labels.get("application") == app:
-                label = next(
-                    (sample.labels[k] for k in ("phase", "gate", "action", "reason") if k in sample.labels), ""
-                )
-                out[(sample.name, label)] = sample.value
+    for sample in scrape(metrics_url, prefix="ray_kdcanary_rollout"):
+        if sample.labels.get("application") == app:
+            label = next((sample.labels[k] for k in ("phase", "gate", "action", "reason") if k in sample.labels), "")
+            out[(sample.name, label)] = sample.value
     return out
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from rollout_admin import ADMIN_TOKEN, AUTH, admin_client, evidence, pin_weight
 
 from rollout.events import EvidenceSummary
+from serving.metrics import scrape
 from serving.router import VERSION_HEADER
 from serving.routing import sticky_variant
 
@@ -188,6 +188,7 @@ def test_custom_metrics_reach_rays_metrics_endpoint(
     kd: httpx.Client, shadow: httpx.Client, faulty: httpx.Client, serve_cluster: ServeCluster
 ) -> None:
     predict(kd), predict(shadow), predict(faulty)
+    assert kd.post("/v1/predict", content=b"{not json").status_code == 422  # its own rejection, whatever ran before
     for _ in range(20):
         predict(kd)
     wanted = {
@@ -225,10 +226,8 @@ def test_custom_metrics_reach_rays_metrics_endpoint(
 
 def _scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
-        for sample in family.samples:
-            if "kdcanary" in sample.name:
-                out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    for sample in scrape(url):
+        out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
     return out
 
 

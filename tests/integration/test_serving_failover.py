@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from rollout_admin import SETTLE, evidence
 
 from serving.config import RouterConfig
+from serving.metrics import scrape
 
 Bundles = Any  # tests/integration/conftest.py: registry, teacher_id, student_id
 ServeCluster = Any  # tests/integration/conftest.py: http_url, metrics_url, admin_token
@@ -76,11 +76,9 @@ def test_student_timeout_fails_over_to_the_teacher(
 def _failovers(metrics_url: str) -> float:
     """Timeout failovers this application's routers counted, as Prometheus would scrape them."""
     total = 0.0
-    for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text):
-        for sample in family.samples:
-            labels = sample.labels
-            if sample.name == "ray_kdcanary_failovers_total" and labels.get("application") == APP:
-                total += sample.value if labels.get("reason") == "timeout" else 0.0
+    for sample in scrape(metrics_url, prefix="ray_kdcanary_failovers_total"):
+        if sample.labels.get("application") == APP and sample.labels.get("reason") == "timeout":
+            total += sample.value
     return total
 
 

@@ -322,8 +322,8 @@ _VERDICT_VALUE = {Verdict.PASS: 1.0, Verdict.INCONCLUSIVE: 0.0, Verdict.FAIL: -1
 
 
 def scrape(metrics_url: str, prefix: str = "ray_kdcanary_", timeout_s: float = 10.0) -> list[Sample]:
-    """The samples named `prefix`... on a Prometheus text endpoint (Ray's metrics port), as
-    Prometheus stores them (names keep their _total, _bucket, _sum and _count suffixes).
+    """The samples whose names start with `prefix` on a Prometheus text endpoint (Ray's metrics
+    port), named as Prometheus stores them (with their _total, _bucket, _sum, _count suffixes).
 
     Only those lines are parsed: Ray's endpoint carries about a megabyte of its own series
     (histogram buckets per deployment and replica), and parsing all of it took about 0.5 CPU-s a

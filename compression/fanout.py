@@ -23,6 +23,7 @@ import ray
 
 from compression import progress
 from compression.context import ShardPredict
+from compression.errors import CompressionError
 from compression.onnx_runtime import predict
 from compression.pipeline import RunSummary, StudentChain, build_teacher, open_context, run_student
 from compression.recipe import Recipe, select_students
@@ -138,5 +139,8 @@ def _follow(tasks: dict[str, Any], board: Any, echo: Callable[[str], None]) -> d
                 shown[name] = (what, step, total)
                 echo(f"  {name}: {what}" + (f" {step}/{total}" if total else ""))
         for ref in done:
-            results[names[ref]] = ray.get(ref)
+            try:
+                results[names[ref]] = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:  # a chain's own error, as a run in one process says it
+                raise (exc.cause if isinstance(exc.cause, CompressionError) else exc) from None
     return results

@@ -164,14 +164,26 @@ def _load_encoder(path: Path, num_labels: int, field: str, error: type[Exception
 
 def cut_layers(teacher: EncoderClassifier, arch: LayersArchitecture) -> EncoderClassifier:
     """Keep some of the teacher's layers, with its embeddings and fine-tuned head."""
-    depth = len(teacher.layers)
-    bad = [i for i in arch.layers if not 0 <= i < depth]
-    if bad or len(set(arch.layers)) != len(arch.layers):
-        raise StudentSpecError(f"architecture.layers {arch.layers}: need distinct indices in 0..{depth - 1}")
+    check_layer_cut(arch, len(teacher.layers), "architecture.layers")
     student = copy.deepcopy(teacher)
     student.encoder.encoder.layer = nn.ModuleList([student.layers[i] for i in arch.layers])
     student.encoder.config.num_hidden_layers = len(arch.layers)
     return student
+
+
+def check_layer_cut(arch: LayersArchitecture, depth: int, field: str) -> None:
+    """The layers to keep must be distinct layers of a `depth`-layer teacher."""
+    bad = [i for i in arch.layers if not 0 <= i < depth]
+    if bad or len(set(arch.layers)) != len(arch.layers):
+        raise StudentSpecError(f"{field} {arch.layers}: need distinct indices in 0..{depth - 1}")
+
+
+def teacher_depth(directory: Path) -> int:
+    """Encoder layers of the Hugging Face teacher in `directory`, from its config alone."""
+    try:
+        return int(AutoConfig.from_pretrained(str(directory)).num_hidden_layers)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise TeacherLoadError(f"teacher.path {directory}: no encoder config with num_hidden_layers ({exc})") from exc
 
 
 def fresh_transformer(teacher: EncoderClassifier, arch: TransformerArchitecture) -> EncoderClassifier:

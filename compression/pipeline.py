@@ -22,9 +22,10 @@ import torch
 from compression import progress
 from compression.context import Context
 from compression.data import load_corpus
-from compression.errors import ToleranceError
+from compression.errors import StudentSpecError, ToleranceError
+from compression.models import check_layer_cut, teacher_depth
 from compression.packaged import encoder_dir
-from compression.recipe import Recipe, StudentConfig, select_students
+from compression.recipe import LayersArchitecture, PretrainedArchitecture, Recipe, StudentConfig, select_students
 from compression.registry import Bundle, Registry
 from compression.stages import distill_stage, prune_stage, quantize_stage, student_context, teacher_stage
 from compression.text import load_tokenizer
@@ -77,7 +78,25 @@ def open_context(recipe: Recipe, registry: Registry) -> Context:
     for student in recipe.students:  # before anything trains
         if student.vocabulary == "corpus":
             check_trimmable(tokenizer, f"students.{student.name}.vocabulary")
+    check_students(recipe)
     return Context(recipe, corpus, registry, tokenizer)
+
+
+def check_students(recipe: Recipe) -> None:
+    """A pretrained student's folder must hold its tokenizer, students built from the teacher's
+    weights need a Hugging Face teacher, and layer cuts need layers it has: said before anything
+    trains (or a fanned-out run starts Ray), not by a chain."""
+    for student in recipe.students:
+        if isinstance(arch := student.architecture, PretrainedArchitecture):
+            load_tokenizer(arch.path or encoder_dir(str(arch.packaged)), f"students.{student.name}.architecture.path")
+    copying = [s for s in recipe.students if not isinstance(s.architecture, PretrainedArchitecture)]
+    if copying and recipe.teacher.kind == "onnx":
+        raise StudentSpecError(f"students.{copying[0].name}: needs a Hugging Face teacher to copy weights from")
+    cuts = [(s.name, s.architecture) for s in copying if isinstance(s.architecture, LayersArchitecture)]
+    if cuts:
+        depth = teacher_depth(_tokenizer_path(recipe))
+        for name, layers in cuts:
+            check_layer_cut(layers, depth, f"students.{name}.architecture.layers")
 
 
 def build_teacher(ctx: Context) -> Bundle:

@@ -191,11 +191,17 @@ def test_demo_promotes_one_student_and_rolls_back_the_others(
     ("edit", "message"),
     [
         (lambda t: t + "\nsurprise: 1\n", "surprise"),
-        (lambda t: t.replace("layers: [0, 5]", "layers: [0, 9]"), "layers [0, 9]"),
+        (lambda t: t.replace("layers: [0, 5]", "layers: [0, 9]"), "students.minilm-l2.architecture.layers [0, 9]"),
         (lambda t: t.replace("source: rotten_tomatoes", "source: file\n  path: missing.csv"), "missing.csv"),
         (lambda t: t.replace("teacher:\n", "teacher:\n  path: /nonexistent/teacher\n"), "teacher.path"),
+        (
+            lambda t: t.replace(
+                "kind: bag_of_embeddings, hidden_size: 128", "kind: pretrained, path: /nonexistent/student"
+            ),
+            "students.bag.architecture.path /nonexistent/student",
+        ),
     ],
-    ids=["unknown-field", "bad-layers", "unreadable-data", "teacher-does-not-load"],
+    ids=["unknown-field", "bad-layers", "unreadable-data", "teacher-does-not-load", "student-does-not-load"],
 )
 def test_bad_input_is_one_line_and_changes_nothing(
     first_run: tuple[Registry, RunSummary],

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from compression import packaged
-from compression.errors import DataError, RecipeError
+from compression.errors import DataError, RecipeError, StudentSpecError, TeacherLoadError
 from compression.recipe import LayersArchitecture, PretrainedArchitecture, load_recipe, select_students
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -117,3 +118,42 @@ def test_trimming_the_vocabulary_enters_the_distill_key_only_when_asked() -> Non
     student = load_recipe(RECIPES / "tiny.yaml").students[0]
     assert "vocabulary" not in distill_settings(student)  # registries built before trimming keep their keys
     assert distill_settings(student.model_copy(update={"vocabulary": "corpus"}))["vocabulary"] == "corpus"
+
+
+LAYERS = "[{name: s, architecture: {kind: layers, layers: %s}}]"
+
+
+@pytest.mark.parametrize(
+    ("teacher", "students", "error", "message"),
+    [
+        (
+            "",
+            LAYERS % "[0, 6]",
+            StudentSpecError,
+            "students.s.architecture.layers [0, 6]: need distinct indices in 0..5",
+        ),
+        ("", LAYERS % "[1, 1]", StudentSpecError, "students.s.architecture.layers [1, 1]"),
+        (
+            "{kind: onnx, path: t.onnx, tokenizer: tok}",
+            LAYERS % "[0]",
+            StudentSpecError,
+            "needs a Hugging Face teacher",
+        ),
+        (
+            "",
+            "[{name: s, architecture: {kind: pretrained, path: nowhere}}]",
+            TeacherLoadError,
+            "students.s.architecture.path",
+        ),
+    ],
+    ids=["layer-out-of-range", "layer-twice", "onnx-teacher", "pretrained-missing"],
+)
+def test_students_that_cannot_be_built_are_refused_before_anything_trains(
+    tmp_path: Path, teacher: str, students: str, error: type[Exception], message: str
+) -> None:
+    from compression.pipeline import check_students  # imports torch: only this test needs it
+
+    teacher_line = f"teacher: {teacher}\n" if teacher else ""
+    recipe = load_recipe(write(tmp_path, f"name: t\n{teacher_line}students: {students}\n"))
+    with pytest.raises(error, match=re.escape(message)):
+        check_students(recipe)

@@ -151,7 +151,7 @@ LAYERS = "[{name: s, architecture: {kind: layers, layers: %s}}]"
 def test_students_that_cannot_be_built_are_refused_before_anything_trains(
     tmp_path: Path, teacher: str, students: str, error: type[Exception], message: str
 ) -> None:
-    from compression.pipeline import check_students  # imports torch: only this test needs it
+    from compression.pipeline import check_students
 
     teacher_line = f"teacher: {teacher}\n" if teacher else ""
     recipe = load_recipe(write(tmp_path, f"name: t\n{teacher_line}students: {students}\n"))

@@ -2,7 +2,8 @@
 
 Debian's `prometheus` (installed by the session fixture when missing) scrapes the session's
 Ray metrics port through deploy/prometheus/prometheus.yml, with only the target (the Ray SD
-file becomes a static target), the intervals (1 s) and the rule file's absolute path changed.
+file becomes a static target), the intervals (scrapes every 5 s, rules every 1 s) and the rule
+file's absolute path changed.
 Two canaries run real traffic meanwhile:
 
 - `prom-good` is started and paused in its shadow stage before any of its traffic flows, and
@@ -103,13 +104,14 @@ def prometheus_tools() -> PrometheusTools:
 
 
 def config_for(metrics_url: str) -> dict[str, Any]:
-    """deploy/prometheus/prometheus.yml pointed at this session's Ray, scraping every 3 s.
+    """deploy/prometheus/prometheus.yml pointed at this session's Ray, scraping every 5 s.
 
-    A scrape that fails makes every series stale at once (a fresh-clone run ended with
-    KdcanaryRayMetricsDown pending and every gauge gone), and the timeout cannot exceed the
-    interval: 3 s leaves Ray's exporter room on 2 busy cores."""
+    A scrape that fails makes every series stale at once (fresh-clone runs ended with
+    KdcanaryRayMetricsDown active and every rollout gauge gone, at 1 s and again at 3 s: late in
+    a worker's session Ray's metrics agent renders the series of some 20 applications on 2 busy
+    cores), and the timeout cannot exceed the interval."""
     config: dict[str, Any] = yaml.safe_load(PROMETHEUS_YML.read_text())
-    config["global"] |= {"scrape_interval": "3s", "scrape_timeout": "3s", "evaluation_interval": "1s"}
+    config["global"] |= {"scrape_interval": "5s", "scrape_timeout": "5s", "evaluation_interval": "1s"}
     assert [PROMETHEUS_YML.parent / name for name in config["rule_files"]] == [RULES_YML]
     config["rule_files"] = [str(RULES_YML)]
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "ray"]

@@ -27,7 +27,14 @@ from compression.models import check_layer_cut, teacher_depth
 from compression.packaged import encoder_dir
 from compression.recipe import LayersArchitecture, PretrainedArchitecture, Recipe, StudentConfig, select_students
 from compression.registry import Bundle, Registry
-from compression.stages import distill_stage, prune_stage, quantize_stage, student_context, teacher_stage
+from compression.stages import (
+    distill_stage,
+    pretrained_dir,
+    prune_stage,
+    quantize_stage,
+    student_context,
+    teacher_stage,
+)
 from compression.text import load_tokenizer
 from compression.vocabulary import check_trimmable
 
@@ -88,7 +95,7 @@ def check_students(recipe: Recipe) -> None:
     trains (or a fanned-out run starts Ray), not by a chain."""
     for student in recipe.students:
         if isinstance(arch := student.architecture, PretrainedArchitecture):
-            load_tokenizer(arch.path or encoder_dir(str(arch.packaged)), f"students.{student.name}.architecture.path")
+            load_tokenizer(pretrained_dir(arch), f"students.{student.name}.architecture.path")
     copying = [s for s in recipe.students if not isinstance(s.architecture, PretrainedArchitecture)]
     if copying and recipe.teacher.kind == "onnx":
         raise StudentSpecError(f"students.{copying[0].name}: needs a Hugging Face teacher to copy weights from")

@@ -239,7 +239,7 @@ def student_context(ctx: Context, student: StudentConfig) -> Context:
     arch = student.architecture
     if isinstance(arch, PretrainedArchitecture):
         field = f"students.{student.name}.architecture.path"
-        return ctx.with_tokenizer(load_tokenizer(arch.path or encoder_dir(str(arch.packaged)), field))
+        return ctx.with_tokenizer(load_tokenizer(pretrained_dir(arch), field))
     if student.vocabulary == "corpus":
         max_length = max(ctx.max_length, student.max_length or 0)
         kept = kept_ids(ctx.tokenizer, [ctx.encoded(split, max_length) for split in ("distill", "validation")])
@@ -247,11 +247,16 @@ def student_context(ctx: Context, student: StudentConfig) -> Context:
     return ctx
 
 
+def pretrained_dir(arch: PretrainedArchitecture) -> Path:
+    """A pretrained student's encoder and tokenizer: its own folder, or the packaged one."""
+    return arch.path or encoder_dir(str(arch.packaged))
+
+
 def make_student(teacher: Classifier | None, student: StudentConfig, num_labels: int) -> Classifier:
     arch = student.architecture
     if isinstance(arch, PretrainedArchitecture):
         field = f"students.{student.name}.architecture"
-        return load_pretrained(arch.path or encoder_dir(str(arch.packaged)), num_labels, field)
+        return load_pretrained(pretrained_dir(arch), num_labels, field)
     if not isinstance(teacher, EncoderClassifier):
         raise StudentSpecError(f"students.{student.name}: needs a Hugging Face teacher to copy weights from")
     if isinstance(arch, LayersArchitecture):

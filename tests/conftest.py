@@ -31,16 +31,29 @@ FIRST = (
     "unit",
     "integration/test_student_models.py",
     "integration/test_compress_fanout.py",
+    "integration/test_cluster.py",
+    "e2e/test_readme.py",
 )
-LAST = ("e2e/test_readme.py",)
-"""Run order (the Makefile keeps it with --no-loadscope-reorder): the file that builds the tiny
-registry and then runs the demo (the longest chain) starts at once on one worker while the other
-runs what needs no registry (the unit tests, the student models' torch checks, the fan-out's own
-recipe), then the serving tests, which start as soon as the students they deploy are built
-(`serving_run`); the README test, which needs every bundle, goes last. Before the fan-out moved
-up, the other worker waited for the serving students with a core idle about half the time. The
-torch checks beside the build cost it little only because waiting threads sleep
-(`pytest_configure`): with spinning ones the build took 262 s instead of 155-180 s."""
+LAST = (
+    "integration/test_serving_autoscaling.py",
+    "integration/test_serving_failover.py",
+    "integration/test_security.py",
+    "integration/test_import.py",
+    "integration/test_preprocessing.py",
+    "integration/test_teacher_cache.py",
+    "integration/test_serving_model.py",
+)
+"""Run order (the Makefile keeps it with --no-loadscope-reorder; a worker takes the next file when
+its own are nearly done): the file that builds the tiny registry and then runs the demo (the
+longest chain) starts at once on one worker while the other runs what needs no registry (the
+unit tests, the student models' torch checks, the fan-out's own recipe), then the cluster tests,
+which start as soon as the students they deploy are built (`serving_run`), and the README test,
+which needs every bundle (built by then). The files between take one to two and a half minutes
+each; the quick ones come LAST, shortest last, so that both workers finish close together. With
+the README test last, one worker ran it alone for a minute while the other had finished. Before
+the fan-out moved up, the other worker waited for the serving students with a core idle about
+half the time. The torch checks beside the build cost it little only because waiting threads
+sleep (`pytest_configure`): with spinning ones the build took 262 s instead of 155-180 s."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,9 +76,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _run_order(item: pytest.Item) -> int:
     path = Path(str(item.fspath)).relative_to(TESTS).as_posix()
-    if path.startswith(LAST):
-        return len(FIRST) + 1
-    return next((rank for rank, first in enumerate(FIRST) if path.startswith(first)), len(FIRST))
+    for rank, prefix in enumerate((*FIRST, *LAST)):
+        if path.startswith(prefix):
+            return rank if rank < len(FIRST) else rank + 1  # the files in neither list go between
+    return len(FIRST)
 
 
 def shared_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:

@@ -181,7 +181,8 @@ def teacher_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
 
 
 def controller_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
-    """The controller dies: routers keep the weight; it resumes with its stage and event log."""
+    """The controller dies: routers keep the weight (the student keeps answering); it resumes
+    with its stage, its evidence and its event log from the store, and logs that it resumed."""
     drill.admin.start("drill: controller killed")
     before = drill.admin.promote(reason="drill: a live stage")
     drill.wait(lambda v: v.evidence.student_requests >= 20, within_s)
@@ -191,10 +192,18 @@ def controller_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
     time.sleep(0.2)
     after = drill.wait(lambda v: v.epoch == before.epoch, within_s)
     resume_s = time.monotonic() - killed_at
-    ids = [e.id for e in drill.admin.events(limit=1000)]
+    log = drill.admin.events(limit=1000)
+    ids = [e.id for e in log]
     intact = ids[: len(ids_before)] == ids_before and ids == list(range(1, len(ids) + 1))
     same = (after.stage_index, after.weight) == (before.stage_index, before.weight)
-    notes = f"same stage and weight: {same}; event ids contiguous, none lost or duplicated: {intact}"
+    student = before.routing.student_id
+    served = student is not None and drill.load.answers_from(student, killed_at) > 0
+    resumed = [e.payload.get("stage_index") for e in log[len(ids_before) :] if e.action == "resumed"]
+    notes = (
+        f"same stage and weight: {same}; evidence restored: {after.evidence.student_requests > 0}; "
+        f"the student answered meanwhile: {served}; resumed logged at its stage: {before.stage_index in resumed}; "
+        f"event ids contiguous, none lost or duplicated: {intact}"
+    )
     return drill.result("controller_killed", resume_s=round(resume_s, 3), notes=notes)
 
 

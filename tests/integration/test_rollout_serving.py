@@ -136,28 +136,6 @@ def test_admin_intents_are_validated_and_refused_with_reasons(held: httpx.Client
     assert typo.status_code == 422 and typo.json()["field"] == "to"
 
 
-def test_killed_controller_resumes_at_the_same_stage_and_weight(held: httpx.Client, reviews: list[str]) -> None:
-    import ray
-
-    with admin_client(held) as admin:
-        admin.start("integration test")
-        view = admin.promote(reason="skip the shadow stage")
-    assert (view.stage_index, view.weight) == (1, 0.5)
-    with Traffic(held, reviews) as traffic:
-        wait_for(held, lambda v: v.evidence.student_requests >= 20, within_s=30)
-        (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "held#controller" in a["name"]]
-        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
-        during = len(traffic.answers)
-        view = wait_for(held, lambda v: v.phase is Phase.PROGRESSING, within_s=60)
-        later = traffic.answered_since(during, 40)  # routers kept the last weight while the controller was away
-    assert (view.stage_index, view.weight) == (1, 0.5)
-    assert view.evidence.student_requests > 0  # evidence came back from the store
-    resumed = [e for e in events(held) if e.action == "resumed"]
-    assert resumed and resumed[-1].payload["stage_index"] == 1
-    assert not traffic.failures
-    assert {a["variant"] for a in later} == {"teacher", "student"}
-
-
 class WebhookSink:
     """A real HTTP server on loopback that keeps every JSON body POSTed to it."""
 

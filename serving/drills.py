@@ -191,20 +191,22 @@ def controller_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
     drill.kill("controller")
     time.sleep(0.2)
     after = drill.wait(lambda v: v.epoch == before.epoch, within_s)
-    resume_s = time.monotonic() - killed_at
+    resumed_at = time.monotonic()
     log = drill.admin.events(limit=1000)
     ids = [e.id for e in log]
     intact = ids[: len(ids_before)] == ids_before and ids == list(range(1, len(ids) + 1))
     same = (after.stage_index, after.weight) == (before.stage_index, before.weight)
     student = before.routing.student_id
-    served = student is not None and drill.load.answers_from(student, killed_at) > 0
+    served = student is not None and drill.load.answers_from(student, killed_at) > drill.load.answers_from(
+        student, resumed_at
+    )  # answers that completed between the kill and the resumed controller's first status
     resumed = [e.payload.get("stage_index") for e in log[len(ids_before) :] if e.action == "resumed"]
     notes = (
         f"same stage and weight: {same}; evidence restored: {after.evidence.student_requests > 0}; "
         f"the student answered meanwhile: {served}; resumed logged at its stage: {before.stage_index in resumed}; "
         f"event ids contiguous, none lost or duplicated: {intact}"
     )
-    return drill.result("controller_killed", resume_s=round(resume_s, 3), notes=notes)
+    return drill.result("controller_killed", resume_s=round(resumed_at - killed_at, 3), notes=notes)
 
 
 def router_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:

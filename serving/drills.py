@@ -196,14 +196,14 @@ def controller_killed(drill: Drill, within_s: float = 60.0) -> DrillResult:
     ids = [e.id for e in log]
     intact = ids[: len(ids_before)] == ids_before and ids == list(range(1, len(ids) + 1))
     same = (after.stage_index, after.weight) == (before.stage_index, before.weight)
-    student = before.routing.student_id
-    served = student is not None and drill.load.answers_from(student, killed_at) > drill.load.answers_from(
-        student, resumed_at
-    )  # answers that completed between the kill and the resumed controller's first status
+    student = before.routing.student_id or ""
+    # the student's answers that completed between the kill and the resumed controller's first status
+    meanwhile = drill.load.answers_from(student, killed_at) - drill.load.answers_from(student, resumed_at)
     resumed = [e.payload.get("stage_index") for e in log[len(ids_before) :] if e.action == "resumed"]
     notes = (
         f"same stage and weight: {same}; evidence restored: {after.evidence.student_requests > 0}; "
-        f"the student answered meanwhile: {served}; resumed logged at its stage: {before.stage_index in resumed}; "
+        f"the student answered meanwhile: {meanwhile > 0}; "
+        f"resumed logged at its stage: {before.stage_index in resumed}; "
         f"event ids contiguous, none lost or duplicated: {intact}"
     )
     return drill.result("controller_killed", resume_s=round(resumed_at - killed_at, 3), notes=notes)

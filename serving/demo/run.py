@@ -70,11 +70,10 @@ def demo_spec(realistic: bool) -> RolloutSpec:
     comparisons at the good student's 0.85); agreement >= 0.78 and >= 0.77 in each class.
     On held-out snippets the good student (the pruned INT8) agrees with its teacher 0.85 of the
     time (0.81 on "negative"), the short-max_length one 0.69 (0.64 on "negative") and the bag
-    baseline 0.78 (0.67 on "negative"). The thresholds leave each
-    scenario a margin of several points: at 0.80 the good student's bound hovered at the
-    threshold for minutes (a stage advances only while the bound is above it), and at 0.75 per
-    class the bag's rollback needed about 1,300 comparisons;
-    error margin 0.1; no latency gate (a p99 bound needs about a thousand samples per stage,
+    baseline 0.78 (0.67 on "negative"). The thresholds leave each scenario a margin of several
+    points: at 0.80 the good student's bound hovered at the threshold for minutes (a stage
+    advances only while the bound is above it), and at 0.75 per class the bag's rollback needed
+    about 1,300 comparisons; error margin 0.1; no latency gate (a p99 bound needs about a thousand samples per stage,
     minutes at the demo's rate: `realistic` keeps it). Accuracy on the labels that come back
     guards (it may veto, agreement decides): students 3 points less accurate than the teacher
     are accepted (margin 0.05), and proving that within 5 points takes thousands of labels.

@@ -168,8 +168,8 @@ def test_demo_promotes_one_student_and_rolls_back_the_others(
     port = str(free_port())  # not the default 8000: the README test's server may hold it meanwhile
     # At 10 a second, not the demo's 20: beside the other worker's tests 20 a second overloads the
     # models, the routers drop shadow calls (past their shadow concurrency) and the scenarios wait
-    # longer for the same evidence. Against a busy core, with the same gates, one run each: 445 s
-    # at 20, 412 s at 10.
+    # longer for the same evidence. Against a busy core, one run each (session 18's gates, 100
+    # requests a canary stage): 445 s at 20, 412 s at 10.
     demo = kdcanary("demo", "--registry", registry.root, "--out", tmp_path, "--port", port, "--rate", "10")
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     summary = (tmp_path / "summary.md").read_text()

@@ -30,12 +30,14 @@ Drawn latencies stay far below the router's timeouts (2 s and 10 s by default) f
 profiles the benchmark uses: `asyncio.timeout` runs on the real loop's clock and would not
 fire for a simulated delay.
 
-Control events, as the Ray shells schedule them: the router polls `routing()` at the start and
-every `RouterConfig.poll_interval_s` and adopts it (`RouterCore.adopt`), flushes
+Control events, as the Ray shells schedule them: the router flushes
 `take_pending(flush_max_observations)` to `record` every `flush_interval_s`, and the
 decision-maker ticks whenever the clock reaches `next_tick_at()` (serving/rollout_deployment.py);
-`record` ticks at once itself when the controller finds it urgent. At one instant the order is
-flush, tick, poll. The loop ends when the decision-maker has finished or at `max_seconds`.
+`record` ticks at once itself when the controller finds it urgent. The router adopts `routing()`
+(`RouterCore.adopt`) at the start and after every control event: the controller answers a
+router's held routing request as soon as its routing changes (serving/long_poll.py), within
+milliseconds that matter to nothing here. At one instant the order is flush, tick, adopt. The
+loop ends when the decision-maker has finished or at `max_seconds`.
 
 Labels. A profile with `labels` has some requests' true labels come back after a delay
 (bench/world.py, `TruthLabels`): each answered request's signed request id waits in a queue
@@ -125,7 +127,7 @@ class Outcome(BaseModel):
 
 class DecisionMaker(Protocol):
     """What the loop drives, as the Ray shells drive the controller: routers `record` batches
-    and poll `routing()`, a tick loop calls `tick()` at `next_tick_at()`. `RolloutController`
+    and follow `routing()`, a tick loop calls `tick()` at `next_tick_at()`. `RolloutController`
     is one as it is."""
 
     def record(self, observations: Sequence[Observation]) -> object: ...
@@ -176,10 +178,11 @@ class _Loop:
 
     async def run(self, finished: Callable[[], bool], max_seconds: float) -> Run:
         start, end, router = self.start, self.start + max_seconds, self.router
-        polls, flushes, next_tick = 0, 1, self.decider.next_tick_at()
+        flushes, next_tick = 1, self.decider.next_tick_at()
+        self.core.adopt(self.decider.routing())
         while not finished() and self.clock.now() < end:
-            poll_at, flush_at = start + polls * router.poll_interval_s, start + flushes * router.flush_interval_s
-            control = min(poll_at, flush_at, next_tick, end)
+            flush_at = start + flushes * router.flush_interval_s
+            control = min(flush_at, next_tick, end)
             while start + self.stream.next_at() < control:
                 await self._request(self.stream.pop())
             await self._settle()
@@ -191,9 +194,7 @@ class _Loop:
             if self.clock.now() >= next_tick:
                 self.decider.tick()
                 next_tick = self.decider.next_tick_at()
-            if control == poll_at:
-                self.core.adopt(self.decider.routing())
-                polls += 1
+            self.core.adopt(self.decider.routing())
         return self._measured()
 
     def _advance_to(self, at: float) -> None:

@@ -11,7 +11,8 @@ Driving it (the Ray Serve deployment is a thin shell over these calls):
   wire, a pending start, an operator rollback or promote) it ticks at once, inside the call:
   that is how a burst of hard failures reaches weight 0 without waiting for the tick loop;
 - the wrapper loops `tick()`, sleeping until `next_tick_at()` (the controller never sleeps);
-- routers poll `routing()` and adopt any update whose `version` is newer than theirs;
+- routers follow `routing()` (a request held until it changes) and adopt any update whose
+  `version` is newer than theirs;
 - labels come back through `feedback(items)` (rollout/feedback.py: signed request ids), folded
   into the pooled accuracy evidence and saved at once;
 - admin endpoints call `start/pause/resume/promote/rollback/set_weight` with who and why

@@ -103,16 +103,19 @@ class ModelConfig(BaseModel):
 
 
 class RouterConfig(BaseModel):
-    """Router behaviour: timeouts, shadow concurrency, how often it polls and reports.
+    """Router behaviour: timeouts, shadow concurrency, how it follows the routing and reports.
 
     A router starts at weight 0 with no shadow (teacher only, the safe side) and takes the
-    controller's routing at its first poll."""
+    controller's routing at its first answer."""
 
     model_config = _CONFIG
 
     student_timeout_s: float = Field(default=2.0, gt=0.0)
     teacher_timeout_s: float = Field(default=10.0, gt=0.0)
     shadow_concurrency: int = Field(default=8, ge=1)
+    # Routing: the controller holds a router's request until the routing changes, or for
+    # routing_wait_s; poll_interval_s passes between requests (and after a failed one).
+    routing_wait_s: float = Field(default=2.0, ge=0.0, le=10.0)
     poll_interval_s: float = Field(default=0.25, gt=0.0, le=5.0)
     flush_interval_s: float = Field(default=0.5, gt=0.0, le=10.0)
     flush_max_observations: int = Field(default=512, ge=1)

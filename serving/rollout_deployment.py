@@ -3,7 +3,8 @@
 A thin shell over `rollout.controller.RolloutController`, which holds every rule: this class
 builds it over a SQLite store and an HTTP webhook sender, ticks it from a background loop
 (sleeping until `next_tick_at()`), and mirrors its status into Prometheus gauges after every
-tick. Routers poll `routing()` and push `record(...)`; the admin API calls the intents.
+tick. Routers ask `routing_change(known, wait_s)`, which answers once the routing differs from
+the one they know (serving/long_poll.py), and push `record(...)`; the admin API calls the intents.
 
 Feedback: request ids are receipts signed with the key in `<state_dir>/receipts.key` (made
 once; routers fetch it with `receipt_key()`), and `feedback(items)` hands labels to the pair's
@@ -64,6 +65,7 @@ from rollout.spec import RolloutSpec, SmokeTest
 from rollout.store import SqliteStateStore
 from rollout.views import ModelPair, PublishedRouting
 from rollout.webhooks import HttpWebhookSender
+from serving import long_poll
 from serving.errors import PairUnknownError
 from serving.smoke_inputs import read_labelled_inputs
 
@@ -98,8 +100,9 @@ class ControllerConfig(BaseModel):
     name="controller",
     num_replicas=1,
     ray_actor_options={"num_cpus": 0.1},
-    logging_config={"enable_access_log": False},  # routers poll it several times a second
+    logging_config={"enable_access_log": False},  # every router holds a routing request open
     health_check_period_s=2.0,
+    max_ongoing_requests=256,  # one held routing request per router replica, and room beside them
 )
 class RolloutDeployment:
     def __init__(
@@ -280,6 +283,10 @@ class RolloutDeployment:
             raise RuntimeError(f"rollout tick loop ended: {self._ticker.exception()!r}")
 
     # --- routers ----------------------------------------------------------------------------
+
+    async def routing_change(self, known: PublishedRouting | None, wait_s: float) -> PublishedRouting:
+        """The routing once it differs from `known`, or after `wait_s` unchanged (a held request)."""
+        return await long_poll.changed(self.routing, known, wait_s)
 
     def routing(self) -> PublishedRouting:
         controller = self._controller

@@ -20,8 +20,8 @@ body, validate, let the core answer, send. Model calls go over the models' strea
 (requests ready in the same loop turn share one call: the hop, not the inputs, is what costs).
 Everything else is off the critical path: the core's bookkeeping (metrics, observations, shadow
 calls) runs after the answer is sent, observations go to the controller in batches from a
-background loop, and the routing is polled from the controller, keeping the last known routing
-when it cannot be reached.
+background loop, and the routing comes from a request the controller holds until it changes,
+keeping the last known routing when the controller cannot be reached.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from serving.stream import StreamClient
 
 log = logging.getLogger("ray.serve")
 
+CONTROLLER_CALL_TIMEOUT_S = 1.0  # beyond a held request's wait: the controller is unreachable
 PREDICT_PATH = "/v1/predict"
 FEEDBACK_PATH = "/v1/feedback"
 FEEDBACK_TIMEOUT_S = 10.0
@@ -228,20 +229,27 @@ class Router:
     # --- controller I/O (background) ------------------------------------------------------
 
     async def _poll_forever(self) -> None:
-        handle = self._controller.options(method_name="routing")
-        timeout = max(1.0, 4 * self._config.poll_interval_s)
+        """Ask for the routing with the one last received: the controller holds the request until
+        its routing differs (serving/long_poll.py), so a change arrives at once and an idle router
+        asks about every `routing_wait_s`. After any answer or failure, `poll_interval_s` passes
+        before the next request (no tight loop when an answer is not taken)."""
+        handle = self._controller.options(method_name="routing_change")
+        known: PublishedRouting | None = None
         while True:
+            wait_s = self._config.routing_wait_s
             try:
-                async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel
-                    routing: PublishedRouting = await handle.remote()
+                async with asyncio.timeout(wait_s + CONTROLLER_CALL_TIMEOUT_S):  # not wait_for: it can swallow a cancel
+                    routing: PublishedRouting = await handle.remote(known, wait_s)
+                known = routing
                 self._core.adopt(routing)  # ignored when older than the routing in use
                 if not self._core.has_receipt_key:  # once: the key never changes
-                    async with asyncio.timeout(timeout):
+                    async with asyncio.timeout(CONTROLLER_CALL_TIMEOUT_S):
                         key = await self._controller.options(method_name="receipt_key").remote()
                     self._core.set_receipt_key(bytes.fromhex(key))
-            except Exception as exc:  # keep the last known routing
+            except Exception as exc:  # keep the last known routing; ask afresh next time
+                known = None
                 log.debug("controller unreachable (%s); keeping weight %.3f", type(exc).__name__, self._core.weight)
-            self._metrics.set_weight(self._core.weight)  # every poll: Ray drops a gauge left unset for ~20 s
+            self._metrics.set_weight(self._core.weight)  # every answer: Ray drops a gauge left unset for ~20 s
             await asyncio.sleep(self._config.poll_interval_s)
 
     async def _flush_forever(self) -> None:

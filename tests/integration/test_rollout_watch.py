@@ -55,7 +55,7 @@ def forced_answers(client: httpx.Client) -> None:
     assert refused.status_code == 401 and "force token" in refused.json()["detail"]
     wrong = client.post("/v1/predict", json={"inputs": ["x"]}, headers={**force, "x-kdcanary-variant": "both"})
     assert wrong.status_code == 422 and wrong.json()["field"] == "X-Kdcanary-Variant"
-    deadline = time.monotonic() + 30  # the router takes the spec's keys with its first routing poll
+    deadline = time.monotonic() + 30  # the router takes the spec's keys with its first routing answer
     while dogfooded(client) != "student":
         assert time.monotonic() < deadline, "the dogfood key was never honoured"
         time.sleep(0.2)

@@ -1,9 +1,22 @@
-"""A real two-node Ray cluster started with Ray's own CLI, as an operator runs one.
+"""A real two-node Ray cluster started with Ray's own CLI, as an operator runs one, for
+compression first and then for serving (one cluster for both: a cluster's start and its idle
+daemons take CPU from the two cores the whole suite shares).
 
-serving/local_cluster.py starts `ray start --head` and a worker (every node on 127.0.0.1, Ray's
-token authentication on) and deploys deploy/serve_config.yaml with `serve deploy`: teacher,
-router and controller on the head, the student on the worker. Under one steady load, in order,
-the drills of serving/drills.py (which bench/reliability.py runs for its figures):
+serving/local_cluster.py starts `ray start --head` and a worker (every node on 127.0.0.1, one
+CPU each, Ray's token authentication on).
+
+Compression: a recipe's students side by side on the cluster build exactly what one process
+builds: the same bundle ids (hashes of the files), stage keys and accuracy figures. Both runs go
+through `kdcanary compress`, once `--in-process` and once `--address` the cluster, each into a
+registry of its own. The driver builds the teacher the same way in both (`build_teacher`, before
+any fan-out), so the second registry starts with the first one's teacher bundle and none of its
+logits: on Ray the teacher's logits are computed in shards, then the students' chains run. The
+recipe is small (300 snippets, one epoch) and trains on one thread, as its chains ask for one CPU
+each; its two students' chains run at once, one per node.
+
+Serving: deploy/serve_config.yaml goes on with `serve deploy`: teacher, router and controller on
+the head, the student on the worker. Under one steady load, in order, the drills of
+serving/drills.py (which bench/reliability.py runs for its figures):
 
 1. `serve deploy` with another student bundle while the old one is live at 25 %: no replica of
    any deployment restarts, a fresh rollout for the new pair is begun (started on its own: the
@@ -21,7 +34,10 @@ No client request fails in any of them. How fast the rollback comes is a benchma
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,26 +46,77 @@ from prometheus_install import ensure_prometheus
 from prometheus_run import running_prometheus
 from rollout_admin import ADMIN_TOKEN
 
+from compression.registry import Registry
 from rollout.status import Phase
 from serving import drills
 from serving.drills import HOLD, Drill, drill_spec
-from serving.local_cluster import SERVE_CONFIG, LocalCluster, serve_config, wait_until
+from serving.local_cluster import BIN, SERVE_CONFIG, LocalCluster, serve_config, wait_until
 
 PROMETHEUS_YML = SERVE_CONFIG.parent / "prometheus" / "prometheus.yml"
 REVIEWS = ["a warm, funny film", "dull and far too long", "the cast is wonderful", "a mess from start to end"]
 RATE_PER_S = 10.0
+LAX = {"min_agreement": 0.0, "max_accuracy_drop": 1.0}
+RECIPE = {
+    "name": "fanout",
+    "seed": 5,
+    "data": {"max_examples": 300},
+    "preprocessing": {"max_length": 32},
+    "teacher": {"fine_tune": {"epochs": 1, "learning_rate": 8.0e-5}},
+    "students": [
+        {
+            "name": "l2",
+            "architecture": {"kind": "layers", "layers": [0, 5]},
+            "distill": {"epochs": 1, "learning_rate": 2.0e-4},
+            "quantize": {"mode": "dynamic"},
+            "tolerances": {"distill": LAX, "quantize": LAX},
+        },
+        {
+            "name": "bag",
+            "architecture": {"kind": "bag_of_embeddings", "hidden_size": 64},
+            "distill": {"epochs": 1, "learning_rate": 2.0e-3},
+            "quantize": {"mode": "static"},
+            "tolerances": {"distill": LAX, "quantize": LAX},
+        },
+    ],
+    "measure": {"threads": 1, "runs": 3},
+    "compute": {"threads": 1},
+}
+
+
+def compress(recipe: Path, registry: Path, *where: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        [str(BIN / "kdcanary"), "compress", str(recipe), "--registry", str(registry), *where],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def built(registry: Path) -> dict[str, tuple[str, str, float]]:
+    """name -> (bundle id, stage key, test accuracy)."""
+    return {
+        b.manifest.name: (b.id, b.manifest.stage_key, b.manifest.metrics.test_accuracy)
+        for b in Registry(registry).bundles()
+    }
 
 
 @pytest.fixture(scope="module")
-def cluster(serving_bundles: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with LocalCluster(tmp_path_factory.mktemp("cluster"), ADMIN_TOKEN) as cluster:
-        config = serve_config(
-            cluster, serving_bundles.registry, tmp_path_factory.mktemp("state"),
-            serving_bundles.teacher_id, serving_bundles.student_id, drill_spec(HOLD),
-        )  # fmt: skip
-        cluster.serve_deploy(config, "first")
-        cluster.wait_running()
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(nodes: LocalCluster, serving_bundles: Any, tmp_path_factory: pytest.TempPathFactory) -> LocalCluster:
+    """The nodes with kdcanary deployed on them (after the compression test, whose chains take a
+    whole CPU on each node)."""
+    config = serve_config(
+        nodes, serving_bundles.registry, tmp_path_factory.mktemp("state"),
+        serving_bundles.teacher_id, serving_bundles.student_id, drill_spec(HOLD),
+    )  # fmt: skip
+    nodes.serve_deploy(config, "first")
+    nodes.wait_running()
+    return nodes
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +124,27 @@ def drill(cluster: LocalCluster) -> Iterator[Drill]:
     """One steady load for the whole module: each drill counts every failure since it began."""
     with Drill(cluster.http_url, "kdcanary", ADMIN_TOKEN, REVIEWS, RATE_PER_S) as drill:
         yield drill
+
+
+def test_students_fanned_out_on_two_nodes_build_the_same_bundles(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    recipe = tmp_path / "fanout.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    alone = compress(recipe, tmp_path / "one-process", "--in-process")
+    assert "  distill l2 1/8" in alone and "  quantize" in alone  # progress in a log too, where tqdm draws nothing
+    teacher = Registry(tmp_path / "one-process").get("teacher")
+    shutil.copytree(teacher.path, Registry(tmp_path / "on-ray").models / teacher.id)
+    nodes: LocalCluster = request.getfixturevalue("nodes")  # started only now: idle nodes cost CPU too
+    out = compress(recipe, tmp_path / "on-ray", f"--address=127.0.0.1:{nodes.gcs_port}", env=nodes.env)
+    tasks: list[dict[str, Any]] = nodes.api("/api/v0/tasks?limit=1000&detail=true")["data"]["result"]["result"]
+    one, fanned = built(tmp_path / "one-process"), built(tmp_path / "on-ray")
+    assert set(one) == {"teacher", "l2", "l2-int8", "bag", "bag-int8"}
+    assert fanned == one
+    ran_on = {t["node_id"] for t in tasks if t["func_or_class_name"].endswith("_student_chain")}
+    assert len(ran_on) == 2, tasks  # one chain per node, at once
+    assert any(t["func_or_class_name"].endswith("_logits_shard") for t in tasks)  # the teacher's logits too
+    assert "l2: quantize" in out and "bag: done" in out  # each student's progress, on the terminal
 
 
 def test_teacher_and_student_run_on_different_nodes(cluster: LocalCluster, drill: Drill, serving_bundles: Any) -> None:

@@ -2,13 +2,15 @@
 ONNX Runtime, Prometheus), e2e (the demo path).
 
 `make test` runs the suite on two pytest-xdist workers (files are the unit of distribution:
-`--dist loadfile`), each with its own Ray session; the tiny registry is built once and shared.
+`--dist loadfile`), which share one Ray session (tests/shared_ray.py) and one tiny registry,
+built once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +32,6 @@ FIRST = (
     "e2e/test_compress_tiny.py",
     "unit",
     "integration/test_student_models.py",
-    "integration/test_compress_fanout.py",
     "integration/test_cluster.py",
     "e2e/test_readme.py",
 )
@@ -46,10 +47,11 @@ LAST = (
 """Run order (the Makefile keeps it with --no-loadscope-reorder; a worker takes the next file when
 its own are nearly done): the file that builds the tiny registry and then runs the demo (the
 longest chain) starts at once on one worker while the other runs what needs no registry (the
-unit tests, the student models' torch checks, the fan-out's own recipe), then the cluster tests,
-which start as soon as the students they deploy are built (`serving_run`), and the README test,
-which needs every bundle (built by then). The files between take one to two and a half minutes
-each; the quick ones come LAST, shortest last, so that both workers finish close together. With
+unit tests, the student models' torch checks), then the cluster tests, whose first (the fan-out's
+own recipe) needs no registry and whose serving ones start as soon as the students they deploy
+are built (`serving_run`), and the README test, which needs every bundle (built by then). The
+files between take one to two and a half minutes each; the quick ones come LAST, shortest last,
+so that both workers finish close together. With
 the README test last, one worker ran it alone for a minute while the other had finished. Before
 the fan-out moved up, the other worker waited for the serving students with a core idle about
 half the time. The torch checks beside the build cost it little only because waiting threads
@@ -64,6 +66,11 @@ def pytest_configure(config: pytest.Config) -> None:
     teacher and one student built beside a busy loop in 114 s instead of 183 s, and in 82 s
     instead of 74 s on an idle machine."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Ray's token authentication, with one token for the run (the xdist workers inherit it from
+    # the controller): a worker's driver connects to the Ray session the other worker started
+    # (tests/shared_ray.py), and Ray reads the mode and token once, before a test could set them.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -86,6 +93,12 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path
     """A folder every xdist worker of this run sees (the run's own base temp when serial)."""
     base = tmp_path_factory.getbasetemp()
     return base if worker_id == "master" else base.parent
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The folder every xdist worker of this run sees."""
+    return shared_dir(tmp_path_factory, worker_id)
 
 
 SERVING_STUDENTS = ("minilm-l2", "bag")

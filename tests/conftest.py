@@ -2,15 +2,13 @@
 ONNX Runtime, Prometheus), e2e (the demo path).
 
 `make test` runs the suite on two pytest-xdist workers (files are the unit of distribution:
-`--dist loadfile`), which share one Ray session (tests/shared_ray.py) and one tiny registry,
-built once.
+`--dist loadfile`), each with its own Ray session; the tiny registry is built once and shared.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,11 +64,6 @@ def pytest_configure(config: pytest.Config) -> None:
     teacher and one student built beside a busy loop in 114 s instead of 183 s, and in 82 s
     instead of 74 s on an idle machine."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # Ray's token authentication, with one token for the run (the xdist workers inherit it from
-    # the controller): a worker's driver connects to the Ray session the other worker started
-    # (tests/shared_ray.py), and Ray reads the mode and token once, before a test could set them.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -93,12 +86,6 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path
     """A folder every xdist worker of this run sees (the run's own base temp when serial)."""
     base = tmp_path_factory.getbasetemp()
     return base if worker_id == "master" else base.parent
-
-
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
-    """The folder every xdist worker of this run sees."""
-    return shared_dir(tmp_path_factory, worker_id)
 
 
 SERVING_STUDENTS = ("minilm-l2", "bag")

@@ -1,4 +1,4 @@
-"""Integration fixtures for serving: real bundles, one Ray + Serve session for the whole run.
+"""Integration fixtures for serving: real bundles, one Ray + Serve session per pytest session.
 
 Bundles come from the tiny recipe (the `serving_run` fixture in tests/conftest.py: the teacher
 and the minilm-l2 chain, built once per test run). To reuse a registry already built from
@@ -21,7 +21,6 @@ import httpx
 import pytest
 from ports import free_port
 from rollout_admin import ADMIN_TOKEN, FEEDBACK_TOKEN, FORCE_TOKEN, admin_client, pin_weight
-from shared_ray import Session, shared_session
 
 from compression.registry import Registry
 
@@ -73,10 +72,8 @@ def teacher_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Registry
 
 
 @pytest.fixture(scope="session")
-def serve_cluster(run_dir: Path) -> Iterator[ServeCluster]:
-    """Ray (8 logical CPUs: both workers' applications, no dashboard, metrics on a free port) and
-    Serve on 127.0.0.1, one session for the whole run (tests/shared_ray.py): the first worker to
-    need it starts it, the other connects to it."""
+def serve_cluster() -> Iterator[ServeCluster]:
+    """Ray (4 logical CPUs, no dashboard, metrics on a free port) and Serve on 127.0.0.1."""
     import ray
     from ray import serve
 
@@ -88,25 +85,21 @@ def serve_cluster(run_dir: Path) -> Iterator[ServeCluster]:
     # left unset for 2 exports, so Serve's gauge is refreshed every second) makes those waits
     # shorter, and changes nothing a test asserts.
     os.environ[SERVE_STATUS_GAUGE_ENV] = "1"
-
-    def start() -> Session:
-        metrics_port, http_port = free_port(), free_port()
-        ray.init(
-            address="local", num_cpus=8, include_dashboard=False, _metrics_export_port=metrics_port,
-            log_to_driver=False, _system_config={"metrics_report_interval_ms": METRICS_EXPORT_MS},
-        )  # fmt: skip
-        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-        address = ray.get_runtime_context().gcs_address
-        return Session(address=address, http_port=http_port, metrics_port=metrics_port)
-
+    metrics_port, http_port = free_port(), free_port()
+    ray.init(
+        address="local", num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port, log_to_driver=False,
+        _system_config={"metrics_report_interval_ms": METRICS_EXPORT_MS},
+    )  # fmt: skip
     try:
-        with shared_session(run_dir, start) as session:
-            yield ServeCluster(
-                f"http://127.0.0.1:{session.http_port}", f"http://127.0.0.1:{session.metrics_port}/metrics", ADMIN_TOKEN
-            )
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+        yield ServeCluster(f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics", ADMIN_TOKEN)
     finally:
-        for name in ("KDCANARY_ADMIN_TOKEN", "KDCANARY_FEEDBACK_TOKEN", "KDCANARY_FORCE_TOKEN", SERVE_STATUS_GAUGE_ENV):
-            os.environ.pop(name, None)
+        serve.shutdown()
+        ray.shutdown()
+        os.environ.pop("KDCANARY_ADMIN_TOKEN", None)
+        os.environ.pop("KDCANARY_FEEDBACK_TOKEN", None)
+        os.environ.pop("KDCANARY_FORCE_TOKEN", None)
+        os.environ.pop(SERVE_STATUS_GAUGE_ENV, None)
 
 
 @pytest.fixture(scope="session")
@@ -126,8 +119,7 @@ RunApp = Callable[[Any, str], AbstractContextManager[httpx.Client]]
 @pytest.fixture(scope="session")
 def run_app(serve_cluster: ServeCluster) -> RunApp:
     """`with run_app(application, name) as client:` serves a bound application at /<name> and
-    deletes it on the way out, so applications do not pile up on the session's logical CPUs. The
-    session is the whole run's: every application name is unique across test files."""
+    deletes it on the way out, so applications do not pile up on the session's 4 logical CPUs."""
     from ray import serve
 
     @contextlib.contextmanager

@@ -44,6 +44,7 @@ class Context:
     forward_batches: Counter[str] = field(default_factory=Counter)
     shard_predict: ShardPredict | None = None  # compression/fanout.py: a split's batches as Ray tasks
     vocabulary: np.ndarray | None = None  # the teacher's token ids a trimmed student keeps (vocabulary.py)
+    reuse_only: bool = False  # a stage not registered yet raises StageNotRegistered instead of building
     _encoded: dict[tuple[str, int], Encoded] = field(default_factory=dict)
     _sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
 

@@ -2,14 +2,16 @@
 `--address HOST:PORT` (an existing cluster whose nodes see the same registry path and have
 kdcanary installed).
 
-The driver builds (or reuses) the teacher as `compress` does, then computes the teacher's logits
-on every split in shards, one Ray task per group of whole batches: ONNX Runtime's output depends
-on which rows share a batch, not on the process or its threads, so the cache holds the same
-arrays a one-process run computes. Then each student's chain (`run_student`, the same function)
-runs as a task asking for the recipe's `compute.threads` CPUs, with its own Context; each task's
-stages write bundles and cache entries aside and rename them into place, so several writers
-stay correct. Progress: every task reports its stage and step to a small actor, and the driver
-prints a line per student as it moves.
+The driver builds (or reuses) the teacher as `compress` does and reads every chain the registry
+already holds whole (`registered_chain`: nothing to build, no Ray started for it). For the rest
+it computes the teacher's logits on every split in shards, one Ray task per group of whole
+batches: ONNX Runtime's output depends on which rows share a batch, not on the process or its
+threads, so the cache holds the same arrays a one-process run computes. Then each student's
+chain (`run_student`, the same function) runs as a task asking for the recipe's
+`compute.threads` CPUs, with its own Context; each task's stages write bundles and cache
+entries aside and rename them into place, so several writers stay correct. Progress: every
+task reports its stage and step to a small actor, and the driver prints a line per student as
+it moves.
 """
 
 from __future__ import annotations
@@ -22,12 +24,19 @@ import numpy as np
 import ray
 
 from compression import progress
-from compression.context import ShardPredict
+from compression.context import Context, ShardPredict
 from compression.errors import CompressionError
 from compression.onnx_runtime import predict
-from compression.pipeline import RunSummary, StudentChain, build_teacher, open_context, run_student
-from compression.recipe import Recipe, select_students
-from compression.registry import Registry
+from compression.pipeline import (
+    RunSummary,
+    StudentChain,
+    build_teacher,
+    open_context,
+    registered_chain,
+    run_student,
+)
+from compression.recipe import Recipe, StudentConfig, select_students
+from compression.registry import Bundle, Registry
 from compression.runtime import session
 from compression.text import Encoded, batch_plan
 
@@ -42,32 +51,47 @@ def compress_on_ray(
     address: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> RunSummary:
-    """`compress`, with the teacher's logits sharded and the students' chains as Ray tasks."""
+    """`compress`, with the teacher's logits sharded and the students' chains as Ray tasks. The
+    teacher is built here (in this process either way), and a chain the registry already holds
+    whole is read here too: a re-run with nothing to build starts no Ray."""
     students = select_students(recipe, only)
     ctx = open_context(recipe, registry)
+    teacher = build_teacher(ctx)
+    chains = {s.name: registered_chain(ctx, teacher, s) for s in students}
+    if to_build := [s for s in students if chains[s.name] is None]:
+        chains |= _chains_on_ray(ctx, teacher, to_build, address, echo)
+    summary = RunSummary(teacher)
+    summary.forward_batches = dict(ctx.forward_batches)
+    for name, chain in chains.items():  # the recipe's order, not the order they finished in
+        assert chain is not None
+        summary.add(name, chain)
+    return summary
+
+
+def _chains_on_ray(
+    ctx: Context, teacher: Bundle, students: list[StudentConfig], address: str | None, echo: Callable[[str], None]
+) -> dict[str, StudentChain]:
+    """The students' chains as Ray tasks, after the teacher's logits in shards; the forward
+    batches they ran are added to `ctx`'s."""
     owned = not ray.is_initialized()
     if owned:  # a local Ray of this machine's CPUs, or the cluster at `address`
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
     try:
-        teacher = build_teacher(ctx)
         ctx.shard_predict = _sharded_predict(int(ray.cluster_resources().get("CPU", 1)))
         for split in SPLITS:
             ctx.logits(teacher, split)
         board = ProgressBoard.remote()  # type: ignore[attr-defined]
-        chain = _student_chain.options(num_cpus=recipe.compute.threads)
-        tasks = {s.name: chain.remote(recipe, registry.root, teacher.id, s.name, board) for s in students}
-        chains = _follow(tasks, board, echo)
+        chain = _student_chain.options(num_cpus=ctx.recipe.compute.threads)
+        tasks = {s.name: chain.remote(ctx.recipe, ctx.registry.root, teacher.id, s.name, board) for s in students}
+        results = _follow(tasks, board, echo)
     finally:
         if owned:
             ray.shutdown()
-    summary = RunSummary(teacher)
-    summary.forward_batches = dict(ctx.forward_batches)
-    for name in tasks:  # the recipe's order, not the order they finished in
-        ids, breach, forward_batches = chains[name]
-        summary.add(name, StudentChain([registry.get(i) for i in ids], breach))
-        for bundle_id, count in forward_batches.items():
-            summary.forward_batches[bundle_id] = summary.forward_batches.get(bundle_id, 0) + count
-    return summary
+    chains = {}
+    for name, (ids, breach, forward_batches) in results.items():
+        chains[name] = StudentChain([ctx.registry.get(i) for i in ids], breach)
+        ctx.forward_batches.update(forward_batches)
+    return chains
 
 
 def _sharded_predict(shards: int) -> ShardPredict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from compression.packaged import encoder_dir
 from compression.recipe import LayersArchitecture, PretrainedArchitecture, Recipe, StudentConfig, select_students
 from compression.registry import Bundle, Registry
 from compression.stages import (
+    StageNotRegistered,
     distill_stage,
     pretrained_dir,
     prune_stage,
@@ -130,6 +131,15 @@ def run_student(ctx: Context, teacher: Bundle, student: StudentConfig) -> Studen
         chain.breach = str(exc)
     progress.report("breached" if chain.breach else "done")
     return chain
+
+
+def registered_chain(ctx: Context, teacher: Bundle, student: StudentConfig) -> StudentChain | None:
+    """The student's chain as earlier runs left it (its bundles, or the breach recorded for a
+    stage), building nothing; None while a stage of it is still to build."""
+    try:
+        return run_student(replace(ctx, reuse_only=True), teacher, student)
+    except StageNotRegistered:
+        return None
 
 
 def _seed_torch(recipe: Recipe, salt: str) -> None:

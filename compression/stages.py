@@ -176,6 +176,10 @@ def quantize_stage(ctx: Context, teacher: Bundle, parent: Bundle, student: Stude
         return _register(ctx, staging, identity, parent, check, key, metrics, training, max_length)
 
 
+class StageNotRegistered(Exception):
+    """A stage an earlier run did not register, met where the context may only reuse."""
+
+
 def _registered(ctx: Context, key: str) -> Bundle | None:
     """This stage's bundle from an earlier run, if any; a breach recorded for it is raised again
     without training (the key covers parent, settings, tolerances, data and seed)."""
@@ -183,6 +187,8 @@ def _registered(ctx: Context, key: str) -> Bundle | None:
         return existing
     if (breach := ctx.registry.find_breach(key)) is not None:
         raise ToleranceError(breach)
+    if ctx.reuse_only:
+        raise StageNotRegistered(key)
     return None
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from ports import free_port
 
-from compression import progress
+from compression import fanout, progress
 from compression.pipeline import RunSummary, compress
 from compression.recipe import StudentConfig, load_recipe
 from compression.registry import Registry
@@ -84,16 +84,26 @@ def test_teacher_outputs_are_computed_once_for_all_students(first_run: tuple[Reg
     assert len(recipe.students) >= 2
 
 
-def test_second_run_recomputes_nothing(first_run: tuple[Registry, RunSummary]) -> None:
+def test_second_run_recomputes_nothing(first_run: tuple[Registry, RunSummary], monkeypatch: pytest.MonkeyPatch) -> None:
     registry, summary = first_run
     before = snapshot(registry)
     again = compress(load_recipe(TINY), registry)
     assert again.forward_batches == {}  # no model, teacher or student, ran a single batch
     assert [b.id for b in again.bundles] == [b.id for b in summary.bundles]
+    # `kdcanary compress` (on Ray) finds the same chains whole in the registry and starts no Ray
+    monkeypatch.setattr(fanout, "_chains_on_ray", no_ray)
+    on_ray = fanout.compress_on_ray(load_recipe(TINY), registry)
+    assert on_ray.forward_batches == {} and [b.id for b in on_ray.bundles] == [b.id for b in summary.bundles]
     assert snapshot(registry) == before
 
 
-def test_a_breach_is_reported_again_without_training(first_run: tuple[Registry, RunSummary]) -> None:
+def no_ray(*_: object) -> None:
+    pytest.fail("a chain the registry holds whole went to Ray")
+
+
+def test_a_breach_is_reported_again_without_training(
+    first_run: tuple[Registry, RunSummary], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A student that cannot meet its tolerance breaches once; a re-run of the recipe reports the
     same breach from the registry instead of training the student again to the same end."""
     registry, _ = first_run
@@ -114,6 +124,8 @@ def test_a_breach_is_reported_again_without_training(first_run: tuple[Registry, 
     assert "distill strict-bag" in trained and "distill strict-bag" not in heard
     assert again.breaches == first.breaches and first.breaches["strict-bag"].startswith("distill:")
     assert again.students["strict-bag"] == [] and "breached" in heard
+    monkeypatch.setattr(fanout, "_chains_on_ray", no_ray)  # nor does a re-run on Ray train it
+    assert fanout.compress_on_ray(recipe, registry, ["strict-bag"]).breaches == first.breaches
 
 
 def test_more_transfer_text_reuses_the_teacher(first_run: tuple[Registry, RunSummary], tmp_path: Path) -> None:

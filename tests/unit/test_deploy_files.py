@@ -102,6 +102,7 @@ ALERT_SERIES = {
     'ray_kdcanary_rollout_stage{application="deleted"}': "1x8 stale",  # the whole app went away
     'ray_kdcanary_rollout_decisions_total{application="ok",action="hold"}': "0+4x20",
     'ray_kdcanary_rollout_decisions_total{application="stuck",action="hold"}': "0+4x8 32x12",
+    'ray_kdcanary_rollout_decisions_total{application="deleted",action="hold"}': "0+4x8 32x12",  # Ray keeps it
     'ray_kdcanary_rollout_store_healthy{application="ok"}': "1x20",
     'ray_kdcanary_rollout_store_healthy{application="disk"}': "1x10 0x10",
     'ray_kdcanary_rollout_store_fenced{application="ok"}': "0x20",
@@ -110,6 +111,7 @@ ALERT_SERIES = {
     'ray_kdcanary_requests_total{application="ok",variant="teacher",outcome="ok"}': "0+10x20",
     'ray_serve_application_status{application="ok"}': "6x20",
     'ray_serve_application_status{application="gone"}': "6x20",  # Serve still runs it
+    'ray_serve_application_status{application="stuck"}': "6x20",
     'ray_serve_application_status{application="deleted"}': "6x8 stale",
     'ray_kdcanary_requests_total{application="flaky",variant="student",outcome="ok"}': "0+90x20",
     'ray_kdcanary_requests_total{application="flaky",variant="teacher",outcome="failover"}': "0+10x20",
@@ -158,7 +160,7 @@ def test_alerts_and_cost_rules_on_synthetic_series(promtool: Path, tmp_path: Pat
         firing("KdcanaryRolledBack", app("back")),
         firing("KdcanaryAgreementBelowThreshold", app("low")),
         firing("KdcanaryControllerDown", app("gone")),  # not "deleted": Serve no longer runs it
-        firing("KdcanaryControllerNotTicking", app("stuck")),
+        firing("KdcanaryControllerNotTicking", app("stuck")),  # not "deleted" either
         firing("KdcanaryStateStoreUnhealthy", app("disk")),
         firing("KdcanaryControllerFenced", app("upgraded")),
         firing("KdcanaryStudentErrorRate", app("flaky")),  # 10 % of its attempts

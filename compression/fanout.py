@@ -87,7 +87,7 @@ def _chains_on_ray(
     finally:
         if owned:
             ray.shutdown()
-    chains = {}
+    chains: dict[str, StudentChain] = {}
     for name, (ids, breach, forward_batches) in results.items():
         chains[name] = StudentChain([ctx.registry.get(i) for i in ids], breach)
         ctx.forward_batches.update(forward_batches)

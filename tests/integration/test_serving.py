@@ -206,7 +206,7 @@ def test_custom_metrics_reach_rays_metrics_endpoint(
     }
     deadline = time.monotonic() + 60
     while True:
-        samples = _scrape(serve_cluster.metrics_url, {"kd", "shadow", "faulty"})  # the run's other apps aside
+        samples = _scrape(serve_cluster.metrics_url, {"kd", "shadow", "faulty"})  # the session's other apps aside
         if wanted <= set(samples) or time.monotonic() > deadline:
             break
         time.sleep(2)

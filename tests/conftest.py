@@ -49,11 +49,11 @@ unit tests, the student models' torch checks), then the cluster tests, whose fir
 own recipe) needs no registry and whose serving ones start as soon as the students they deploy
 are built (`serving_run`), and the README test, which needs every bundle (built by then). The
 files between take one to two and a half minutes each; the quick ones come LAST, shortest last,
-so that both workers finish close together. With
-the README test last, one worker ran it alone for a minute while the other had finished. Before
-the fan-out moved up, the other worker waited for the serving students with a core idle about
-half the time. The torch checks beside the build cost it little only because waiting threads
-sleep (`pytest_configure`): with spinning ones the build took 262 s instead of 155-180 s."""
+so that both workers finish close together. With the README test last, one worker ran it alone
+for a minute while the other had finished. Before the fan-out moved up, the other worker waited
+for the serving students with a core idle about half the time. The torch checks beside the build
+cost it little only because waiting threads sleep (`pytest_configure`): with spinning ones the
+build took 262 s instead of 155-180 s."""
 
 
 def pytest_configure(config: pytest.Config) -> None:

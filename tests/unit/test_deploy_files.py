@@ -211,8 +211,8 @@ def test_dashboard_is_importable_with_a_datasource_variable() -> None:
     variables = {variable["name"]: variable for variable in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     assert variables["application"]["datasource"] == PANEL_DATASOURCE
-    # a gauge the controller sets every tick: Ray exports a deleted application's counters for as
-    # long as its node runs, so a counter would list every application ever deployed there
+    # a gauge the controller sets every tick: Ray keeps exporting a deleted application's counters
+    # at their last value, so a counter would list applications long gone
     definition = variables["application"]["definition"]
     listed = re.fullmatch(r"label_values\((ray_kdcanary_rollout_\w+), application\)", definition)
     assert listed and not listed[1].endswith("_total"), definition
